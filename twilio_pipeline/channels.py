@@ -1,0 +1,235 @@
+"""The channel file (CONTRACT.md "Channel file"): load, validate, explain.
+
+Every key and default of the contract is here. Unknown keys and wrong values are rejected at load time
+with one line per problem naming the channel, the key and what is wrong, so a typo never turns into a
+silent default during a send.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+import phonenumbers
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from twilio_pipeline.rules.keywords import HELP_KEYWORDS, OPT_IN_KEYWORDS, OPT_OUT_KEYWORDS
+from twilio_pipeline.rules.phones import validate_sender
+
+_WORD = re.compile(r"^[A-Z0-9]{1,40}$")
+
+
+class ChannelConfigError(ValueError):
+    """The channel file is missing, unreadable or invalid; str() is the user-facing message."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+class RetryConfig(_Strict):
+    max_attempts: int = Field(5, ge=1, le=100)
+    min_delay_s: float = Field(1.0, ge=0)
+    max_delay_s: float = Field(20.0, ge=0)
+    throttle_budget_s: float = Field(600.0, ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "RetryConfig":
+        if self.max_delay_s < self.min_delay_s:
+            raise ValueError("max_delay_s must be >= min_delay_s")
+        return self
+
+
+class FollowUp(_Strict):
+    body: str = Field(min_length=1, max_length=1600)
+    media_url: str | None = None
+
+
+class Channel(_Strict):
+    name: str = Field(min_length=1, max_length=200)
+    from_number: str | None = None
+    messaging_service_sid: str | None = None
+    keywords: tuple[str, ...] = ()
+    seeds: tuple[str, ...] = ()
+    seed_attributes: dict[str, str] = Field(default_factory=dict)
+    default_region: str | None = None
+    append_opt_out: str | None = None
+    max_concurrency: int = Field(20, ge=1, le=500)
+    requests_per_second: float | None = Field(None, gt=0)
+    retry: RetryConfig = RetryConfig()
+    validity_period_s: int = Field(36000, ge=1, le=36000)
+    retrieval_period_days: int = Field(395, ge=1, le=3650)
+    records_per_sync: int = Field(10000, ge=1)
+    reply_attribution: Literal["latest", "all"] = "latest"
+    status_sync: Literal["list", "bulk_export"] = "list"
+    notification_email: str | None = None
+    price_per_segment: float | None = Field(None, ge=0)
+    sync_interval_minutes: int = Field(15, ge=1, le=1440)
+    follow_ups: dict[str, FollowUp] = Field(default_factory=dict)
+    connectivity_test: bool = True
+    trace: bool = False
+
+    @field_validator("from_number", mode="before")
+    @classmethod
+    def _from_number(cls, v):
+        if v is None:
+            return v
+        if isinstance(v, int):
+            v = str(v)
+        problem = validate_sender(str(v).strip())
+        if problem:
+            raise ValueError(problem)
+        return str(v).strip()
+
+    @field_validator("messaging_service_sid")
+    @classmethod
+    def _service(cls, v):
+        if v is not None and not re.fullmatch(r"MG[0-9a-fA-F]{32}", v):
+            raise ValueError("must be 'MG' followed by 32 hex characters")
+        return v
+
+    @field_validator("keywords", mode="before")
+    @classmethod
+    def _keywords(cls, v):
+        if v is None:
+            return ()
+        out = []
+        for k in v:
+            word = str(k).strip().upper()
+            if not _WORD.match(word):
+                raise ValueError(f"keyword {k!r} must be one word of letters or digits")
+            if word in OPT_OUT_KEYWORDS or word in OPT_IN_KEYWORDS or word in HELP_KEYWORDS:
+                raise ValueError(f"keyword {word} is one of Twilio's own keywords; it is captured without listing it")
+            out.append(word)
+        if len(set(out)) != len(out):
+            raise ValueError("keywords are listed twice")
+        return tuple(out)
+
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _seeds(cls, v):
+        return () if v is None else tuple(str(s).strip() for s in v)
+
+    @field_validator("default_region")
+    @classmethod
+    def _region(cls, v):
+        if v is None:
+            return v
+        region = v.upper()
+        if region not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"{v!r} is not a known region code such as US, GB or DE")
+        return region
+
+    @field_validator("notification_email")
+    @classmethod
+    def _email(cls, v):
+        if v is not None and not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", v):
+            raise ValueError("is not an e-mail address")
+        return v
+
+    @field_validator("follow_ups", mode="before")
+    @classmethod
+    def _follow_up_keys(cls, v):
+        if v is None:
+            return {}
+        if not isinstance(v, dict):
+            raise ValueError("must map a keyword to {body: ...}")
+        out = {}
+        for k, spec in v.items():
+            word = str(k).strip().upper()
+            if word in OPT_OUT_KEYWORDS:
+                raise ValueError(f"{word} is an opt-out: nobody may be messaged after replying it")
+            out[word] = spec
+        return out
+
+    @model_validator(mode="after")
+    def _sender_and_follow_ups(self) -> "Channel":
+        if (self.from_number is None) == (self.messaging_service_sid is None):
+            raise ValueError("exactly one of from_number and messaging_service_sid is required")
+        allowed = set(self.keywords) | set(OPT_IN_KEYWORDS) | set(HELP_KEYWORDS)
+        for word in self.follow_ups:
+            if word not in allowed:
+                raise ValueError(f"follow_ups key {word} is not one of this channel's keywords {sorted(self.keywords)}")
+        return self
+
+    @property
+    def sender(self) -> str:
+        """The sender key used for suppression, watermarks and leases: the number or the service SID."""
+        return self.messaging_service_sid or self.from_number  # type: ignore[return-value]
+
+    @property
+    def uses_service(self) -> bool:
+        return self.messaging_service_sid is not None
+
+
+class ChannelFile(_Strict):
+    channels: tuple[Channel, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique(self) -> "ChannelFile":
+        seen: set[str] = set()
+        for c in self.channels:
+            if c.name in seen:
+                raise ValueError(f"channel name {c.name!r} is used twice")
+            seen.add(c.name)
+        return self
+
+    def get(self, name: str) -> Channel:
+        for c in self.channels:
+            if c.name == name:
+                return c
+        known = ", ".join(repr(c.name) for c in self.channels)
+        raise ChannelConfigError(f"unknown channel {name!r}; the channel file defines {known}")
+
+
+def _describe(err: ValidationError, raw: dict) -> str:
+    lines = []
+    channels = raw.get("channels") if isinstance(raw, dict) else None
+    for e in err.errors():
+        loc = list(e["loc"])
+        where = "channel file"
+        if len(loc) >= 2 and loc[0] == "channels" and isinstance(loc[1], int):
+            idx = loc[1]
+            name = None
+            if isinstance(channels, list) and idx < len(channels) and isinstance(channels[idx], dict):
+                name = channels[idx].get("name")
+            where = f"channel {name!r}" if name else f"channel #{idx + 1}"
+            loc = loc[2:]
+        key = ".".join(str(p) for p in loc if not str(p).startswith("function-"))
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "missing":
+            msg = "is required"
+        lines.append(f"{where}: key '{key}': {msg}" if key else f"{where}: {msg}")
+    return "; ".join(dict.fromkeys(lines))
+
+
+def parse_channels(raw: object, source: str = "channel file") -> ChannelFile:
+    if not isinstance(raw, dict) or "channels" not in raw:
+        raise ChannelConfigError(f"{source}: needs a top-level key 'channels' holding a list of channels")
+    if not isinstance(raw["channels"], list):
+        raise ChannelConfigError(f"{source}: 'channels' must be a list")
+    try:
+        return ChannelFile.model_validate(raw)
+    except ValidationError as err:
+        raise ChannelConfigError(f"{source}: {_describe(err, raw)}") from None
+
+
+def load_channels(path: Path | str) -> ChannelFile:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ChannelConfigError(f"channel file {path} does not exist (set TWILIO_PIPELINE_CHANNELS)") from None
+    except OSError as exc:
+        raise ChannelConfigError(f"channel file {path} cannot be read: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ChannelConfigError(f"channel file {path} is not valid YAML{where}") from None
+    return parse_channels(raw, str(path))

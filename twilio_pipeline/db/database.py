@@ -1,0 +1,377 @@
+"""The pipeline's database: engine per dialect, idempotent DDL, bulk loads, staging tables, leases.
+
+Every write path is set-based: rows arrive in bulk (COPY on PostgreSQL, fast_executemany on SQL Server,
+executemany/insertmanyvalues elsewhere) into a per-run staging table, then one
+`INSERT ... SELECT ... WHERE NOT EXISTS` merges them. Nothing issues a query per row.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+
+from twilio_pipeline.db.schema import Tables, build_tables
+
+HOST = socket.gethostname()
+STAGING_ORPHAN_AGE = timedelta(hours=6)
+
+
+def utcnow() -> datetime:
+    """Naive UTC: the representation every table stores."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def to_naive_utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    if value.tzinfo is not None:
+        value = value.astimezone(timezone.utc).replace(tzinfo=None)
+    return value
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass(frozen=True)
+class LeaseHolder:
+    owner: str
+    host: str
+    pid: int
+    expires_at: datetime
+
+
+def normalise_url(url: str | sa.URL) -> sa.URL:
+    """`postgresql://` means psycopg2 here (its COPY is our bulk path; SQLAlchemy 2.1 would pick psycopg 3)."""
+    parsed = sa.engine.make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg2")
+    return parsed
+
+
+def engine_options(backend: str) -> dict:
+    """Per-dialect engine options: the bulk path of each (fast_executemany on SQL Server)."""
+    if backend == "sqlite":
+        return {"connect_args": {"timeout": 60, "check_same_thread": False}}
+    if backend == "mssql":
+        return {"fast_executemany": True, "pool_pre_ping": True}
+    return {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 20}
+
+
+def null_safe_eq(a: sa.ColumnElement, b: sa.ColumnElement) -> sa.ColumnElement:
+    return sa.or_(a == b, sa.and_(a.is_(None), b.is_(None)))
+
+
+class Database:
+    """Holds the engine and the table set; hands out connections and the bulk/merge primitives."""
+
+    def __init__(self, url: str, schema: str | None = None, prefix: str = "", create: bool = True, echo: bool = False):
+        self.url = normalise_url(url)
+        self.schema = schema
+        self.prefix = prefix
+        self.tables: Tables = build_tables(schema, prefix)
+        self.engine: Engine = self._make_engine(echo)
+        self._created = False
+        if create:
+            self.create_all()
+
+    # ---- engine -------------------------------------------------------------------------------
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def _make_engine(self, echo: bool) -> Engine:
+        backend = self.url.get_backend_name()
+        if backend == "sqlite":
+            database = self.url.database
+            if database and database != ":memory:":
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(self.url, echo=echo, **engine_options(backend))
+        if backend == "sqlite":
+            @sa.event.listens_for(engine, "connect")
+            def _sqlite_pragmas(dbapi_conn, _record):  # WAL: readers never block the writer
+                cur = dbapi_conn.cursor()
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA synchronous=NORMAL")
+                cur.execute("PRAGMA busy_timeout=60000")
+                cur.close()
+                dbapi_conn.isolation_level = None  # let SQLAlchemy emit BEGIN itself
+
+            @sa.event.listens_for(engine, "begin")
+            def _sqlite_begin(conn):
+                # Write transactions take the lock up front (no deadlock on lock upgrade); reads stay
+                # deferred so a long chunked read never blocks a writer under WAL.
+                immediate = conn.get_execution_options().get("twilio_pipeline_write", False)
+                conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        return engine
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # ---- DDL ----------------------------------------------------------------------------------
+    def create_all(self) -> None:
+        """Create every table and index that is missing (idempotent; safe from two processes at once)."""
+        if self._created:
+            return
+        for attempt in range(3):
+            try:
+                with self.begin() as conn:
+                    if self.schema and self.dialect == "postgresql":
+                        conn.execute(sa.schema.CreateSchema(self.schema, if_not_exists=True))
+                    self.tables.metadata.create_all(conn, checkfirst=True)
+                break
+            except (IntegrityError, ProgrammingError, OperationalError):
+                if attempt == 2:
+                    raise
+        self._created = True
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        """A write transaction (committed on success, rolled back on error)."""
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(twilio_pipeline_write=True)
+            with conn.begin():
+                yield conn
+
+    @contextmanager
+    def connect(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            yield conn
+
+    # ---- bulk load ----------------------------------------------------------------------------
+    def bulk_insert(self, conn: Connection, table: sa.Table, rows: Sequence[Mapping] | Iterable[Mapping],
+                    chunk_size: int = 20_000) -> int:
+        """Insert many rows in the dialect's fastest way; returns the row count."""
+        rows = rows if isinstance(rows, list) else list(rows)
+        if not rows:
+            return 0
+        if self.dialect == "postgresql":
+            return self._copy_postgres(conn, table, rows)
+        total = 0
+        stmt = table.insert()
+        for start in range(0, len(rows), chunk_size):
+            part = rows[start:start + chunk_size]
+            conn.execute(stmt, part)
+            total += len(part)
+        return total
+
+    def bulk_insert_frame(self, conn: Connection, table: sa.Table, frame) -> int:
+        """A pandas DataFrame whose columns are a subset of the table's."""
+        if frame is None or len(frame) == 0:
+            return 0
+        records = frame.astype(object).where(frame.notna(), None).to_dict("records")
+        return self.bulk_insert(conn, table, records)
+
+    def _copy_postgres(self, conn: Connection, table: sa.Table, rows: list[Mapping]) -> int:
+        columns = list(rows[0].keys())
+        buf = io.StringIO()
+        write = buf.write
+        for row in rows:
+            write("\t".join(_pg_text(row.get(c)) for c in columns))
+            write("\n")
+        buf.seek(0)
+        qualified = self._quoted_name(table)
+        cols = ", ".join(self.engine.dialect.identifier_preparer.quote(c) for c in columns)
+        dbapi = conn.connection.dbapi_connection
+        with dbapi.cursor() as cur:
+            cur.copy_expert(f"COPY {qualified} ({cols}) FROM STDIN WITH (FORMAT text)", buf)
+        return len(rows)
+
+    def _quoted_name(self, table: sa.Table) -> str:
+        prep = self.engine.dialect.identifier_preparer
+        return prep.format_table(table)
+
+    # ---- set-based merge ----------------------------------------------------------------------
+    def insert_missing(self, conn: Connection, target: sa.Table, source: sa.Select | sa.Subquery,
+                       match: Sequence[str], columns: Sequence[str] | None = None) -> int:
+        """INSERT INTO target SELECT ... FROM source WHERE NOT EXISTS (same `match` columns, NULL-safe).
+
+        `source` must expose columns named like the target's. Returns rows inserted.
+        """
+        src = source.subquery("src") if isinstance(source, sa.Select) else source
+        cols = list(columns or [c.name for c in src.columns])
+        exists = sa.select(sa.literal(1)).select_from(target).where(
+            *[null_safe_eq(target.c[m], src.c[m]) for m in match]
+        )
+        select = sa.select(*[src.c[c] for c in cols]).where(~exists.exists())
+        result = conn.execute(target.insert().from_select(cols, select))
+        return result.rowcount if result.rowcount is not None and result.rowcount >= 0 else 0
+
+    # ---- staging tables -----------------------------------------------------------------------
+    @contextmanager
+    def staging_table(self, kind: str, columns: Sequence[sa.Column]) -> Iterator[sa.Table]:
+        """A per-run table (`<prefix>stg_<kind>_<token>`), registered so orphans of killed runs can be
+        found, and dropped in `finally` on success and failure alike."""
+        name = f"{self.prefix}stg_{kind}_{uuid.uuid4().hex[:12]}"
+        md = sa.MetaData(schema=self.schema)
+        table = sa.Table(name, md, *[c._copy() for c in columns])
+        reg = self.tables.staging_registry
+        with self.begin() as conn:
+            conn.execute(reg.insert().values(TableName=name, Host=HOST, Pid=os.getpid(), CreatedAt=utcnow()))
+        try:
+            with self.begin() as conn:
+                table.create(conn)
+            yield table
+        finally:
+            self._drop_staging(table)
+
+    def _drop_staging(self, table: sa.Table) -> None:
+        reg = self.tables.staging_registry
+        with self.begin() as conn:
+            table.drop(conn, checkfirst=True)
+            conn.execute(reg.delete().where(reg.c.TableName == table.name))
+
+    def staging_tables(self) -> list[str]:
+        with self.engine.connect() as conn:
+            return [r[0] for r in conn.execute(sa.select(self.tables.staging_registry.c.TableName))]
+
+    def drop_orphan_staging(self) -> list[str]:
+        """Drop staging tables whose run is gone (same host and dead pid, or older than 6 hours)."""
+        reg = self.tables.staging_registry
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(reg.c.TableName, reg.c.Host, reg.c.Pid, reg.c.CreatedAt)).all()
+        cutoff = utcnow() - STAGING_ORPHAN_AGE
+        dropped = []
+        for name, host, pid, created in rows:
+            orphan = (host == HOST and not pid_alive(pid)) or created < cutoff
+            if orphan:
+                self._drop_staging(sa.Table(name, sa.MetaData(schema=self.schema)))
+                dropped.append(name)
+        # Tables left by a run killed between CREATE and registration cannot exist: registration comes first.
+        return dropped
+
+    # ---- leases -------------------------------------------------------------------------------
+    def acquire_lease(self, key: str, owner: str, ttl_s: float = 60.0) -> LeaseHolder | None:
+        """Take `key` for `owner`. Returns None when taken, else who holds it (alive and unexpired).
+
+        A holder whose process is gone (same host, dead pid) or whose lease expired is replaced, so a
+        SIGKILLed run blocks nobody for longer than the TTL (and not at all on the same host).
+        """
+        leases = self.tables.leases
+        for _ in range(5):
+            now = utcnow()
+            mine = dict(Owner=owner, Host=HOST, Pid=os.getpid(), AcquiredAt=now,
+                        ExpiresAt=now + timedelta(seconds=ttl_s))
+            try:
+                with self.begin() as conn:
+                    q = sa.select(leases).where(leases.c.LeaseKey == key)
+                    if self.dialect in ("postgresql", "mssql"):
+                        q = q.with_for_update()
+                    row = conn.execute(q).mappings().first()
+                    if row is None:
+                        conn.execute(leases.insert().values(LeaseKey=key, **mine))
+                        return None
+                    stale = (row["ExpiresAt"] < now or row["Owner"] == owner
+                             or (row["Host"] == HOST and not pid_alive(row["Pid"])))
+                    if not stale:
+                        return LeaseHolder(row["Owner"], row["Host"], row["Pid"], row["ExpiresAt"])
+                    updated = conn.execute(
+                        leases.update()
+                        .where(leases.c.LeaseKey == key, leases.c.Owner == row["Owner"],
+                               leases.c.ExpiresAt == row["ExpiresAt"])
+                        .values(**mine)
+                    )
+                    if updated.rowcount == 1:
+                        return None
+            except IntegrityError:
+                continue  # someone inserted first: read again
+        row = self.lease_holder(key)
+        return row or LeaseHolder("unknown", "unknown", 0, utcnow())
+
+    def renew_lease(self, key: str, owner: str, ttl_s: float = 60.0) -> bool:
+        leases = self.tables.leases
+        with self.begin() as conn:
+            res = conn.execute(leases.update().where(leases.c.LeaseKey == key, leases.c.Owner == owner)
+                               .values(ExpiresAt=utcnow() + timedelta(seconds=ttl_s)))
+        return res.rowcount == 1
+
+    def release_lease(self, key: str, owner: str) -> None:
+        leases = self.tables.leases
+        with self.begin() as conn:
+            conn.execute(leases.delete().where(leases.c.LeaseKey == key, leases.c.Owner == owner))
+
+    def lease_holder(self, key: str) -> LeaseHolder | None:
+        leases = self.tables.leases
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(leases).where(leases.c.LeaseKey == key)).mappings().first()
+        if row is None:
+            return None
+        return LeaseHolder(row["Owner"], row["Host"], row["Pid"], row["ExpiresAt"])
+
+    # ---- watermarks ---------------------------------------------------------------------------
+    def get_watermark(self, conn: Connection, sender: str) -> datetime | None:
+        wm = self.tables.watermarks
+        return conn.execute(sa.select(wm.c.LastDateSent).where(wm.c.Sender == sender)).scalar()
+
+    def set_watermark(self, conn: Connection, sender: str, value: datetime) -> None:
+        """Advance only (never back): call it in the transaction that committed what was read."""
+        wm = self.tables.watermarks
+        value = to_naive_utc(value)
+        current = conn.execute(sa.select(wm.c.LastDateSent).where(wm.c.Sender == sender)).first()
+        if current is None:
+            conn.execute(wm.insert().values(Sender=sender, LastDateSent=value, UpdatedAt=utcnow()))
+        elif current[0] is None or value > current[0]:
+            conn.execute(wm.update().where(wm.c.Sender == sender).values(LastDateSent=value, UpdatedAt=utcnow()))
+
+    # ---- results ------------------------------------------------------------------------------
+    def write_results(self, conn: Connection, execution_id: int, values: Mapping[str, float | int | None],
+                      replace_prefixes: Sequence[str] = ()) -> None:
+        """Replace the execution's results named in `values` (and any starting with `replace_prefixes`)."""
+        res = self.tables.results
+        cond = [res.c.ResultName.in_(list(values))] if values else []
+        cond += [res.c.ResultName.like(f"{p}%") for p in replace_prefixes]
+        if cond:
+            conn.execute(res.delete().where(res.c.ChannelExecutionID == execution_id, sa.or_(*cond)))
+        now = utcnow()
+        rows = [dict(ChannelExecutionID=execution_id, ResultName=k, ResultValue=v, UpdatedAt=now)
+                for k, v in values.items() if v is not None]
+        if rows:
+            conn.execute(res.insert(), rows)
+
+    def read_results(self, execution_id: int) -> dict[str, float]:
+        res = self.tables.results
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(res.c.ResultName, res.c.ResultValue)
+                                .where(res.c.ChannelExecutionID == execution_id)
+                                .order_by(res.c.ResultName)).all()
+        return {name: _number(value) for name, value in rows}
+
+
+def _number(value) -> float | int | None:
+    if value is None:
+        return None
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    return value
+
+
+def _pg_text(value) -> str:
+    """One field of PostgreSQL's COPY text format."""
+    if value is None:
+        return "\\N"
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    if isinstance(value, datetime):
+        return to_naive_utc(value).isoformat(sep=" ")
+    text = str(value)
+    if "\\" in text or "\t" in text or "\n" in text or "\r" in text:
+        text = text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    return text

@@ -1,0 +1,173 @@
+"""Table definitions: CONTRACT.md's tables under their contract names plus the pipeline's own.
+
+Names are configurable by schema and prefix and always quoted by SQLAlchemy, never pasted into SQL.
+Datetimes are stored as naive UTC (DATETIME2 on SQL Server, TIMESTAMP on PostgreSQL) so every dialect
+compares them the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+# Short and long text: Unicode(n) becomes NVARCHAR(n) on SQL Server, so keys stay indexable.
+SID = sa.Unicode(64)
+PHONE = sa.Unicode(64)
+
+
+@dataclass(frozen=True)
+class Tables:
+    metadata: sa.MetaData
+    executions: sa.Table
+    offer_history: sa.Table
+    message_ids: sa.Table
+    inbound: sa.Table
+    suppression: sa.Table
+    states: sa.Table
+    results: sa.Table
+    ledger: sa.Table
+    watermarks: sa.Table
+    leases: sa.Table
+    staging_registry: sa.Table
+    follow_ups: sa.Table
+
+    def contract_tables(self) -> list[sa.Table]:
+        return [self.executions, self.offer_history, self.message_ids, self.inbound, self.suppression,
+                self.states, self.results]
+
+
+def build_tables(schema: str | None = None, prefix: str = "") -> Tables:
+    md = sa.MetaData(schema=schema)
+    p = prefix
+
+    executions = sa.Table(
+        f"{p}SMS_ChannelExecutions", md,
+        sa.Column("ChannelExecutionID", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("ChannelName", sa.Unicode(200), nullable=False),
+        sa.Column("MessageBody", sa.UnicodeText, nullable=True),
+        sa.Column("MediaUrl", sa.Unicode(1000), nullable=True),
+        sa.Column("Status", sa.Unicode(20), nullable=False, server_default="ready"),
+        sa.Column("StatusReason", sa.UnicodeText, nullable=True),
+        sa.Column("CreatedAt", sa.DateTime, nullable=False, server_default=sa.func.current_timestamp()),
+        sa.Column("SendAfter", sa.DateTime, nullable=True),
+        sa.Index(f"ix_{p}SMS_ChannelExecutions_Status", "Status", "SendAfter"),
+    )
+    offer_history = sa.Table(
+        f"{p}OfferHistorySG", md,
+        sa.Column("RPContactID", sa.BigInteger, nullable=False),
+        sa.Column("ChannelExecutionID", sa.Integer, nullable=False),
+        sa.Column("AddressKey", sa.UnicodeText, nullable=True),
+        sa.Column("Attributes", sa.UnicodeText, nullable=True),
+        sa.Index(f"ix_{p}OfferHistorySG_Exec", "ChannelExecutionID", "RPContactID"),
+    )
+    message_ids = sa.Table(
+        f"{p}Twilio_MessageIDs", md,
+        sa.Column("MessageID", SID, primary_key=True),
+        sa.Column("RPContactID", sa.BigInteger, nullable=False),
+        sa.Column("ChannelExecutionID", sa.Integer, nullable=False),
+        # Ours: what the status fetch needs to list instead of GET per SID.
+        sa.Column("Sender", SID, nullable=True),
+        sa.Column("ToNumber", PHONE, nullable=True),
+        sa.Column("SentAt", sa.DateTime, nullable=True),
+        sa.Column("LastStatus", sa.Unicode(30), nullable=True),
+        sa.Index(f"ix_{p}Twilio_MessageIDs_Exec", "ChannelExecutionID"),
+    )
+    inbound = sa.Table(
+        f"{p}TwilioSMS_Inbound", md,
+        sa.Column("MessageSID", SID, primary_key=True),
+        sa.Column("FromNumber", PHONE, nullable=True),
+        sa.Column("ToNumber", PHONE, nullable=True),
+        sa.Column("MessagingServiceID", SID, nullable=True),
+        sa.Column("Body", sa.UnicodeText, nullable=True),
+        sa.Column("Keyword", sa.Unicode(50), nullable=True),
+        sa.Column("DateSent", sa.DateTime, nullable=True),
+        # Ours: when the keyword parse attributed this reply (NULL = not yet parsed).
+        sa.Column("ParsedAt", sa.DateTime, nullable=True),
+        sa.Column("FetchedAt", sa.DateTime, nullable=True),
+        sa.Index(f"ix_{p}TwilioSMS_Inbound_Parse", "ParsedAt", "ToNumber"),
+        sa.Index(f"ix_{p}TwilioSMS_Inbound_From", "FromNumber", "DateSent"),
+    )
+    suppression = sa.Table(
+        f"{p}TwilioSMS_Suppression", md,
+        sa.Column("PhoneNumber", PHONE, nullable=False),
+        sa.Column("ActivityDate", sa.DateTime, nullable=False),
+        sa.Column("MessagingServiceID", SID, nullable=True),
+        sa.Column("TwilioNumber", PHONE, nullable=True),
+        sa.Column("Activity", sa.Unicode(20), nullable=False),
+        sa.Index(f"ix_{p}TwilioSMS_Suppression_Phone", "PhoneNumber", "ActivityDate"),
+        sa.Index(f"ix_{p}TwilioSMS_Suppression_Sender", "TwilioNumber", "MessagingServiceID"),
+    )
+    states = sa.Table(
+        f"{p}OfferHistorySG_States", md,
+        sa.Column("RPContactID", sa.BigInteger, nullable=False),
+        sa.Column("ChannelExecutionID", sa.Integer, nullable=False),
+        sa.Column("FulfillmentState", sa.Unicode(40), nullable=False),
+        sa.Column("EventName", sa.Unicode(255), nullable=True),
+        sa.Column("Timestamp", sa.DateTime, nullable=True),
+        sa.Index(f"ix_{p}OfferHistorySG_States_Key", "ChannelExecutionID", "RPContactID", "FulfillmentState"),
+    )
+    results = sa.Table(
+        f"{p}op_ChannelExecutionResults", md,
+        sa.Column("ChannelExecutionID", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("ResultName", sa.Unicode(100), primary_key=True),
+        sa.Column("ResultValue", sa.Numeric(20, 6), nullable=True),
+        sa.Column("UpdatedAt", sa.DateTime, nullable=False),
+    )
+    # The send ledger: one row per (execution, recipient); the guard against double sends.
+    # Seeds get negative RPContactIDs (-1, -2, ...) so they share the key space without colliding.
+    ledger = sa.Table(
+        f"{p}TwilioSMS_SendLedger", md,
+        sa.Column("ChannelExecutionID", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("RPContactID", sa.BigInteger, primary_key=True, autoincrement=False),
+        sa.Column("IsSeed", sa.Boolean, nullable=False, server_default=sa.false()),
+        sa.Column("AddressKey", sa.Unicode(200), nullable=True),
+        sa.Column("ToNumber", PHONE, nullable=True),
+        sa.Column("Body", sa.UnicodeText, nullable=True),
+        sa.Column("Segments", sa.Integer, nullable=True),
+        sa.Column("Encoding", sa.Unicode(10), nullable=True),
+        # planned | inflight | sent | refused | ambiguous | invalid | duplicate | suppressed | not_rendered
+        sa.Column("Outcome", sa.Unicode(20), nullable=False),
+        sa.Column("Reason", sa.Unicode(400), nullable=True),
+        sa.Column("ErrorCode", sa.Integer, nullable=True),
+        sa.Column("MessageSID", SID, nullable=True),
+        sa.Column("MessageStatus", sa.Unicode(30), nullable=True),
+        sa.Column("AttemptedAt", sa.DateTime, nullable=True),
+        sa.Column("UpdatedAt", sa.DateTime, nullable=True),
+        sa.Column("RunID", sa.Unicode(64), nullable=True),
+        sa.Index(f"ix_{p}TwilioSMS_SendLedger_Outcome", "ChannelExecutionID", "Outcome"),
+    )
+    watermarks = sa.Table(
+        f"{p}TwilioSMS_Watermarks", md,
+        sa.Column("Sender", SID, primary_key=True),
+        sa.Column("LastDateSent", sa.DateTime, nullable=True),
+        sa.Column("UpdatedAt", sa.DateTime, nullable=False),
+    )
+    leases = sa.Table(
+        f"{p}TwilioSMS_Leases", md,
+        sa.Column("LeaseKey", sa.Unicode(200), primary_key=True),
+        sa.Column("Owner", sa.Unicode(100), nullable=False),
+        sa.Column("Host", sa.Unicode(255), nullable=False),
+        sa.Column("Pid", sa.Integer, nullable=False),
+        sa.Column("AcquiredAt", sa.DateTime, nullable=False),
+        sa.Column("ExpiresAt", sa.DateTime, nullable=False),
+    )
+    staging_registry = sa.Table(
+        f"{p}TwilioSMS_StagingTables", md,
+        sa.Column("TableName", sa.Unicode(128), primary_key=True),
+        sa.Column("Host", sa.Unicode(255), nullable=False),
+        sa.Column("Pid", sa.Integer, nullable=False),
+        sa.Column("CreatedAt", sa.DateTime, nullable=False),
+    )
+    # Follow-up executions created from keyword replies: one per (channel, keyword, source execution batch).
+    follow_ups = sa.Table(
+        f"{p}TwilioSMS_FollowUps", md,
+        sa.Column("ReplySID", SID, primary_key=True),
+        sa.Column("FollowUpExecutionID", sa.Integer, nullable=False),
+        sa.Column("ChannelName", sa.Unicode(200), nullable=False),
+        sa.Column("Keyword", sa.Unicode(50), nullable=False),
+        sa.Column("RPContactID", sa.BigInteger, nullable=False),
+        sa.Column("CreatedAt", sa.DateTime, nullable=False),
+    )
+    return Tables(md, executions, offer_history, message_ids, inbound, suppression, states, results,
+                  ledger, watermarks, leases, staging_registry, follow_ups)

@@ -1,0 +1,95 @@
+"""Process environment -> typed settings (CONTRACT.md "Environment").
+
+Read once per process; nothing here talks to the network or the database. With no account SID the
+pipeline runs in *sandbox mode* against the embedded sandbox, and says so everywhere: a missing
+credential in production must never pass for a successful send.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from twilio_pipeline.twilio.client import Endpoints, TwilioCredentials
+
+SANDBOX_MODE_NOTICE = "sandbox mode: no TWILIO_ACCOUNT_SID set, messages go to the local Twilio sandbox, not to phones"
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+
+
+class SettingsError(ValueError):
+    """A bad environment variable; the message names it."""
+
+
+def project_root() -> Path:
+    """The repo root (holds pyproject.toml); the default home of channels.yaml, .data/ and .dagster/."""
+    env = os.environ.get("TWILIO_PIPELINE_HOME")
+    if env:
+        return Path(env).resolve()
+    here = Path(__file__).resolve().parent.parent
+    if (here / "pyproject.toml").exists():
+        return here
+    return Path.cwd()
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    channels_path: Path
+    data_dir: Path
+    credentials: TwilioCredentials | None
+    endpoints: Endpoints
+    db_schema: str | None = None
+    table_prefix: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def sandbox_mode(self) -> bool:
+        return self.credentials is None
+
+
+def validate_identifier(value: str, what: str, allow_empty: bool = False) -> str:
+    """Schema names and table prefixes come from configuration: only plain identifiers get through."""
+    if allow_empty and value == "":
+        return value
+    if not _IDENT.match(value):
+        raise SettingsError(f"{what} {value!r} is not a plain SQL identifier (letters, digits, underscore)")
+    return value
+
+
+def load_settings(env: dict[str, str] | None = None) -> Settings:
+    env = dict(os.environ if env is None else env)
+    root = project_root()
+    data_dir = Path(env.get("TWILIO_PIPELINE_DATA_DIR") or root / ".data")
+    database_url = env.get("TWILIO_PIPELINE_DATABASE_URL") or f"sqlite:///{data_dir / 'twilio_pipeline.db'}"
+    channels_path = Path(env.get("TWILIO_PIPELINE_CHANNELS") or root / "channels.yaml")
+
+    account_sid = (env.get("TWILIO_ACCOUNT_SID") or "").strip()
+    credentials = None
+    if account_sid:
+        if not re.fullmatch(r"AC[0-9a-fA-F]{32}", account_sid):
+            raise SettingsError("TWILIO_ACCOUNT_SID must be 'AC' followed by 32 hex characters")
+        token = env.get("TWILIO_AUTH_TOKEN") or None
+        key_sid = env.get("TWILIO_API_KEY_SID") or None
+        key_secret = env.get("TWILIO_API_KEY_SECRET") or None
+        if key_sid or key_secret:
+            if not (key_sid and key_secret):
+                raise SettingsError("TWILIO_API_KEY_SID and TWILIO_API_KEY_SECRET must be set together")
+            if not re.fullmatch(r"SK[0-9a-fA-F]{32}", key_sid):
+                raise SettingsError("TWILIO_API_KEY_SID must be 'SK' followed by 32 hex characters")
+        elif not token:
+            raise SettingsError("TWILIO_ACCOUNT_SID is set but neither TWILIO_AUTH_TOKEN nor an API key is")
+        credentials = TwilioCredentials(account_sid, token, key_sid, key_secret)
+
+    endpoints = Endpoints(
+        api_base=(env.get("TWILIO_API_BASE_URL") or "https://api.twilio.com").rstrip("/"),
+        bulkexports_base=(env.get("TWILIO_BULKEXPORTS_BASE_URL") or "https://bulkexports.twilio.com").rstrip("/"),
+        messaging_base=(env.get("TWILIO_MESSAGING_BASE_URL") or "https://messaging.twilio.com").rstrip("/"),
+    )
+    schema = env.get("TWILIO_PIPELINE_DB_SCHEMA") or None
+    if schema:
+        validate_identifier(schema, "TWILIO_PIPELINE_DB_SCHEMA")
+    prefix = validate_identifier(env.get("TWILIO_PIPELINE_TABLE_PREFIX", ""), "TWILIO_PIPELINE_TABLE_PREFIX", True)
+    return Settings(database_url, channels_path, data_dir, credentials, endpoints, schema, prefix)

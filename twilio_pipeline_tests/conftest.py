@@ -1,0 +1,60 @@
+"""Shared fixtures: a database per test on SQLite and on the real PostgreSQL server.
+
+PostgreSQL runs when TWILIO_PIPELINE_TEST_POSTGRES_URL is set (`.ci/run` sets it): the session creates
+its own database on that server and drops it at the end; each test gets its own table prefix.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+import sqlalchemy as sa
+
+from twilio_pipeline.db import Database
+from twilio_pipeline.db.database import normalise_url
+
+PG_ENV = "TWILIO_PIPELINE_TEST_POSTGRES_URL"
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    server = os.environ.get(PG_ENV)
+    if not server:
+        pytest.skip(f"{PG_ENV} is not set: no PostgreSQL server configured for the real-database tests")
+    name = f"tp_test_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(normalise_url(server), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    url = normalise_url(server).set(database=name)
+    yield url.render_as_string(hide_password=False)
+    with admin.connect() as conn:
+        conn.exec_driver_sql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            (name,),
+        )
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}"')
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    """A database URL on each backend (tests using it run twice)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'pipeline.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def db(db_url):
+    database = Database(db_url, prefix=f"t{uuid.uuid4().hex[:6]}_")
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def sqlite_db(tmp_path):
+    database = Database(f"sqlite:///{tmp_path / 'pipeline.db'}")
+    yield database
+    database.dispose()

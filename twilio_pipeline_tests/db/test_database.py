@@ -1,0 +1,165 @@
+"""The database layer on SQLite and on the real PostgreSQL server: DDL, bulk loads, merges, staging, leases."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.dialects import mssql
+from sqlalchemy.schema import CreateIndex, CreateTable
+
+from twilio_pipeline.db import Database, build_tables, utcnow
+from twilio_pipeline.db.database import engine_options
+
+CONTRACT_COLUMNS = {
+    "SMS_ChannelExecutions": ["ChannelExecutionID", "ChannelName", "MessageBody", "MediaUrl", "Status",
+                              "StatusReason", "CreatedAt", "SendAfter"],
+    "OfferHistorySG": ["RPContactID", "ChannelExecutionID", "AddressKey", "Attributes"],
+    "Twilio_MessageIDs": ["MessageID", "RPContactID", "ChannelExecutionID"],
+    "TwilioSMS_Inbound": ["MessageSID", "FromNumber", "ToNumber", "MessagingServiceID", "Body", "Keyword", "DateSent"],
+    "TwilioSMS_Suppression": ["PhoneNumber", "ActivityDate", "MessagingServiceID", "TwilioNumber", "Activity"],
+    "OfferHistorySG_States": ["RPContactID", "ChannelExecutionID", "FulfillmentState", "EventName", "Timestamp"],
+    "op_ChannelExecutionResults": ["ChannelExecutionID", "ResultName", "ResultValue", "UpdatedAt"],
+}
+
+
+def test_contract_tables_exist_with_their_columns_and_create_is_idempotent(db):
+    db._created = False
+    db.create_all()  # second time: no error
+    insp = sa.inspect(db.engine)
+    names = set(insp.get_table_names())
+    for table, columns in CONTRACT_COLUMNS.items():
+        full = db.prefix + table
+        assert full in names
+        have = [c["name"] for c in insp.get_columns(full)]
+        assert set(columns) <= set(have), (table, have)
+
+
+def test_bulk_insert_then_merge_inserts_each_row_once(db):
+    t = db.tables.suppression
+    now = utcnow().replace(microsecond=0)
+    rows = [dict(PhoneNumber=f"+1415555{i:04d}", ActivityDate=now, MessagingServiceID=None,
+                 TwilioNumber="+15005550006", Activity="STOP") for i in range(5000)]
+    cols = [sa.Column(c.name, c.type) for c in t.columns]
+    for _ in range(2):  # the second merge of the same rows adds nothing
+        with db.staging_table("sup", cols) as stg:
+            with db.begin() as conn:
+                assert db.bulk_insert(conn, stg, rows) == 5000
+                db.insert_missing(conn, t, sa.select(stg), match=["PhoneNumber", "ActivityDate",
+                                                                     "MessagingServiceID", "TwilioNumber", "Activity"])
+    with db.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(t)).scalar() == 5000
+        # NULL MessagingServiceID matched NULL-safely: no duplicates.
+        assert conn.execute(sa.select(sa.func.count(sa.distinct(t.c.PhoneNumber))).select_from(t)).scalar() == 5000
+
+
+def test_bulk_insert_keeps_awkward_text_intact(db):
+    t = db.tables.inbound
+    body = "tab\there\nnew line \\N back\\slash ' \" 😀 ünï"
+    with db.begin() as conn:
+        db.bulk_insert(conn, t, [dict(MessageSID="SM1", FromNumber="+1", ToNumber=None, MessagingServiceID=None,
+                                      Body=body, Keyword=None, DateSent=utcnow(), ParsedAt=None, FetchedAt=None),
+                                 dict(MessageSID="SM2", FromNumber="", ToNumber=None, MessagingServiceID=None,
+                                      Body="", Keyword=None, DateSent=None, ParsedAt=None, FetchedAt=None)])
+    with db.connect() as conn:
+        rows = dict(conn.execute(sa.select(t.c.MessageSID, t.c.Body)).all())
+        empty = conn.execute(sa.select(t.c.FromNumber, t.c.ToNumber).where(t.c.MessageSID == "SM2")).one()
+    assert rows["SM1"] == body
+    assert rows["SM2"] == ""  # empty string stays empty, not NULL
+    assert empty == ("", None)
+
+
+def test_staging_table_is_dropped_after_success_and_after_failure(db):
+    cols = [sa.Column("x", sa.Integer)]
+    with db.staging_table("ok", cols) as stg:
+        assert stg.name in sa.inspect(db.engine).get_table_names()
+    with pytest.raises(RuntimeError):
+        with db.staging_table("fail", cols) as stg2:
+            raise RuntimeError("boom")
+    names = sa.inspect(db.engine).get_table_names()
+    assert stg.name not in names and stg2.name not in names
+    assert db.staging_tables() == []
+
+
+def test_orphan_staging_of_a_killed_process_is_dropped(db):
+    reg = db.tables.staging_registry
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = sa.Table(f"{db.prefix}stg_orphan_x", sa.MetaData(), sa.Column("x", sa.Integer))
+    live = sa.Table(f"{db.prefix}stg_live_x", sa.MetaData(), sa.Column("x", sa.Integer))
+    with db.begin() as conn:
+        for table, pid in ((orphan, dead.pid), (live, os.getpid())):
+            conn.execute(reg.insert().values(TableName=table.name, Host=socket.gethostname(), Pid=pid,
+                                             CreatedAt=utcnow()))
+            table.create(conn)
+    assert db.drop_orphan_staging() == [orphan.name]
+    names = sa.inspect(db.engine).get_table_names()
+    assert orphan.name not in names and live.name in names
+
+
+def test_lease_is_exclusive_and_a_dead_or_expired_holder_is_replaced(db):
+    assert db.acquire_lease("send:1", "run-a") is None
+    holder = db.acquire_lease("send:1", "run-b")
+    assert holder is not None and holder.owner == "run-a"
+    assert db.acquire_lease("send:1", "run-a") is None  # re-entrant for its owner
+    db.release_lease("send:1", "run-a")
+    assert db.acquire_lease("send:1", "run-b") is None
+    # expired
+    leases = db.tables.leases
+    with db.begin() as conn:
+        conn.execute(leases.update().values(ExpiresAt=utcnow() - timedelta(seconds=1)))
+    assert db.acquire_lease("send:1", "run-c") is None
+    # dead process on this host
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    with db.begin() as conn:
+        conn.execute(leases.update().values(Pid=dead.pid, ExpiresAt=utcnow() + timedelta(hours=1)))
+    assert db.acquire_lease("send:1", "run-d") is None
+    assert db.renew_lease("send:1", "run-d") and not db.renew_lease("send:1", "run-c")
+
+
+def test_watermark_never_moves_back(db):
+    t0 = utcnow().replace(microsecond=0)
+    with db.begin() as conn:
+        db.set_watermark(conn, "+15005550006", t0)
+        db.set_watermark(conn, "+15005550006", t0 - timedelta(days=1))
+        assert db.get_watermark(conn, "+15005550006") == t0
+        db.set_watermark(conn, "+15005550006", t0 + timedelta(seconds=5))
+        assert db.get_watermark(conn, "+15005550006") == t0 + timedelta(seconds=5)
+
+
+def test_results_are_replaced_not_duplicated(db):
+    with db.begin() as conn:
+        db.write_results(conn, 7, {"Sent": 3, "Status:delivered": 2})
+        db.write_results(conn, 7, {"Status:sent": 1}, replace_prefixes=["Status:"])
+        db.write_results(conn, 7, {"Sent": 4})
+    assert db.read_results(7) == {"Sent": 4, "Status:sent": 1}
+
+
+def test_every_table_and_merge_compiles_on_sql_server():
+    tables = build_tables(schema="dbo", prefix="x_")
+    dialect = mssql.dialect()
+    for table in tables.metadata.sorted_tables:
+        ddl = str(CreateTable(table).compile(dialect=dialect))
+        assert "NVARCHAR" in ddl or "BIGINT" in ddl or "INTEGER" in ddl
+        for index in table.indexes:
+            str(CreateIndex(index).compile(dialect=dialect))
+    db = Database.__new__(Database)
+    db.tables, db.schema, db.prefix = tables, "dbo", "x_"
+    src = sa.select(tables.suppression).subquery("src")
+    exists = sa.select(sa.literal(1)).where(tables.suppression.c.PhoneNumber == src.c.PhoneNumber)
+    stmt = tables.suppression.insert().from_select([c.name for c in src.columns], sa.select(src).where(~exists.exists()))
+    sql = str(stmt.compile(dialect=dialect))
+    assert "dbo.[x_TwilioSMS_Suppression]" in sql and "NOT (EXISTS" in sql
+    assert engine_options("mssql")["fast_executemany"] is True
+
+
+def test_table_names_are_quoted_not_pasted():
+    tables = build_tables(prefix="weird_")
+    sql = str(sa.select(tables.states).compile(dialect=mssql.dialect()))
+    assert "[weird_OfferHistorySG_States]" in sql
