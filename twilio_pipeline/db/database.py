@@ -308,6 +308,15 @@ class Database:
         with self.begin() as conn:
             conn.execute(leases.delete().where(leases.c.LeaseKey == key, leases.c.Owner == owner))
 
+    def live_lease_holder(self, key: str) -> LeaseHolder | None:
+        """The holder of `key` if it is alive (unexpired, and its process exists when on this host)."""
+        holder = self.lease_holder(key)
+        if holder is None or holder.expires_at < utcnow():
+            return None
+        if holder.host == HOST and not pid_alive(holder.pid):
+            return None
+        return holder
+
     def lease_holder(self, key: str) -> LeaseHolder | None:
         leases = self.tables.leases
         with self.engine.connect() as conn:

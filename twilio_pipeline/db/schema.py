@@ -31,6 +31,8 @@ class Tables:
     leases: sa.Table
     staging_registry: sa.Table
     follow_ups: sa.Table
+    pending_states: sa.Table
+    service_numbers: sa.Table
 
     def contract_tables(self) -> list[sa.Table]:
         return [self.executions, self.offer_history, self.message_ids, self.inbound, self.suppression,
@@ -132,10 +134,14 @@ def build_tables(schema: str | None = None, prefix: str = "") -> Tables:
         sa.Column("ErrorCode", sa.Integer, nullable=True),
         sa.Column("MessageSID", SID, nullable=True),
         sa.Column("MessageStatus", sa.Unicode(30), nullable=True),
+        # Twilio's date_updated (else date_created) of the first answer: the first state's Timestamp.
+        sa.Column("StatusAt", sa.DateTime, nullable=True),
         sa.Column("AttemptedAt", sa.DateTime, nullable=True),
         sa.Column("UpdatedAt", sa.DateTime, nullable=True),
         sa.Column("RunID", sa.Unicode(64), nullable=True),
         sa.Index(f"ix_{p}TwilioSMS_SendLedger_Outcome", "ChannelExecutionID", "Outcome"),
+        # Dedupe of recipients added to an already planned execution, and reconciliation by number.
+        sa.Index(f"ix_{p}TwilioSMS_SendLedger_To", "ToNumber", "ChannelExecutionID"),
     )
     watermarks = sa.Table(
         f"{p}TwilioSMS_Watermarks", md,
@@ -169,5 +175,34 @@ def build_tables(schema: str | None = None, prefix: str = "") -> Tables:
         sa.Column("RPContactID", sa.BigInteger, nullable=False),
         sa.Column("CreatedAt", sa.DateTime, nullable=False),
     )
+    # Channel sync: states observed (status fetch, keyword parse) but not yet loaded into
+    # OfferHistorySG_States. Durable between the fetch/parse and the load, so the load can retire a SID
+    # in the very transaction that stores its state, and a crash in between loses nothing.
+    pending_states = sa.Table(
+        f"{p}TwilioSMS_PendingStates", md,
+        sa.Column("PendingID", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
+                  autoincrement=True),
+        sa.Column("ChannelExecutionID", sa.Integer, nullable=False),
+        sa.Column("RPContactID", sa.BigInteger, nullable=False),
+        sa.Column("FulfillmentState", sa.Unicode(40), nullable=False),
+        sa.Column("EventName", sa.Unicode(255), nullable=True),
+        sa.Column("Timestamp", sa.DateTime, nullable=True),
+        # Delivery states: the SID, retired from Twilio_MessageIDs when Terminal is true.
+        sa.Column("MessageID", SID, nullable=True),
+        sa.Column("Terminal", sa.Boolean, nullable=False, server_default=sa.false()),
+        # Replies: the inbound message they come from.
+        sa.Column("InboundSID", SID, nullable=True),
+        sa.Column("ObservedAt", sa.DateTime, nullable=False),
+        sa.Index(f"ix_{p}TwilioSMS_PendingStates_Exec", "ChannelExecutionID", "RPContactID"),
+    )
+    # A Messaging Service's sender pool as last listed: which inbound numbers belong to the service
+    # (suppression scope and keyword parse need it without a Twilio call).
+    service_numbers = sa.Table(
+        f"{p}TwilioSMS_ServiceNumbers", md,
+        sa.Column("ServiceSID", SID, primary_key=True),
+        sa.Column("PhoneNumber", PHONE, primary_key=True),
+        sa.Column("SeenAt", sa.DateTime, nullable=False),
+    )
     return Tables(md, executions, offer_history, message_ids, inbound, suppression, states, results,
-                  ledger, watermarks, leases, staging_registry, follow_ups)
+                  ledger, watermarks, leases, staging_registry, follow_ups,
+                  pending_states=pending_states, service_numbers=service_numbers)

@@ -57,6 +57,8 @@ def normalise_number(raw: str | None, default_region: str | None = None) -> Phon
     try:
         parsed = phonenumbers.parse(compact, None if compact.startswith("+") else default_region)
     except NumberParseException as exc:
+        if exc.error_type == NumberParseException.INVALID_COUNTRY_CODE:
+            return PhoneResult(None, "invalid country code")
         return PhoneResult(None, f"not parseable: {exc._msg}")
     result = phonenumbers.is_possible_number_with_reason(parsed)
     if result != phonenumbers.ValidationResult.IS_POSSIBLE:

@@ -1,0 +1,215 @@
+"""`twilio-pipeline`: the command line of CONTRACT.md. Runs go through Dagster in-process and are
+recorded in the instance of DAGSTER_HOME (the repo's own by default, the one `make ui` shows).
+
+Exit codes: 0 success; 1 the run failed; 2 bad input (one line, no traceback); 3 another live run is
+sending the same execution.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_BUSY = 0, 1, 2, 3
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = EXIT_INPUT):
+        super().__init__(message)
+        self.code = code
+
+
+def _prepare_dagster_home() -> None:
+    """Unset DAGSTER_HOME means the repo's instance (.dagster/ holding a link to the repo's dagster.yaml)."""
+    from twilio_pipeline.settings import project_root
+
+    if os.environ.get("DAGSTER_HOME"):
+        Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+        return
+    root = project_root()
+    home = root / ".dagster"
+    home.mkdir(parents=True, exist_ok=True)
+    link = home / "dagster.yaml"
+    if not link.exists() and (root / "dagster.yaml").exists():
+        try:
+            link.symlink_to(root / "dagster.yaml")
+        except FileExistsError:
+            pass
+    os.environ["DAGSTER_HOME"] = str(home)
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _context():
+    """Settings, database and channel file, each failure one clear line."""
+    from twilio_pipeline.channels import ChannelConfigError, load_channels
+    from twilio_pipeline.db import Database
+    from twilio_pipeline.settings import SANDBOX_MODE_NOTICE, SettingsError, load_settings
+
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        raise CliError(str(exc)) from None
+    if settings.sandbox_mode:
+        _say(f"[{SANDBOX_MODE_NOTICE}]")
+    try:
+        db = Database(settings.database_url, schema=settings.db_schema, prefix=settings.table_prefix)
+    except Exception as exc:  # noqa: BLE001 - any driver error becomes one line
+        raise CliError(f"cannot open the database {_safe_url(settings.database_url)}: {_first_line(exc)}") from None
+    try:
+        channels = load_channels(settings.channels_path)
+    except ChannelConfigError as exc:
+        raise CliError(str(exc)) from None
+    return settings, db, channels
+
+
+def _safe_url(url: str) -> str:
+    import sqlalchemy as sa
+
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001
+        return "(unparseable URL)"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+# ---- commands ---------------------------------------------------------------------------------
+
+def cmd_init_db(_args) -> int:
+    from twilio_pipeline.db import Database
+    from twilio_pipeline.settings import SettingsError, load_settings
+
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        raise CliError(str(exc)) from None
+    if settings.sandbox_mode:
+        from twilio_pipeline.settings import SANDBOX_MODE_NOTICE
+
+        _say(f"[{SANDBOX_MODE_NOTICE}]")
+    try:
+        db = Database(settings.database_url, schema=settings.db_schema, prefix=settings.table_prefix)
+    except Exception as exc:  # noqa: BLE001
+        raise CliError(f"cannot create the tables in {_safe_url(settings.database_url)}: {_first_line(exc)}") from None
+    names = ", ".join(t.name for t in db.tables.contract_tables())
+    _say(f"Tables ready in {_safe_url(settings.database_url)}: {names} (+ internal ledger, watermarks, leases)")
+    db.dispose()
+    return EXIT_OK
+
+
+def cmd_sandbox(argv: Sequence[str]) -> int:
+    from twilio_pipeline.sandbox.cli import main as sandbox_main
+
+    return sandbox_main(list(argv))
+
+
+def cmd_send(args) -> int:
+    from twilio_pipeline.defs.runner import run_send
+
+    settings, db, channels = _context()
+    try:
+        return run_send(settings, db, channels, args.execution_id, say=_say)
+    finally:
+        db.dispose()
+
+
+def cmd_sync(args) -> int:
+    from twilio_pipeline.defs.runner import run_sync
+
+    settings, db, channels = _context()
+    if args.channel:
+        from twilio_pipeline.channels import ChannelConfigError
+
+        try:
+            channels.get(args.channel)
+        except ChannelConfigError as exc:
+            raise CliError(str(exc)) from None
+    try:
+        return run_sync(settings, db, channels, args.channel, say=_say)
+    finally:
+        db.dispose()
+
+
+def cmd_results(args) -> int:
+    from twilio_pipeline.defs.runner import print_results
+
+    _settings, db, _channels = _context()
+    try:
+        return print_results(db, args.execution_id, say=_say)
+    finally:
+        db.dispose()
+
+
+DEMO_FORCED_DEFAULTS = ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_API_KEY_SID", "TWILIO_API_KEY_SECRET",
+                        "TWILIO_API_BASE_URL", "TWILIO_BULKEXPORTS_BASE_URL", "TWILIO_MESSAGING_BASE_URL",
+                        "TWILIO_PIPELINE_DATABASE_URL", "TWILIO_PIPELINE_DB_SCHEMA", "TWILIO_PIPELINE_TABLE_PREFIX")
+
+
+def cmd_demo(args) -> int:
+    """The demo always runs on the embedded default: it must never text real phones or touch a real database."""
+    from twilio_pipeline.demo import run_demo
+
+    for name in DEMO_FORCED_DEFAULTS:
+        os.environ.pop(name, None)
+    settings, db, channels = _context()
+    try:
+        return run_demo(settings, db, channels, contacts=args.contacts, say=_say)
+    finally:
+        db.dispose()
+
+
+def _execution_id(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"EXECUTION_ID must be an integer, not {text!r}") from None
+    if not -2**31 <= value < 2**31:
+        raise argparse.ArgumentTypeError(f"EXECUTION_ID {value} is out of the INT range")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="twilio-pipeline", description="Twilio SMS channel: send channel executions and sync their states.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("init-db", help="create the tables (idempotent)")
+    sub.add_parser("sandbox", help="run the Twilio-compatible sandbox in the foreground", add_help=False)
+    p = sub.add_parser("send", help="send one channel execution")
+    p.add_argument("execution_id", type=_execution_id, metavar="EXECUTION_ID")
+    p = sub.add_parser("sync", help="run the channel sync")
+    p.add_argument("--channel", metavar="NAME", help="only this channel")
+    p = sub.add_parser("results", help="print an execution's results")
+    p.add_argument("execution_id", type=_execution_id, metavar="EXECUTION_ID")
+    p = sub.add_parser("demo", help="what `make demo` runs")
+    p.add_argument("--contacts", type=int, default=2000, metavar="N")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "sandbox":
+        return cmd_sandbox(argv[1:])
+    args = build_parser().parse_args(argv)
+    _prepare_dagster_home()
+    handlers = {"init-db": cmd_init_db, "send": cmd_send, "sync": cmd_sync, "results": cmd_results,
+                "demo": cmd_demo}
+    try:
+        return handlers[args.command](args)
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return exc.code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""In-process runs for the CLI and the demo: the same jobs the UI launches, recorded in the instance of
+DAGSTER_HOME, with the failure reduced to one line and mapped to CONTRACT.md's exit codes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import dagster as dg
+import sqlalchemy as sa
+
+from twilio_pipeline.channels import ChannelConfigError, ChannelFile
+from twilio_pipeline.db import Database
+from twilio_pipeline.db.database import HOST
+from twilio_pipeline.defs.partitions import CHANNEL_TAG, EXECUTION_TAG, HOST_TAG, MODE_TAG, PID_TAG, execution_partitions
+from twilio_pipeline.defs.stale_runs import fail_stale_runs
+from twilio_pipeline.settings import Settings
+
+EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_BUSY = 0, 1, 2, 3
+QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+
+OUTBOUND_ORDER = ["CountBeforeDedup", "InvalidNumbers", "Duplicates", "Unsubscribed", "NotRendered", "Targeted",
+                  "Sent", "SendFailed", "Unresolved", "Segments", "EstimatedCost", "SeedsSent", "InvalidSeeds",
+                  "UnsubscribedSeeds"]
+
+
+class RunFailure:
+    def __init__(self, error_class: str, message: str):
+        self.error_class = error_class
+        self.message = message
+
+
+def _instance() -> dg.DagsterInstance:
+    instance = dg.DagsterInstance.get()
+    for run_id in fail_stale_runs(instance):
+        print(f"Marked stale run {run_id} failed (its process is gone) and freed its slots", flush=True)
+    return instance
+
+
+def _tags(settings: Settings, **extra: str) -> dict[str, str]:
+    return {HOST_TAG: HOST, PID_TAG: str(os.getpid()), "twilio_pipeline/cli": "1",
+            MODE_TAG: "sandbox" if settings.sandbox_mode else "live", **extra}
+
+
+def _job(name: str) -> dg.JobDefinition:
+    from twilio_pipeline.definitions import defs
+
+    return defs.resolve_job_def(name)
+
+
+def _failure(result) -> RunFailure | None:
+    if result.success:
+        return None
+    for event in result.all_events:
+        if event.is_step_failure:
+            error = event.step_failure_data.error
+            while error.cause is not None and error.cls_name in ("DagsterExecutionStepExecutionError",
+                                                                  "DagsterUserCodeExecutionError"):
+                error = error.cause
+            message = error.message.strip()
+            if ": " in message.split("\n", 1)[0] and error.cls_name in message.split("\n", 1)[0]:
+                message = message.split(": ", 1)[1]
+            return RunFailure(error.cls_name, message.splitlines()[0] if message else error.cls_name)
+    for event in result.all_events:
+        if event.event_type_value == "PIPELINE_FAILURE" and event.message:
+            return RunFailure("RunFailure", event.message.splitlines()[0])
+    return RunFailure("RunFailure", "the run failed (see the Dagster UI for its log)")
+
+
+def _ensure_partition(instance: dg.DagsterInstance, execution_id: int) -> None:
+    key = str(execution_id)
+    if not instance.has_dynamic_partition(execution_partitions.name, key):
+        instance.add_dynamic_partitions(execution_partitions.name, [key])
+
+
+def run_send(settings: Settings, db: Database, channels: ChannelFile, execution_id: int,
+             say: Callable[[str], None]) -> int:
+    from twilio_pipeline.cli import CliError
+    from twilio_pipeline.outbound import ExecutionBusy, OutboundInputError, load_execution
+    from twilio_pipeline.outbound.lease import lease_key
+
+    try:
+        _row, channel = load_execution(db, channels, execution_id)
+    except (OutboundInputError, ChannelConfigError) as exc:
+        raise CliError(str(exc)) from None
+    holder = db.live_lease_holder(lease_key(execution_id))
+    if holder is not None:
+        say(f"Execution {execution_id} is being sent by run {holder.owner} (pid {holder.pid} on {holder.host}); "
+            "not starting a second send")
+        return EXIT_BUSY
+    instance = _instance()
+    _ensure_partition(instance, execution_id)
+    result = _job("outbound_job").execute_in_process(
+        instance=instance, partition_key=str(execution_id), run_config=QUIET_LOGS, raise_on_error=False,
+        tags=_tags(settings, **{EXECUTION_TAG: str(execution_id), CHANNEL_TAG: channel.name}))
+    failure = _failure(result)
+    if failure is not None:
+        if failure.error_class == ExecutionBusy.__name__:
+            say(failure.message)
+            return EXIT_BUSY
+        say(f"Send of execution {execution_id} failed (run {result.run_id}): {failure.message}")
+        return EXIT_FAILED
+    sent_now = _metadata_value(result, "send", "requests_this_run")
+    if sent_now == 0:
+        say(f"Execution {execution_id}: nothing new to send (every recipient already has its outcome)")
+    say(f"Run {result.run_id} succeeded.")
+    return print_results(db, execution_id, say)
+
+
+def _metadata_value(result, node: str, key: str):
+    for mat in result.asset_materializations_for_node(node):
+        value = mat.metadata.get(key)
+        if value is not None:
+            return value.value
+    return None
+
+
+def run_sync(settings: Settings, db: Database, channels: ChannelFile, channel_name: str | None,
+             say: Callable[[str], None]) -> int:
+    from twilio_pipeline.inbound import eligible_executions
+
+    instance = _instance()
+    config = {"ops": {"keyword_parse": {"config": {"channel": channel_name}}}, **QUIET_LOGS}
+    result = _job("channel_sync_job").execute_in_process(instance=instance, run_config=config,
+                                                         raise_on_error=False, tags=_tags(settings))
+    failure = _failure(result)
+    if failure is not None:
+        say(f"Channel sync failed (run {result.run_id}): {failure.message}")
+        return EXIT_FAILED
+    parsed = {k: v.value for mat in result.asset_materializations_for_node("keyword_parse")
+              for k, v in mat.metadata.items() if isinstance(v.value, (int, float))}
+    say("Channel sync: " + ", ".join(f"{k}={v}" for k, v in parsed.items()))
+    selected = [channels.get(channel_name)] if channel_name else list(channels.channels)
+    code = EXIT_OK
+    synced = 0
+    for channel in selected:
+        for eid in eligible_executions(db, channel, limit_records=channel.records_per_sync):
+            _ensure_partition(instance, eid)
+            res = _job("execution_sync_job").execute_in_process(
+                instance=instance, partition_key=str(eid), run_config=QUIET_LOGS, raise_on_error=False,
+                tags=_tags(settings, **{EXECUTION_TAG: str(eid), CHANNEL_TAG: channel.name}))
+            failure = _failure(res)
+            if failure is not None:
+                say(f"Execution {eid}: sync failed (run {res.run_id}): {failure.message}")
+                code = EXIT_FAILED
+                continue
+            synced += 1
+            loaded = {k: v.value for mat in res.asset_materializations_for_node("state_bulk_load")
+                      for k, v in mat.metadata.items() if isinstance(v.value, (int, float))}
+            results = db.read_results(eid)
+            status = ", ".join(f"{k[7:]}={_fmt(v)}" for k, v in results.items() if k.startswith("Status:"))
+            replies = ", ".join(f"{k[6:]}={_fmt(v)}" for k, v in results.items() if k.startswith("Reply:"))
+            say(f"Execution {eid} ({channel.name}): loaded " + ", ".join(f"{k}={v}" for k, v in loaded.items())
+                + f" | statuses: {status or 'none yet'} | replies: {replies or 'none'}")
+    if synced == 0 and code == EXIT_OK:
+        say("No execution had anything to sync.")
+    return code
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float) and not value.is_integer():
+        return f"{value:,.4f}"
+    return f"{int(value):,}"
+
+
+def print_results(db: Database, execution_id: int, say: Callable[[str], None]) -> int:
+    from twilio_pipeline.cli import CliError
+
+    ex = db.tables.executions
+    with db.connect() as conn:
+        row = conn.execute(sa.select(ex.c.ChannelName, ex.c.Status, ex.c.StatusReason)
+                           .where(ex.c.ChannelExecutionID == execution_id)).first()
+    if row is None:
+        raise CliError(f"unknown execution {execution_id}: no row in {ex.name}")
+    results = db.read_results(execution_id)
+    say(f"Execution {execution_id} — channel {row.ChannelName!r}, status {row.Status}"
+        + (f" ({row.StatusReason})" if row.StatusReason else ""))
+    if not results:
+        say("  no results yet")
+        return EXIT_OK
+    ordered = [k for k in OUTBOUND_ORDER if k in results]
+    ordered += sorted(k for k in results if k.startswith("Status:"))
+    ordered += [k for k in ("Expired",) if k in results]
+    ordered += sorted(k for k in results if k.startswith("Reply:"))
+    ordered += sorted(k for k in results if k not in ordered)
+    width = max(len(k) for k in ordered)
+    for name in ordered:
+        say(f"  {name:<{width}}  {_fmt(results[name])}")
+    return EXIT_OK

@@ -1,0 +1,62 @@
+"""What every asset does around its domain call: find the execution and its channel, say which mode
+it runs in, and turn summaries into metadata the UI can plot."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import dagster as dg
+
+from twilio_pipeline.channels import Channel, ChannelConfigError
+from twilio_pipeline.db import Database
+from twilio_pipeline.defs.resources import DatabaseResource, TwilioResource
+
+
+def execution_id_of(context: dg.AssetExecutionContext) -> int:
+    return int(context.partition_key)
+
+
+def announce(context, twilio: TwilioResource) -> None:
+    """Sandbox mode is said in every run log."""
+    notice = twilio.notice()
+    if notice:
+        context.log.warning(notice)
+
+
+def channel_of(db: Database, twilio: TwilioResource, execution_id: int) -> Channel:
+    from twilio_pipeline.outbound import OutboundInputError, load_execution
+
+    try:
+        _row, channel = load_execution(db, twilio.get_channels(), execution_id)
+    except (OutboundInputError, ChannelConfigError) as exc:
+        raise dg.Failure(description=str(exc), allow_retries=False) from None
+    return channel
+
+
+def setup(context, database: DatabaseResource, twilio: TwilioResource) -> tuple[Database, Channel, int]:
+    announce(context, twilio)
+    db = database.get_database()
+    eid = execution_id_of(context)
+    return db, channel_of(db, twilio, eid), eid
+
+
+def metadata(summary: Mapping[str, object]) -> dict[str, dg.MetadataValue]:
+    """Numbers stay numbers (Dagster plots them across partitions); the rest becomes text."""
+    out: dict[str, dg.MetadataValue] = {}
+    for key, value in summary.items():
+        if isinstance(value, bool):
+            out[key] = dg.MetadataValue.bool(value)
+        elif isinstance(value, int):
+            out[key] = dg.MetadataValue.int(value)
+        elif isinstance(value, float):
+            out[key] = dg.MetadataValue.float(value)
+        elif value is None:
+            continue
+        else:
+            out[key] = dg.MetadataValue.text(str(value))
+    return out
+
+
+def counts_table(title: str, counts: Mapping[str, object]) -> dg.MetadataValue:
+    rows = "\n".join(f"| {k} | {v} |" for k, v in counts.items())
+    return dg.MetadataValue.md(f"**{title}**\n\n| count | value |\n|---|---|\n{rows}\n")
