@@ -12,6 +12,10 @@ from twilio_pipeline.queue import ready_executions
 TICK_LIMIT = 50  # executions per tick: a tick stays far below the 60 s sensor timeout
 
 
+def _has_run(instance: dg.DagsterInstance, execution_id: int) -> bool:
+    return bool(instance.get_run_records(filters=dg.RunsFilter(tags={EXECUTION_TAG: str(execution_id)}), limit=1))
+
+
 @dg.sensor(job=outbound_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
            description="Queue listener: each execution with Status 'ready' whose SendAfter has passed gets its "
                        "partition and one outbound run. The run key is the execution ID, so a lost cursor never "
@@ -21,6 +25,11 @@ def queue_listener(context: dg.SensorEvaluationContext, database: DatabaseResour
     ready = ready_executions(db, limit=TICK_LIMIT)
     if not ready:
         return dg.SkipReason("no execution is ready to send")
+    # An execution that already has a run (queued, running, or one that failed before marking it) is left
+    # to that run or to a person: the sensor never launches a second send of it, whatever its cursor.
+    ready = [(eid, channel) for eid, channel in ready if not _has_run(context.instance, eid)]
+    if not ready:
+        return dg.SkipReason("every ready execution already has a run")
     keys = [str(eid) for eid, _ in ready]
     known = set(context.instance.get_dynamic_partitions(execution_partitions.name))
     new_keys = [k for k in keys if k not in known]

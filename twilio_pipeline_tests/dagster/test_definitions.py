@@ -1,0 +1,56 @@
+"""The code location as users see it in the UI: it loads, and names the assets, checks, jobs,
+sensors and schedules the docs promise."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import dagster as dg
+
+from twilio_pipeline.definitions import defs
+from twilio_pipeline.settings import project_root
+
+OUTBOUND = {"suppression_refresh", "dedupe", "send", "message_id_staging"}
+INBOUND = {"keyword_parse", "status_fetch", "state_bulk_load", "aggregate_results"}
+
+
+def test_definitions_validate():
+    dg.Definitions.validate_loadable(defs)
+
+
+def test_asset_graph_has_the_cards_groups():
+    graph = defs.resolve_asset_graph()
+    groups = {key.to_user_string(): graph.get(key).group_name for key in graph.get_all_asset_keys()}
+    assert {k for k, g in groups.items() if g == "outbound"} == OUTBOUND
+    assert {k for k, g in groups.items() if g == "inbound"} == INBOUND
+    for key in graph.get_all_asset_keys():
+        assert graph.get(key).description, f"{key} has no description"
+
+
+def test_checks_jobs_sensors_schedules_are_there():
+    graph = defs.resolve_asset_graph()
+    checks = {k.name for k in graph.asset_check_keys}
+    assert {"twilio_connectivity", "invalid_number_rate", "outbound_identities_hold", "no_sids_past_validity",
+            "states_match_offer_history", "results_identities_hold", "delivery_rate"} <= checks
+    for job in ("outbound_job", "channel_sync_job", "execution_sync_job"):
+        assert defs.resolve_job_def(job)
+    assert defs.resolve_sensor_def("queue_listener") and defs.resolve_sensor_def("execution_sync_chain")
+    assert defs.resolve_schedule_def("channel_sync_schedule") and defs.resolve_schedule_def("daily_suppression_refresh")
+
+
+def test_twilio_steps_are_in_the_twilio_api_pool():
+    graph = defs.resolve_asset_graph()
+    for name in ("suppression_refresh", "send", "keyword_parse", "status_fetch"):
+        node = graph.get(dg.AssetKey(name))
+        assert node.pools == {"twilio_api"}, name
+
+
+def test_dagster_cli_validates_the_workspace(tmp_path):
+    workspace = project_root() / "workspace.yaml"
+    proc = subprocess.run([sys.executable, "-m", "dagster", "definitions", "validate", "-w", str(workspace)],
+                          capture_output=True, text=True, env={**os.environ, "DAGSTER_HOME": str(tmp_path)},
+                          timeout=180, cwd=project_root())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Validation successful" in proc.stderr + proc.stdout
