@@ -1,0 +1,179 @@
+"""The embedded sandbox: one background server per store, shared by every process that needs it.
+
+With no Twilio account configured the pipeline runs against this. The first process that needs it
+starts it detached (its own session, so it outlives that process); every later process finds it
+again through `server.json` beside the store's data (pid, port), after checking that the pid is
+alive and that the server on that port answers as that pid and that store. A file lock around the
+check-and-start makes two processes starting at once get the same server, and the store's own lock
+makes sure no two servers ever open one store.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from twilio_pipeline.sandbox.credentials import (
+    SANDBOX_ACCOUNT_SID,
+    SANDBOX_AUTH_TOKEN,
+    SANDBOX_MESSAGING_SERVICE_SID,
+    SANDBOX_POOL_NUMBERS,
+)
+from twilio_pipeline.sandbox.process import (
+    SandboxClientError,
+    SandboxError,
+    admin_call,
+    child_environment,
+    flag_arguments,
+)
+
+# Demo-friendly behaviour: statuses move quickly, a few messages fail, some recipients reply.
+EMBEDDED_FLAGS: dict[str, object] = {
+    "status_delay_ms": 500,
+    "undelivered_rate": 0.03,
+    "failed_rate": 0.02,
+    "reply_rate": 0.1,
+    "reply_keywords": "MORE",
+    "access_log": False,
+}
+STORE_DIR = "sandbox"
+SERVER_FILE = "server.json"
+START_LOCK = "sandbox.start.lock"
+LOG_FILE = "sandbox.log"
+
+_children: dict[int, subprocess.Popen] = {}  # servers this process started: reaped when stopped
+
+
+@dataclass(frozen=True)
+class EmbeddedSandbox:
+    base_url: str
+    account_sid: str
+    auth_token: str
+    messaging_service_sid: str
+    pool_numbers: tuple[str, ...]
+    pid: int
+    store: Path
+
+
+def _alive(pid: int) -> bool:
+    child = _children.get(pid)
+    if child is not None:
+        return child.poll() is None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (exited, not yet reaped by its new parent) is not a server
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _find(store: Path) -> EmbeddedSandbox | None:
+    """The live server of this store, if server.json names one that answers as itself."""
+    try:
+        info = json.loads((store / SERVER_FILE).read_text(encoding="utf-8"))
+        pid, base_url = int(info["pid"]), str(info["base_url"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not _alive(pid):
+        return None
+    try:
+        stats = admin_call(base_url, SANDBOX_ACCOUNT_SID, SANDBOX_AUTH_TOKEN, "GET", "/_sandbox/stats", timeout=5)
+    except SandboxClientError as exc:
+        if exc.status != 401:
+            return None
+        raise SandboxError(
+            f"the sandbox of {store} (pid {pid}) refuses the sandbox credentials; "
+            "it was started by hand with others: stop it first"
+        ) from None
+    except (OSError, SandboxError, ValueError):
+        return None
+    if stats.get("pid") != pid or Path(stats.get("store") or "") != store:
+        return None
+    return EmbeddedSandbox(base_url, SANDBOX_ACCOUNT_SID, SANDBOX_AUTH_TOKEN,
+                           SANDBOX_MESSAGING_SERVICE_SID, tuple(SANDBOX_POOL_NUMBERS), pid, store)
+
+
+def _log_tail(path: Path, lines: int = 10) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _start(data_dir: Path, store: Path, startup_timeout_s: float) -> EmbeddedSandbox:
+    (store / SERVER_FILE).unlink(missing_ok=True)
+    log_path = store / LOG_FILE
+    command = [
+        sys.executable, "-m", "twilio_pipeline.sandbox", "--host", "127.0.0.1", "--port", "0",
+        "--store", str(store), "--account-sid", SANDBOX_ACCOUNT_SID, "--auth-token", SANDBOX_AUTH_TOKEN,
+        *flag_arguments(EMBEDDED_FLAGS),
+    ]
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            env=child_environment(), cwd=str(data_dir), start_new_session=True, close_fds=True,
+        )
+    _children[proc.pid] = proc
+    deadline = time.monotonic() + startup_timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            _children.pop(proc.pid, None)
+            raise SandboxError(f"the embedded sandbox exited with {proc.returncode}: {_log_tail(log_path)}")
+        found = _find(store)
+        if found is not None and found.pid == proc.pid:
+            return found
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    _children.pop(proc.pid, None)
+    raise SandboxError(f"the embedded sandbox did not answer within {startup_timeout_s} s: {_log_tail(log_path)}")
+
+
+def ensure_embedded_sandbox(data_dir: Path, startup_timeout_s: float = 30.0) -> EmbeddedSandbox:
+    """The running sandbox of `data_dir/sandbox/`, started (detached) when there is none."""
+    data_dir = Path(data_dir).resolve()
+    store = data_dir / STORE_DIR
+    store.mkdir(parents=True, exist_ok=True)
+    with (data_dir / START_LOCK).open("a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        found = _find(store)
+        if found is not None:
+            return found
+        return _start(data_dir, store, startup_timeout_s)
+
+
+def stop_embedded_sandbox(data_dir: Path, timeout_s: float = 15.0) -> bool:
+    """Stop the sandbox of `data_dir` (SIGTERM: it flushes its state); False when none was running."""
+    data_dir = Path(data_dir).resolve()
+    store = data_dir / STORE_DIR
+    if not store.exists():
+        return False
+    with (data_dir / START_LOCK).open("a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            found = _find(store)
+        except SandboxError:
+            found = None
+        if found is None:
+            return False
+        os.kill(found.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while _alive(found.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _alive(found.pid):
+            os.kill(found.pid, signal.SIGKILL)
+        child = _children.pop(found.pid, None)
+        if child is not None:
+            child.wait()
+        return True

@@ -1,0 +1,764 @@
+"""The sandbox's account: messages, their lifecycle, opt-outs, replies and Bulk Export jobs.
+
+Everything here runs on the server's event-loop thread, so there are no locks. Work per request
+stays small: a message's whole lifecycle (its status steps, its outcome, its reply) is planned
+once at creation from a seeded hash, and its status at any moment is read from that plan, so the
+simulated clock costs nothing per tick and the same --seed gives the same outcomes. Listing walks
+sorted indexes by `date_sent`, so a page costs its own size, not the account's.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import heapq
+import json
+import math
+import os
+import random
+import re
+import time
+from bisect import bisect_left, bisect_right, insort
+from collections.abc import Callable, Iterable
+from functools import lru_cache
+
+from twilio_pipeline.rules.keywords import keyword_class, normalise_keyword
+from twilio_pipeline.rules.segments import count_segments, smart_encode
+from twilio_pipeline.sandbox.config import SandboxConfig
+from twilio_pipeline.sandbox.errors import (
+    DELIVERY_ERRORS,
+    FAILED_CODES,
+    UNDELIVERED_CODES,
+    VALIDITY_EXPIRED_CODE,
+    bad_request,
+)
+from twilio_pipeline.sandbox.timefmt import DAY_S, day_start, iso8601, iso_day, parse_instant, rfc2822
+
+E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+SHORT_CODE = re.compile(r"^\d{5,6}$")
+SERVICE_SID = re.compile(r"^MG[0-9a-fA-F]{32}$")
+MESSAGE_SID = re.compile(r"^(SM|MM)[0-9a-fA-F]{32}$")
+_URL = re.compile(r"^https?://([A-Za-z0-9.-]+)(:\d{1,5})?(/\S*)?$")
+
+# Twilio's test "magic" numbers keep their documented errors on the live-account simulation.
+MAGIC_TO = {
+    "+15005550001": (21211, "The 'To' number {to} is not a valid phone number."),
+    "+15005550002": (21612, "The 'To' phone number: {to}, is not currently reachable using the 'From' phone number via SMS."),
+    "+15005550003": (21408, "Permission to send an SMS has not been enabled for the region indicated by the 'To' number: {to}."),
+    "+15005550004": (21610, "Attempt to send to unsubscribed recipient"),
+    "+15005550009": (21614, "'To' number is not a valid mobile number"),
+}
+MAGIC_FROM = {
+    "+15005550001": (21212, "The 'From' number {frm} is not a valid phone number, shortcode, or alphanumeric sender ID."),
+    "+15005550007": (21606, "The 'From' phone number provided ({frm}) is not a valid message-capable Twilio phone number for this destination."),
+    "+15005550008": (21611, "This 'From' number has exceeded the maximum number of queued messages."),
+}
+
+FREE_TEXT_REPLIES = ("thanks!", "Who is this?", "ok, see you there", "Sounds good")
+PRICE_PER_SEGMENT = 0.0079  # USD, a US long-code SMS
+MAX_BODY = 1600
+VALIDITY_MAX_S = 36000
+SCHEDULE_MIN_S = 300
+SCHEDULE_MAX_S = 35 * DAY_S
+EXPORT_MAX_DAYS = 366
+_HIDDEN_SENDER = ("accepted", "scheduled")
+
+
+def _phone(value: str | None) -> str | None:
+    """A phone parameter as sent: an unencoded '+' in a form arrives as a space."""
+    if value is None:
+        return None
+    if value[:1] == " ":
+        return "+" + value[1:].strip()
+    return value.strip()
+
+
+@lru_cache(maxsize=65536)
+def _parse_instant_cached(value: str) -> float:
+    return parse_instant(value)
+
+
+def _uniforms(*parts: object) -> list[float]:
+    """Eight reproducible uniforms in [0, 1) from the seed and a message's identity."""
+    digest = hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=32).digest()
+    return [int.from_bytes(digest[i : i + 4], "big") / 4294967296.0 for i in range(0, 32, 4)]
+
+
+def _pick(options: tuple | list, u: float):
+    return options[min(int(u * len(options)), len(options) - 1)]
+
+
+@lru_cache(maxsize=4096)
+def _keyword_kind(body: str) -> str | None:
+    return keyword_class(normalise_keyword(body))
+
+
+@lru_cache(maxsize=4096)
+def _short_segments(body: str) -> int:
+    return count_segments(body).segments
+
+
+def _segments(body: str) -> int:
+    """Segments of a body; short bodies (replies, keywords) repeat a lot, so they are cached."""
+    return _short_segments(body) if len(body) <= 160 else count_segments(body).segments
+
+
+_sid_random = random.Random(os.urandom(32))  # unique, not secret: seeded apart from --seed
+
+
+def _new_sid(prefix: str) -> str:
+    return f"{prefix}{_sid_random.getrandbits(128):032x}"
+
+
+class Msg:
+    """One message and its planned lifecycle. `key` is when its date_sent is (or will be) set."""
+
+    __slots__ = (
+        "sid", "direction", "to", "frm", "pinned", "service_sid", "body", "media", "segments",
+        "created", "steps", "err", "key", "reply", "status_callback",
+    )
+
+    def __init__(self, sid, direction, to, frm, pinned, service_sid, body, media, segments,
+                 created, steps, err, key, reply=None, status_callback=None):
+        self.sid = sid
+        self.direction = direction
+        self.to = to
+        self.frm = frm  # the sender (outbound) or the remote number (inbound)
+        self.pinned = pinned  # outbound: From given by the client, so shown from the start
+        self.service_sid = service_sid
+        self.body = body
+        self.media = media
+        self.segments = segments
+        self.created = created
+        self.steps = steps  # ((status, time), ...) ascending
+        self.err = err
+        self.key = key
+        self.reply = reply  # (time, body) of the recipient's reply, outbound only
+        self.status_callback = status_callback
+
+    def step_at(self, now: float) -> tuple[str, float]:
+        current = self.steps[0]
+        for step in self.steps:
+            if step[1] <= now:
+                current = step
+            else:
+                break
+        return current
+
+    def record(self) -> dict:
+        return {
+            "k": "m", "sid": self.sid, "dir": self.direction, "to": self.to, "from": self.frm,
+            "pinned": self.pinned, "svc": self.service_sid, "body": self.body, "media": self.media,
+            "seg": self.segments, "t0": self.created, "steps": self.steps,
+            "err": self.err, "key": self.key, "reply": list(self.reply) if self.reply else None,
+            "cb": self.status_callback,
+        }
+
+    def inbound_row(self) -> list:
+        """An inbound message as a compact row: bulk inbound is journaled as one record of rows."""
+        return [self.sid, self.to, self.frm, self.service_sid, self.body, self.segments, self.key]
+
+    @classmethod
+    def from_inbound_row(cls, row: list) -> Msg:
+        sid, to, frm, service, body, seg, t = row
+        return cls(sid, "inbound", to, frm, True, service, body, [], seg, t, (("received", t),), None, t)
+
+    @classmethod
+    def from_record(cls, r: dict) -> Msg:
+        return cls(
+            r["sid"], r["dir"], r["to"], r["from"], r["pinned"], r["svc"], r["body"], r["media"],
+            r["seg"], r["t0"], tuple((s, t) for s, t in r["steps"]), r["err"], r["key"],
+            tuple(r["reply"]) if r.get("reply") else None, r.get("cb"),
+        )
+
+
+class Job:
+    """A Bulk Export custom job: Submitted, Running after one status step, done after two."""
+
+    __slots__ = ("sid", "friendly_name", "start_day", "end_day", "webhook_url", "webhook_method",
+                 "email", "created", "t_running", "t_done")
+
+    def __init__(self, sid, friendly_name, start_day, end_day, webhook_url, webhook_method, email,
+                 created, t_running, t_done):
+        self.sid = sid
+        self.friendly_name = friendly_name
+        self.start_day = start_day
+        self.end_day = end_day
+        self.webhook_url = webhook_url
+        self.webhook_method = webhook_method
+        self.email = email
+        self.created = created
+        self.t_running = t_running
+        self.t_done = t_done
+
+    def days(self) -> list[str]:
+        start, end = day_start(self.start_day), day_start(self.end_day)
+        return [iso_day(start + i * DAY_S) for i in range(int((end - start) // DAY_S) + 1)]
+
+    def record(self) -> dict:
+        return {"k": "job", **{name: getattr(self, name) for name in self.__slots__}}
+
+    @classmethod
+    def from_record(cls, r: dict) -> Job:
+        return cls(*(r[name] for name in cls.__slots__))
+
+
+class Model:
+    """The simulated account. `journal` receives a JSON-able record for every change."""
+
+    def __init__(self, config: SandboxConfig, journal: Callable[[dict], None] | None = None):
+        self.config = config
+        self.journal = journal or (lambda record: None)
+        self.pool = tuple(config.pool_numbers)
+        self.pool_set = frozenset(self.pool)
+        self.service_sid = config.messaging_service_sid
+        self.started = time.time()
+        self._clear()
+
+    # -- state -------------------------------------------------------------------------------
+    def _clear(self) -> None:
+        self.clock_offset = 0.0
+        self.messages: dict[str, Msg] = {}
+        self.idx_all: list[tuple[float, str]] = []
+        self.idx_to: dict[str, list[tuple[float, str]]] = {}
+        self.idx_from: dict[str, list[tuple[float, str]]] = {}
+        self.created_by_to: dict[str, int] = {}
+        self.blocks: dict[tuple[str, str], tuple[float, bool]] = {}
+        self.pending_replies: list[tuple[float, str]] = []
+        self.jobs: dict[str, Job] = {}
+        self.day_files: dict[str, dict] = {}
+        self.jobs_generated: set[str] = set()
+
+    def now(self) -> float:
+        return time.time() + self.clock_offset
+
+    def reset(self) -> None:
+        self._clear()
+        self.journal({"k": "reset"})
+
+    def advance_clock(self, seconds: float) -> float:
+        if not math.isfinite(seconds) or seconds < 0:
+            raise bad_request(20001, "advance_s must be a number of seconds >= 0")
+        self.clock_offset += seconds
+        self.journal({"k": "clock", "offset": self.clock_offset})
+        self.settle()
+        return self.now()
+
+    def load(self, records: Iterable[dict]) -> None:
+        """Rebuild the state from persisted records (snapshot, then journal), in order."""
+        bulk: list[Msg] = []
+        for r in records:
+            kind = r.get("k")
+            if kind == "m":
+                bulk.append(Msg.from_record(r))
+            elif kind == "ib":
+                bulk.extend(Msg.from_inbound_row(row) for row in r["rows"])
+            elif kind == "clock":
+                self.clock_offset = float(r["offset"])
+            elif kind == "job":
+                job = Job.from_record(r)
+                self.jobs[job.sid] = job
+            elif kind == "job_del":
+                self.jobs.pop(r["sid"], None)
+            elif kind == "reset":
+                self._clear()
+                bulk = []
+        self._add_many(bulk, journal=False)
+        for m in self.messages.values():
+            if m.reply and self._reply_sid(m.sid) not in self.messages:
+                heapq.heappush(self.pending_replies, (m.reply[0], m.sid))
+        self.settle()
+
+    def snapshot_records(self) -> Iterable[dict]:
+        """Everything needed to rebuild the state, as records (for compaction)."""
+        yield {"k": "clock", "offset": self.clock_offset}
+        for job in self.jobs.values():
+            yield job.record()
+        rows: list[list] = []
+        for _, sid in self.idx_all:
+            m = self.messages[sid]
+            if m.direction == "inbound":
+                rows.append(m.inbound_row())
+                if len(rows) >= 10_000:
+                    yield {"k": "ib", "rows": rows}
+                    rows = []
+            else:
+                yield m.record()
+        if rows:
+            yield {"k": "ib", "rows": rows}
+
+    def _index(self, m: Msg, touched: dict[int, list] | None) -> None:
+        """Put a message in the date_sent indexes; `touched` collects lists to sort afterwards."""
+        entry = (m.key, m.sid)
+        for index, value in ((self.idx_to, m.to), (self.idx_from, m.frm)):
+            lst = index.get(value)
+            if lst is None:
+                index[value] = [entry]
+            elif touched is not None:
+                lst.append(entry)
+                touched[id(lst)] = lst
+            elif lst[-1] < entry:
+                lst.append(entry)
+            else:
+                insort(lst, entry)
+        lst = self.idx_all
+        if touched is not None or not lst or lst[-1] < entry:
+            lst.append(entry)
+        else:
+            insort(lst, entry)
+        if m.direction == "inbound":
+            self._apply_keyword(m)
+        else:
+            self.created_by_to[m.to] = self.created_by_to.get(m.to, 0) + 1
+
+    def _add(self, m: Msg) -> None:
+        self.messages[m.sid] = m
+        self._index(m, None)
+        self.journal(m.record())
+
+    def _add_many(self, msgs: list[Msg], journal: bool = True) -> None:
+        """Add many messages with one sort per touched index (bulk inbound, loading a store)."""
+        touched: dict[int, list] = {}
+        # a record read twice (snapshot and journal overlap after a crash) counts once, last wins
+        unique = {m.sid: m for m in msgs if m.sid not in self.messages}
+        messages = self.messages
+        # keyword effects apply in date order, whatever order the records came in
+        ordered = sorted(unique.values(), key=lambda x: (x.key, x.sid))
+        for m in ordered:
+            messages[m.sid] = m
+            self._index(m, touched)
+        if journal:
+            inbound = [m.inbound_row() for m in ordered if m.direction == "inbound"]
+            for start in range(0, len(inbound), 10_000):
+                self.journal({"k": "ib", "rows": inbound[start:start + 10_000]})
+            for m in ordered:
+                if m.direction != "inbound":
+                    self.journal(m.record())
+        self.idx_all.sort()
+        for lst in touched.values():
+            lst.sort()
+
+    # -- opt-outs ----------------------------------------------------------------------------
+    def _block_keys(self, sender: str) -> list[str]:
+        keys = [sender]
+        if sender in self.pool_set:
+            keys.append(self.service_sid)
+        return keys
+
+    def _apply_keyword(self, m: Msg) -> None:
+        """An inbound STOP/START changes the block for its sender (and the service of a pool number)."""
+        kind = _keyword_kind(m.body)
+        if kind not in ("opt_out", "opt_in"):
+            return
+        for key in self._block_keys(m.to):
+            previous = self.blocks.get((m.frm, key))
+            if previous is None or previous[0] <= m.key:
+                self.blocks[(m.frm, key)] = (m.key, kind == "opt_out")
+
+    def is_blocked(self, to: str, keys: Iterable[str]) -> bool:
+        for key in keys:
+            state = self.blocks.get((to, key))
+            if state is not None and state[1]:
+                return True
+        return False
+
+    # -- replies -----------------------------------------------------------------------------
+    @staticmethod
+    def _reply_sid(sid: str) -> str:
+        return "SM" + hashlib.blake2b((sid + ":reply").encode(), digest_size=16).hexdigest()
+
+    def settle(self, now: float | None = None) -> None:
+        """Materialise the simulated replies that are due; none from the future is ever listed."""
+        heap = self.pending_replies
+        if not heap:
+            return
+        now = self.now() if now is None else now
+        while heap and heap[0][0] <= now:
+            t, sid = heapq.heappop(heap)
+            m = self.messages.get(sid)
+            reply_sid = self._reply_sid(sid)
+            if m is None or m.reply is None or reply_sid in self.messages:
+                continue
+            body = m.reply[1]
+            seg = _segments(body) or 1
+            service = self.service_sid if m.frm in self.pool_set else None
+            self._add(Msg(reply_sid, "inbound", m.frm, m.to, True, service, body, [], seg, t,
+                          (("received", t),), None, t))
+
+    # -- Messages: create --------------------------------------------------------------------
+    def create_message(self, form: dict[str, list[str]]) -> Msg:
+        """Validate a create request as Twilio does and plan the new message's lifecycle."""
+        cfg = self.config
+
+        def first(name: str) -> str | None:
+            values = form.get(name)
+            return values[0] if values else None
+
+        to = _phone(first("To"))
+        frm = _phone(first("From"))
+        service = (first("MessagingServiceSid") or "").strip() or None
+        body = first("Body")
+        media = [u for u in form.get("MediaUrl", []) if u.strip()]
+        if not to:
+            raise bad_request(21604, "A 'To' phone number is required.")
+        if frm and frm.startswith("MG"):
+            service, frm = service or frm, None
+        if not frm and not service:
+            raise bad_request(21603, "A 'From' or 'MessagingServiceSid' parameter is required")
+        if service is not None and service != self.service_sid:
+            raise bad_request(21701, f"The Messaging Service Sid {service} is invalid.")
+        if frm:
+            if frm in MAGIC_FROM:
+                code, text = MAGIC_FROM[frm]
+                raise bad_request(code, text.format(frm=frm))
+            if not (E164.match(frm) or SHORT_CODE.match(frm)):
+                raise bad_request(21212, f"The 'From' number {frm} is not a valid phone number, shortcode, or alphanumeric sender ID.")
+        if to in MAGIC_TO:
+            code, text = MAGIC_TO[to]
+            raise bad_request(code, text.format(to=to))
+        if not E164.match(to):
+            raise bad_request(21211, f"The 'To' number {to} is not a valid phone number.")
+        if frm and to == frm:
+            raise bad_request(21266, f"'To' and 'From' number cannot be the same: {to}")
+        if not body and not media:
+            raise bad_request(21602, "Message body is required.")
+        body = body or ""
+        if len(body) > MAX_BODY:
+            raise bad_request(21617, "The concatenated message body exceeds the 1600 character limit.")
+        callback = first("StatusCallback")
+        if callback and (not _URL.match(callback) or "_" in (_URL.match(callback).group(1) or "")):
+            raise bad_request(21609, f"The StatusCallback URL {callback} is not a valid URL.")
+        validity = first("ValidityPeriod")
+        validity_s: float | None = None
+        if validity not in (None, ""):
+            try:
+                validity_s = float(int(validity))
+            except ValueError:
+                validity_s = -1.0
+            if not 1 <= validity_s <= VALIDITY_MAX_S:
+                raise bad_request(20001, f"ValidityPeriod must be an integer between 1 and {VALIDITY_MAX_S} seconds.")
+        now = self.now()
+        send_at: float | None = None
+        schedule_type = first("ScheduleType")
+        if schedule_type:
+            if schedule_type != "fixed":
+                raise bad_request(20001, f"ScheduleType {schedule_type!r} is not supported; use 'fixed'.")
+            if not service:
+                raise bad_request(35118, "MessagingServiceSid is required to schedule a message")
+            raw = first("SendAt")
+            if not raw:
+                raise bad_request(35111, "SendAt timestamp is missing")
+            try:
+                send_at = parse_instant(raw)
+            except ValueError:
+                raise bad_request(35114, "Scheduling does not support this timestamp") from None
+            if not SCHEDULE_MIN_S <= send_at - now <= SCHEDULE_MAX_S:
+                raise bad_request(35114, "SendAt time must be between 300 seconds and 35 days (3024000 seconds) in the future, inclusive.")
+        if first("SmartEncoded") in ("true", "True", "1"):
+            body = smart_encode(body)
+
+        sender = frm or self.pool[int(hashlib.md5(to.encode()).hexdigest(), 16) % len(self.pool)]
+        keys = [service] if service and not frm else self._block_keys(sender)
+        if service and frm and service not in keys:
+            keys.append(service)
+        self.settle(now)
+        if self.is_blocked(to, keys):
+            raise bad_request(21610, "Attempt to send to unsubscribed recipient")
+
+        seg = count_segments(body).segments or (1 if media else 0)
+        n = self.created_by_to.get(to, 0)
+        u = _uniforms(cfg.seed, to, n)
+        steps, err, key, reply = self._plan(now, bool(service), send_at, validity_s, u)
+        sid = _new_sid("MM" if media else "SM")
+        m = Msg(sid, "outbound-api", to, sender, bool(frm), service, body, media, seg, now,
+                steps, err, key, reply, callback)
+        self._add(m)
+        if reply:
+            heapq.heappush(self.pending_replies, (reply[0], sid))
+        return m
+
+    def _plan(self, t0, via_service, send_at, validity_s, u):
+        """Status steps, error code, date_sent time and reply of a new outbound message."""
+        cfg = self.config
+        d = cfg.status_delay_s
+        if send_at is not None:
+            steps = [("scheduled", t0), ("queued", send_at)]
+            queue_start = send_at
+        elif via_service:
+            steps = [("accepted", t0), ("queued", t0 + d)]
+            queue_start = t0
+        else:
+            steps = [("queued", t0)]
+            queue_start = t0
+        t_sending = steps[-1][1] + d
+        if validity_s is not None and t_sending - queue_start > validity_s:
+            t_fail = queue_start + validity_s
+            steps = [s for s in steps if s[1] < t_fail] + [("failed", t_fail)]
+            return tuple(steps), VALIDITY_EXPIRED_CODE, t_fail, None
+        steps.append(("sending", t_sending))
+        if u[0] < cfg.failed_rate:
+            steps.append(("failed", t_sending + d))
+            return tuple(steps), _pick(FAILED_CODES, u[1]), t_sending + d, None
+        t_sent = t_sending + d
+        steps.append(("sent", t_sent))
+        if u[0] < cfg.failed_rate + cfg.undelivered_rate:
+            steps.append(("undelivered", t_sent + d))
+            return tuple(steps), _pick(UNDELIVERED_CODES, u[1]), t_sent, None
+        t_delivered = t_sent + d
+        steps.append(("delivered", t_delivered))
+        reply = None
+        if u[2] < cfg.reply_rate:
+            kinds = ["STOP", "START", "HELP", *cfg.reply_keywords, None]
+            kind = _pick(kinds, u[4])
+            body = kind if kind is not None else _pick(FREE_TEXT_REPLIES, u[5])
+            reply = (t_delivered + (1.0 + 3.0 * u[3]) * max(d, 1.0), body)
+        return tuple(steps), None, t_sent, reply
+
+    # -- Messages: inbound -------------------------------------------------------------------
+    def inbound_message(self, frm: str | None, to: str | None, body: str | None,
+                        date_sent: str | None, now: float) -> Msg:
+        frm, to = _phone(frm), _phone(to)
+        if not frm:
+            raise bad_request(21603, "A 'From' phone number is required.")
+        if not to:
+            raise bad_request(21604, "A 'To' phone number is required.")
+        t = now
+        if date_sent:
+            try:
+                t = _parse_instant_cached(date_sent)
+            except ValueError:
+                raise bad_request(20001, f"DateSent {date_sent!r} is not an ISO 8601 date-time") from None
+            if t > now + 1.0:
+                raise bad_request(20001, "DateSent cannot be in the future of the sandbox clock")
+        body = body or ""
+        service = self.service_sid if to in self.pool_set else None
+        return Msg(_new_sid("SM"), "inbound", to, frm, True, service, body, [], _segments(body) or 1, t,
+                   (("received", t),), None, t)
+
+    def inject_inbound(self, items: list[dict]) -> list[Msg]:
+        """Inbound messages as if recipients had texted the account (one, or a bulk of many)."""
+        now = self.now()
+        self.settle(now)
+        msgs = []
+        for item in items:
+            if not isinstance(item, dict):
+                raise bad_request(20001, "each inbound item must be an object with From, To, Body")
+            msgs.append(self.inbound_message(
+                item.get("From") or item.get("from"), item.get("To") or item.get("to"),
+                item.get("Body") or item.get("body"), item.get("DateSent") or item.get("date_sent"), now,
+            ))
+        if len(msgs) == 1:
+            self._add(msgs[0])
+        else:
+            self._add_many(msgs)
+        return msgs
+
+    # -- Messages: read ----------------------------------------------------------------------
+    def message_json(self, m: Msg, now: float, initial: bool = False) -> dict:
+        """The Message resource at `now`; `initial`: as the create response shows it (first status)."""
+        status, t_status = m.steps[0] if initial else m.step_at(now)
+        acct = self.config.account_sid
+        hidden = m.direction != "inbound" and not m.pinned and status in _HIDDEN_SENDER
+        sent = m.key <= now and not initial
+        uri = f"/2010-04-01/Accounts/{acct}/Messages/{m.sid}"
+        charged = sent and status != "failed"
+        return {
+            "account_sid": acct,
+            "api_version": "2010-04-01",
+            "body": m.body,
+            "date_created": rfc2822(m.created),
+            "date_sent": rfc2822(m.key) if sent else None,
+            "date_updated": rfc2822(t_status),
+            "direction": m.direction,
+            "error_code": m.err if status in ("failed", "undelivered") else None,
+            "error_message": DELIVERY_ERRORS.get(m.err) if status in ("failed", "undelivered") else None,
+            "from": None if hidden else m.frm,
+            "messaging_service_sid": m.service_sid,
+            "num_media": str(len(m.media)),
+            "num_segments": "0" if hidden else str(m.segments),
+            "price": f"-{PRICE_PER_SEGMENT * m.segments:.5f}" if charged else None,
+            "price_unit": "USD",
+            "sid": m.sid,
+            "status": status,
+            "subresource_uris": {"media": uri + "/Media.json", "feedback": uri + "/Feedback.json"},
+            "to": m.to,
+            "uri": uri + ".json",
+        }
+
+    def export_record(self, m: Msg, now: float) -> dict:
+        """A message as a Bulk Export day file writes it: ISO 8601 dates, no URIs or price unit."""
+        status, t_status = m.step_at(now)
+        sent = m.key <= now
+        return {
+            "sid": m.sid,
+            "account_sid": self.config.account_sid,
+            "messaging_service_sid": m.service_sid,
+            "from": m.frm,
+            "to": m.to,
+            "body": m.body,
+            "status": status,
+            "direction": m.direction,
+            "num_segments": str(m.segments),
+            "num_media": str(len(m.media)),
+            "price": f"-{PRICE_PER_SEGMENT * m.segments:.5f}" if sent and status != "failed" else None,
+            "error_code": m.err if status in ("failed", "undelivered") else None,
+            "date_created": iso8601(m.created),
+            "date_sent": iso8601(m.key) if sent else None,
+            "date_updated": iso8601(t_status),
+        }
+
+    def dump_json(self, m: Msg, now: float) -> dict:
+        """A message for /_sandbox/messages: the facts tests check, ISO 8601 dates."""
+        status, t_status = m.step_at(now)
+        return {
+            "sid": m.sid,
+            "direction": m.direction,
+            "to": m.to,
+            "from": m.frm,
+            "status": status,
+            "body": m.body,
+            "messaging_service_sid": m.service_sid,
+            "num_segments": m.segments,
+            "error_code": m.err if status in ("failed", "undelivered") else None,
+            "date_created": iso8601(m.created),
+            "date_sent": iso8601(m.key) if m.key <= now else None,
+            "date_updated": iso8601(t_status),
+        }
+
+    def list_messages(self, to: str | None, frm: str | None, lo: float, hi: float,
+                      date_filtered: bool, page_size: int, token: str | None, now: float
+                      ) -> tuple[list[Msg], bool, bool]:
+        """One page, newest date_sent first: (messages, more after it, more before it).
+
+        A PageToken is `PA<sid>` (the page after that message) or `PB<sid>` (the page before),
+        so a page never shifts when messages arrive while a client is paging.
+        """
+        if to is not None:
+            lst = self.idx_to.get(to, [])
+        elif frm is not None:
+            lst = self.idx_from.get(frm, [])
+        else:
+            lst = self.idx_all
+        check_from = frm is not None and to is not None
+        if date_filtered:
+            hi = min(hi, math.nextafter(now, math.inf))
+        top = bisect_left(lst, (hi,)) if hi != math.inf else len(lst)
+        bottom = bisect_left(lst, (lo,)) if lo != -math.inf else 0
+        backwards = False
+        if token:
+            anchor = self.messages.get(token[2:]) if token[:2] in ("PA", "PB") else None
+            if anchor is None:
+                raise bad_request(20001, f"Invalid PageToken {token}")
+            if token.startswith("PA"):
+                top = min(top, bisect_left(lst, (anchor.key, anchor.sid)))
+            else:
+                bottom = max(bottom, bisect_right(lst, (anchor.key, anchor.sid)))
+                backwards = True
+        messages = self.messages
+        out: list[Msg] = []
+        if not backwards:
+            i = top - 1
+            while i >= bottom and len(out) <= page_size:
+                m = messages[lst[i][1]]
+                if not check_from or m.frm == frm:
+                    out.append(m)
+                i -= 1
+            more_after = len(out) > page_size
+            return out[:page_size], more_after, bool(token)
+        i = bottom
+        while i < top and len(out) <= page_size:
+            m = messages[lst[i][1]]
+            if not check_from or m.frm == frm:
+                out.append(m)
+            i += 1
+        more_before = len(out) > page_size
+        page = out[:page_size]
+        page.reverse()
+        return page, True, more_before
+
+    # -- Bulk Exports ------------------------------------------------------------------------
+    def create_export_job(self, form: dict[str, list[str]]) -> Job:
+        def first(name: str) -> str | None:
+            values = form.get(name)
+            return values[0].strip() if values and values[0].strip() else None
+
+        start, end, name = first("StartDay"), first("EndDay"), first("FriendlyName")
+        for param, value in (("StartDay", start), ("EndDay", end), ("FriendlyName", name)):
+            if value is None:
+                raise bad_request(20001, f"Missing required parameter {param} in the post body")
+        try:
+            t_start, t_end = day_start(start), day_start(end)
+        except ValueError:
+            raise bad_request(20001, "StartDay and EndDay must be days in the format yyyy-mm-dd") from None
+        now = self.now()
+        today = day_start(iso_day(now))
+        if t_end > today - 2 * DAY_S:
+            raise bad_request(20001, f"EndDay {end} must be at least 2 days earlier than the current UTC day {iso_day(now)}")
+        if t_start > t_end:
+            raise bad_request(20001, "StartDay must not be after EndDay")
+        if (t_end - t_start) / DAY_S + 1 > EXPORT_MAX_DAYS:
+            raise bad_request(20001, f"A job may span at most {EXPORT_MAX_DAYS} days")
+        url, method = first("WebhookUrl"), first("WebhookMethod")
+        if (url is None) != (method is None):
+            raise bad_request(20001, "WebhookUrl and WebhookMethod must be given together")
+        if method is not None and method.upper() not in ("GET", "POST"):
+            raise bad_request(20001, "WebhookMethod must be GET or POST")
+        d = self.config.status_delay_s
+        job = Job(_new_sid("JS"), name, start, end, url, method.upper() if method else None,
+                  first("Email"), now, now + d, now + 2 * d)
+        self.jobs[job.sid] = job
+        self.journal(job.record())
+        self.complete_jobs(now)
+        return job
+
+    def delete_export_job(self, sid: str) -> bool:
+        if self.jobs.pop(sid, None) is None:
+            return False
+        self.journal({"k": "job_del", "sid": sid})
+        return True
+
+    def complete_jobs(self, now: float) -> None:
+        """Write the day files of the jobs that are done (lazily, on first look after t_done)."""
+        for job in self.jobs.values():
+            if job.sid in self.jobs_generated or job.t_done > now:
+                continue
+            self.jobs_generated.add(job.sid)
+            for day in job.days():
+                self._write_day(day, job, now)
+
+    def _day_messages(self, day: str, now: float) -> list[Msg]:
+        lo = day_start(day)
+        hi = min(lo + DAY_S, math.nextafter(now, math.inf))
+        lst = self.idx_all
+        return [self.messages[sid] for _, sid in lst[bisect_left(lst, (lo,)):bisect_left(lst, (hi,))]]
+
+    def _write_day(self, day: str, job: Job, now: float) -> None:
+        msgs = self._day_messages(day, now)
+        if not msgs:
+            self.day_files.pop(day, None)
+            return
+        lines = "".join(json.dumps(self.export_record(m, now)) + "\n" for m in msgs)
+        self.day_files[day] = {
+            "day": day,
+            "bytes": gzip.compress(lines.encode("utf-8"), compresslevel=6, mtime=0),
+            "count": len(msgs),
+            "create_date": iso_day(now),
+            "friendly_name": job.friendly_name,
+        }
+
+    def job_details(self, job: Job, now: float) -> list[dict]:
+        days = job.days()
+        if now < job.t_done:
+            status = "Running" if now >= job.t_running else "Submitted"
+            return [{"status": status, "count": len(days), "days": days}]
+        self.complete_jobs(now)
+        done = [d for d in days if d in self.day_files]
+        empty = [d for d in days if d not in self.day_files]
+        details = []
+        if done:
+            details.append({"status": "Completed", "count": len(done), "days": done})
+        if empty:
+            details.append({"status": "CompletedEmptyRecords", "count": len(empty), "days": empty})
+        return details
+
+
