@@ -192,8 +192,8 @@ def build_tables(schema: str | None = None, prefix: str = "") -> Tables:
         sa.Column("Terminal", sa.Boolean, nullable=False, server_default=sa.false()),
         # Replies: the inbound message they come from.
         sa.Column("InboundSID", SID, nullable=True),
-        sa.Column("ObservedAt", sa.DateTime, nullable=False),
-        sa.Index(f"ix_{p}TwilioSMS_PendingStates_Exec", "ChannelExecutionID", "RPContactID"),
+        sa.Column("ObservedAt", sa.DateTime, nullable=False, server_default=sa.func.current_timestamp()),
+        # No secondary index: the table is drained by every load, and each index slows the bulk insert.
     )
     # A Messaging Service's sender pool as last listed: which inbound numbers belong to the service
     # (suppression scope and keyword parse need it without a Twilio call).

@@ -1,0 +1,119 @@
+"""The channel execution: load and check it (input errors before any request), move its Status."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+
+from twilio_pipeline.channels import Channel, ChannelConfigError, ChannelFile
+from twilio_pipeline.db import Database
+from twilio_pipeline.outbound.errors import OutboundInputError
+from twilio_pipeline.rules.phones import validate_sender
+
+STATUS_READY = "ready"
+STATUS_SENDING = "sending"
+STATUS_SENT = "sent"
+STATUS_FAILED = "failed"
+_SERVICE_SID = re.compile(r"MG[0-9a-fA-F]{32}")
+
+
+@dataclass(frozen=True)
+class ExecutionRow:
+    execution_id: int
+    channel_name: str
+    message_body: str | None
+    media_url: str | None
+    status: str
+    status_reason: str | None
+    created_at: datetime | None
+    send_after: datetime | None
+
+
+def sender_problem(channel: Channel) -> str | None:
+    """Why the channel's sender cannot send, or None.
+
+    The channel file already checks this; a Channel built in code (model_construct) is not checked,
+    and a malformed sender must fail before the first request.
+    """
+    if (channel.from_number is None) == (channel.messaging_service_sid is None):
+        return f"channel {channel.name!r}: exactly one of from_number and messaging_service_sid is required"
+    if channel.from_number is not None:
+        problem = validate_sender(str(channel.from_number))
+        if problem:
+            return f"channel {channel.name!r}: from_number {channel.from_number!r} {problem}"
+    elif not _SERVICE_SID.fullmatch(str(channel.messaging_service_sid)):
+        return (f"channel {channel.name!r}: messaging_service_sid {channel.messaging_service_sid!r} "
+                "must be 'MG' followed by 32 hex characters")
+    return None
+
+
+def read_execution(db: Database, execution_id: int) -> ExecutionRow | None:
+    ex = db.tables.executions
+    with db.connect() as conn:
+        row = conn.execute(sa.select(ex).where(ex.c.ChannelExecutionID == int(execution_id))).mappings().first()
+    if row is None:
+        return None
+    return ExecutionRow(
+        execution_id=int(row["ChannelExecutionID"]), channel_name=row["ChannelName"],
+        message_body=row["MessageBody"], media_url=row["MediaUrl"], status=row["Status"],
+        status_reason=row["StatusReason"], created_at=row["CreatedAt"], send_after=row["SendAfter"],
+    )
+
+
+def load_execution(db: Database, channels: ChannelFile, execution_id: int) -> tuple[ExecutionRow, Channel]:
+    """The execution and its channel, or OutboundInputError naming what is wrong (CLI exit 2)."""
+    try:
+        execution_id = int(execution_id)
+    except (TypeError, ValueError):
+        raise OutboundInputError(f"execution id {execution_id!r} is not an integer") from None
+    row = read_execution(db, execution_id)
+    if row is None:
+        raise OutboundInputError(f"execution {execution_id} does not exist in SMS_ChannelExecutions")
+    try:
+        channel = channels.get(row.channel_name)
+    except ChannelConfigError:
+        known = ", ".join(repr(c.name) for c in channels.channels)
+        raise OutboundInputError(
+            f"execution {execution_id} names channel {row.channel_name!r}, which is not in the channel file "
+            f"(it defines {known})"
+        ) from None
+    problem = sender_problem(channel)
+    if problem:
+        raise OutboundInputError(f"execution {execution_id}: {problem}")
+    oh = db.tables.offer_history
+    with db.connect() as conn:
+        has_contacts = conn.execute(
+            sa.select(sa.literal(1)).where(oh.c.ChannelExecutionID == execution_id).limit(1)
+        ).first()
+    if has_contacts is None:
+        raise OutboundInputError(f"execution {execution_id} has no recipients (no OfferHistorySG rows)")
+    return row, channel
+
+
+def set_status(db: Database, execution_id: int, status: str, reason: str | None = None) -> None:
+    """Move SMS_ChannelExecutions.Status (the upstream's view of the send); the reason is cleared unless given."""
+    ex = db.tables.executions
+    with db.begin() as conn:
+        conn.execute(ex.update().where(ex.c.ChannelExecutionID == int(execution_id))
+                     .values(Status=status, StatusReason=reason[:4000] if reason else None))
+
+
+def mark_failed(db: Database, execution_id: int, reason: str) -> None:
+    """Status `failed` with the reason (credentials rejected, unresolved messages, a crash ...)."""
+    set_status(db, execution_id, STATUS_FAILED, reason)
+
+
+def execution_channel_sender(channel: Channel) -> dict[str, str]:
+    """The sender parameters of a create request: From, or MessagingServiceSid for a pool."""
+    if channel.messaging_service_sid:
+        return {"MessagingServiceSid": channel.messaging_service_sid}
+    return {"From": str(channel.from_number)}
+
+
+__all__ = [
+    "ExecutionRow", "STATUS_FAILED", "STATUS_READY", "STATUS_SENDING", "STATUS_SENT", "load_execution",
+    "execution_channel_sender", "mark_failed", "read_execution", "sender_problem", "set_status",
+]
