@@ -13,13 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_BUSY = 0, 1, 2, 3
-
-
-class CliError(Exception):
-    def __init__(self, message: str, code: int = EXIT_INPUT):
-        super().__init__(message)
-        self.code = code
+from twilio_pipeline.cli_errors import EXIT_FAILED, EXIT_OK, CliError
 
 
 def _prepare_dagster_home() -> None:

@@ -3,6 +3,7 @@ suppression refresh -> dedupe -> send -> message-ID staging (the guide's outboun
 
 
 import sys
+from contextlib import contextmanager
 
 import dagster as dg
 
@@ -22,6 +23,24 @@ def _fail(exc: Exception) -> dg.Failure:
     return dg.Failure(description=str(exc), allow_retries=False)
 
 
+@contextmanager
+def _marks_failure(db, execution_id: int):
+    """A step that fails leaves the execution `failed` with the reason, so the upstream sees it; a run that
+    found the execution busy leaves it alone (the other run owns it)."""
+    from twilio_pipeline.outbound import ExecutionBusy, LeaseLost, mark_failed
+
+    try:
+        yield
+    except (ExecutionBusy, LeaseLost):
+        raise
+    except dg.Failure as exc:
+        mark_failed(db, execution_id, exc.description or "the run failed")
+        raise
+    except Exception as exc:
+        mark_failed(db, execution_id, f"{type(exc).__name__}: {exc}")
+        raise
+
+
 @dg.asset(
     group_name="outbound",
     partitions_def=execution_partitions,
@@ -37,8 +56,8 @@ def suppression_refresh(context: dg.AssetExecutionContext, database: DatabaseRes
     from twilio_pipeline.inbound import refresh_inbound
     from twilio_pipeline.outbound import check_connectivity
 
-    db, channel, _eid = setup(context, database, twilio)
-    with twilio.get_client(channel, trace=context.log.info) as client:
+    db, channel, eid = setup(context, database, twilio)
+    with _marks_failure(db, eid), twilio.get_client(channel, trace=context.log.info) as client:
         try:
             if channel.connectivity_test:
                 conn_meta = check_connectivity(client, channel, context.log)
@@ -70,7 +89,7 @@ def dedupe(context: dg.AssetExecutionContext, database: DatabaseResource, twilio
 
     db, channel, eid = setup(context, database, twilio)
     try:
-        with execution_lease(db, eid, context.run.run_id):
+        with _marks_failure(db, eid), execution_lease(db, eid, context.run.run_id):
             summary = plan_execution(db, channel, eid, run_id=context.run.run_id, log=context.log)
     except OutboundInputError as exc:
         raise _fail(exc) from None
@@ -99,7 +118,7 @@ def send(context: dg.AssetExecutionContext, database: DatabaseResource, twilio: 
     db, channel, eid = setup(context, database, twilio)
     progress = progress_reporter(context.log, interactive=context.run.tags.get("twilio_pipeline/cli") == "1"
                                  and sys.stderr.isatty())
-    with twilio.get_client(channel, trace=context.log.info) as client:
+    with _marks_failure(db, eid), twilio.get_client(channel, trace=context.log.info) as client:
         try:
             with execution_lease(db, eid, context.run.run_id):
                 summary = send_execution(db, client, channel, eid, run_id=context.run.run_id, log=context.log,
@@ -128,7 +147,7 @@ def message_id_staging(context: dg.AssetExecutionContext, database: DatabaseReso
     from twilio_pipeline.outbound import commit_execution, execution_lease
 
     db, channel, eid = setup(context, database, twilio)
-    with execution_lease(db, eid, context.run.run_id):
+    with _marks_failure(db, eid), execution_lease(db, eid, context.run.run_id):
         outcome = commit_execution(db, channel, eid, run_id=context.run.run_id, log=context.log)
     problems = quality.outbound_identity_problems(db, eid)
     check = dg.AssetCheckResult(check_name="outbound_identities_hold", passed=not problems,

@@ -10,13 +10,13 @@ import dagster as dg
 import sqlalchemy as sa
 
 from twilio_pipeline.channels import ChannelConfigError, ChannelFile
+from twilio_pipeline.cli_errors import EXIT_BUSY, EXIT_FAILED, EXIT_OK, CliError
 from twilio_pipeline.db import Database
 from twilio_pipeline.db.database import HOST
 from twilio_pipeline.defs.partitions import CHANNEL_TAG, EXECUTION_TAG, HOST_TAG, MODE_TAG, PID_TAG, execution_partitions
 from twilio_pipeline.defs.stale_runs import fail_stale_runs
 from twilio_pipeline.settings import Settings
 
-EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_BUSY = 0, 1, 2, 3
 QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 OUTBOUND_ORDER = ["CountBeforeDedup", "InvalidNumbers", "Duplicates", "Unsubscribed", "NotRendered", "Targeted",
@@ -75,7 +75,6 @@ def _ensure_partition(instance: dg.DagsterInstance, execution_id: int) -> None:
 
 def run_send(settings: Settings, db: Database, channels: ChannelFile, execution_id: int,
              say: Callable[[str], None]) -> int:
-    from twilio_pipeline.cli import CliError
     from twilio_pipeline.outbound import ExecutionBusy, OutboundInputError, load_execution
     from twilio_pipeline.outbound.lease import lease_key
 
@@ -164,7 +163,6 @@ def _fmt(value) -> str:
 
 
 def print_results(db: Database, execution_id: int, say: Callable[[str], None]) -> int:
-    from twilio_pipeline.cli import CliError
 
     ex = db.tables.executions
     with db.connect() as conn:
