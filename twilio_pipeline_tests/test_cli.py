@@ -29,7 +29,8 @@ def cli_env(tmp_path_factory):
     shutil.copy(project_root() / "dagster.yaml", home / "dagster.yaml")
     channels = tmp / "channels.yaml"
     channels.write_text(yaml.safe_dump({"channels": [
-        {"name": CHANNEL, "from_number": "+15005550006", "keywords": ["MORE"], "price_per_segment": 0.01}]}))
+        {"name": CHANNEL, "from_number": "+15005550006", "keywords": ["MORE"], "price_per_segment": 0.01,
+         "follow_ups": {"MORE": {"body": "Here is more, {{FirstName}}"}}}]}))
     db_url = f"sqlite:///{tmp / 'cli.db'}"
     with SandboxProcess(tmp / "sandbox", status_delay_ms=50) as sb:
         env = {**os.environ, "DAGSTER_HOME": str(home), "TWILIO_PIPELINE_DATABASE_URL": db_url,
@@ -90,6 +91,22 @@ def test_results_and_sync(cli_env):
     lines = _results(out)
     statuses = sum(v for k, v in lines.items() if k.startswith("Status:"))
     assert statuses == lines["Sent"] == 30
+
+
+def test_a_keyword_reply_gets_one_follow_up_also_after_a_second_sync(cli_env):
+    sb = cli_env["sandbox"]
+    sb.inbound("+14155550007", "+15005550006", "more")
+    code, out, err = cli(cli_env["env"], "sync")
+    assert code == 0, out + err
+    code, out, err = cli(cli_env["env"], "send", "-1")  # follow-ups take negative execution IDs
+    assert code == 0, out + err
+    to_contact = [m for m in sb.messages(to="+14155550007") if m["direction"] != "inbound"]
+    assert len(to_contact) == 2 and to_contact[0]["body"] != to_contact[1]["body"]
+    assert any(m["body"] == "Here is more, Ada" for m in to_contact)
+    code, out, err = cli(cli_env["env"], "sync")
+    assert code == 0, out + err
+    code, out, err = cli(cli_env["env"], "results", "-2")
+    assert code == 2 and "unknown execution -2" in err  # the same reply never makes a second follow-up
 
 
 @pytest.mark.parametrize("args, fragment", [
