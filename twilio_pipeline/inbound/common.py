@@ -1,0 +1,146 @@
+"""Small pieces the inbound steps share: summaries, the sender's number scope, status-rank SQL and
+the write lock that keeps two overlapping syncs from inserting the same row twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime, timezone
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from twilio_pipeline.channels import Channel
+from twilio_pipeline.db import Database
+from twilio_pipeline.db.database import to_naive_utc
+from twilio_pipeline.rules.states import STATUS_RANK, state_name
+from twilio_pipeline.twilio.dates import parse_twilio_date
+
+# Rows buffered before a bulk insert into a staging table: bounds memory on any listing size.
+CHUNK_ROWS = 5_000
+
+
+class Log(Protocol):
+    def info(self, msg: str) -> Any: ...
+
+    def warning(self, msg: str) -> Any: ...
+
+
+@dataclass
+class Summary:
+    """Base of the step summaries: `as_metadata()` gives Dagster-friendly plain values."""
+
+    def as_metadata(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, datetime):
+                value = value.isoformat()
+            elif isinstance(value, (set, frozenset, tuple)):
+                value = sorted(value) if isinstance(value, (set, frozenset)) else list(value)
+            elif isinstance(value, dict):
+                value = {str(k): v for k, v in value.items()}
+            out[f.name] = value
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def naive(dt: datetime | None) -> datetime | None:
+    return to_naive_utc(dt)
+
+
+def utc_now(now: datetime | None = None) -> datetime:
+    """`now` as naive UTC (the tables' representation); the wall clock when None."""
+    if now is None:
+        return datetime.now(timezone.utc).replace(tzinfo=None)
+    return to_naive_utc(now)
+
+
+def chunked(rows: Iterable[Mapping], size: int = CHUNK_ROWS) -> Iterator[list[Mapping]]:
+    buf: list[Mapping] = []
+    for row in rows:
+        buf.append(row)
+        if len(buf) >= size:
+            yield buf
+            buf = []
+    if buf:
+        yield buf
+
+
+def serialize_writers(db: Database, conn: Connection, key: str) -> None:
+    """Hold a transaction-scoped lock on `key` so two overlapping runs merge one after the other.
+
+    INSERT ... WHERE NOT EXISTS is exact only when no other transaction inserts the same row at the
+    same time; SQLite already serialises writers (BEGIN IMMEDIATE), PostgreSQL needs an advisory lock.
+    """
+    full = f"{db.schema or ''}.{db.prefix}:{key}"
+    if db.dialect == "postgresql":
+        num = int.from_bytes(hashlib.blake2b(full.encode(), digest_size=8).digest(), "big", signed=True)
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": num})
+    elif db.dialect == "mssql":
+        conn.execute(sa.text("EXEC sp_getapplock @Resource = :r, @LockMode = 'Exclusive', @LockOwner = 'Transaction'"),
+                     {"r": full[:255]})
+
+
+def sender_numbers_select(db: Database, channel: Channel) -> sa.Select:
+    """The numbers that receive the channel's replies: its from_number, or its service's pool as last listed."""
+    if not channel.uses_service:
+        return sa.select(sa.literal(channel.from_number, sa.Unicode(64)).label("PhoneNumber"))
+    sn = db.tables.service_numbers
+    return sa.select(sn.c.PhoneNumber).where(sn.c.ServiceSID == channel.messaging_service_sid)
+
+
+def inbound_scope(db: Database, channel: Channel) -> sa.ColumnElement[bool]:
+    """TwilioSMS_Inbound rows that are replies to this channel's sender."""
+    ib = db.tables.inbound
+    if not channel.uses_service:
+        return ib.c.ToNumber == channel.from_number
+    return sa.or_(ib.c.MessagingServiceID == channel.messaging_service_sid,
+                  ib.c.ToNumber.in_(sender_numbers_select(db, channel).scalar_subquery()))
+
+
+def rank_case(column: sa.ColumnElement, *, title_case: bool = False) -> sa.Case:
+    """SQL rank of a status column (rules/states.py order); 0 for NULL or unknown."""
+    whens = {(state_name(k) if title_case else k): v for k, v in STATUS_RANK.items()}
+    return sa.case(whens, value=column, else_=0)
+
+
+def channel_execution_ids(db: Database, channel: Channel) -> sa.Select:
+    ex = db.tables.executions
+    return sa.select(ex.c.ChannelExecutionID).where(ex.c.ChannelName == channel.name)
+
+
+_MONTHS = {m: i for i, m in enumerate(("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
+                                       "Nov", "Dec"), start=1)}
+
+
+def twilio_time(value) -> datetime | None:
+    """A Twilio date (RFC 2822 from the API, ISO 8601 in export files) as naive UTC.
+
+    The common `Fri, 09 Jul 2021 15:58:57 +0000` is split by hand: a listing of 100,000 messages
+    parses 100,000 of them, and the general parser would be most of its CPU time.
+    """
+    if isinstance(value, str) and len(value) == 31 and value.endswith(" +0000"):
+        try:
+            h, m, s = value[17:25].split(":")
+            return datetime(int(value[12:16]), _MONTHS[value[8:11]], int(value[5:7]), int(h), int(m), int(s))
+        except (KeyError, ValueError):
+            pass
+    return naive(parse_twilio_date(value))
+
+
+@contextmanager
+def staging(db: Database, kind: str, columns: list[sa.Column], *indexes: tuple[str, ...]) -> Iterator[sa.Table]:
+    """`db.staging_table` plus indexes on it (the joins against a staged listing need them)."""
+    with db.staging_table(kind, columns) as table:
+        if indexes:
+            with db.begin() as conn:
+                for i, cols in enumerate(indexes):
+                    sa.Index(f"ix_{table.name}_{i}", *[table.c[c] for c in cols]).create(conn)
+        yield table

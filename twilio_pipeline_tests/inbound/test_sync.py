@@ -1,0 +1,423 @@
+"""The channel sync end to end against the sandbox, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from twilio_pipeline.inbound import (
+    aggregate_results,
+    eligible_executions,
+    fetch_statuses,
+    load_states,
+    parse_keywords,
+    refresh_inbound,
+    sync_channel,
+)
+from twilio_pipeline.inbound import state_load as state_load_module
+from twilio_pipeline.sandbox import SANDBOX_MESSAGING_SERVICE_SID
+from twilio_pipeline.sandbox.process import SandboxProcess
+from twilio_pipeline_tests.inbound.helpers import (
+    SENDER,
+    ListLog,
+    count,
+    make_channel,
+    make_client,
+    numbers,
+    sandbox_now,
+    send_execution,
+    state_rows,
+    suppressed,
+)
+
+
+@pytest.fixture(scope="module")
+def lossy_server(tmp_path_factory):
+    """A sandbox where some messages end undelivered or failed."""
+    with SandboxProcess(tmp_path_factory.mktemp("lossy"), status_delay_ms=50, undelivered_rate=0.2,
+                        failed_rate=0.1, seed=7, access_log=False) as sb:
+        yield sb
+
+
+def inbound_results(db, eid: int) -> dict:
+    return {k: v for k, v in db.read_results(eid).items() if k.startswith(("Status:", "Reply:", "Expired"))}
+
+
+def assert_unique_states(db) -> None:
+    st = db.tables.states
+    delivery = (sa.select(sa.func.count()).select_from(st).where(st.c.FulfillmentState != "Replied")
+                .group_by(st.c.ChannelExecutionID, st.c.RPContactID, st.c.FulfillmentState)
+                .having(sa.func.count() > 1))
+    replies = (sa.select(sa.func.count()).select_from(st).where(st.c.FulfillmentState == "Replied")
+               .group_by(st.c.ChannelExecutionID, st.c.RPContactID, st.c.EventName, st.c.Timestamp)
+               .having(sa.func.count() > 1))
+    with db.connect() as conn:
+        assert conn.execute(delivery).all() == []
+        assert conn.execute(replies).all() == []
+
+
+def test_send_deliveries_replies_sync(db, lossy_server, log):
+    sb = lossy_server
+    sb.reset()
+    channel = make_channel(keywords=["MORE"])
+    with make_client(sb) as client:
+        nums = numbers(40)
+        send_execution(db, client, channel, 1, nums)
+        sb.advance_clock(5)
+        sb.inbound(nums[0], SENDER, "STOP")
+        sb.inbound(nums[1], SENDER, "more")
+        sb.inbound(nums[2], SENDER, "Thanks!")
+        sb.inbound(nums[3], SENDER, "help")
+        now = sandbox_now(sb)
+        first = sync_channel(db, client, channel, log=log, now=now)
+        assert first.execution_ids == [1]
+        truth = {m["sid"]: m for m in sb.messages(direction="outbound-api")}
+        rows = state_rows(db, 1)
+        by_contact: dict[int, dict[str, tuple]] = {}
+        for _, rid, state, event, ts in rows:
+            by_contact.setdefault(rid, {})[state if state != "Replied" else f"Replied:{event}"] = (event, ts)
+        ledger = db.tables.ledger
+        with db.connect() as conn:
+            sid_of = dict(conn.execute(sa.select(ledger.c.RPContactID, ledger.c.MessageSID)).all())
+        for rid, states in by_contact.items():
+            msg = truth[sid_of[rid]]
+            final = msg["status"].capitalize()
+            assert "Queued" in states and final in states, (rid, states, msg["status"])
+            if final in ("Failed", "Undelivered"):
+                assert states[final][0] == str(msg["error_code"])
+            else:
+                assert states[final][0] is None
+        assert by_contact[1]["Replied:STOP"][0] == "STOP"
+        assert by_contact[2]["Replied:MORE"][0] == "MORE"
+        assert by_contact[4]["Replied:HELP"][0] == "HELP"
+        assert not any(k.startswith("Replied") for k in by_contact[3])
+        results = db.read_results(1)
+        statuses = {k: v for k, v in results.items() if k.startswith("Status:")}
+        assert sum(statuses.values()) == results["Sent"] == 40
+        expected = {}
+        for m in truth.values():
+            expected[f"Status:{m['status']}"] = expected.get(f"Status:{m['status']}", 0) + 1
+        assert statuses == expected and len(expected) >= 2
+        assert (results["Reply:STOP"], results["Reply:MORE"], results["Reply:HELP"], results["Expired"]) == (1, 1, 1, 0)
+        assert suppressed(db, channel) == {nums[0]}
+        assert count(db, db.tables.message_ids) == 0
+        assert count(db, db.tables.pending_states) == 0
+        assert db.staging_tables() == []
+        # A second sync adds nothing and costs one listing of inbound replies.
+        before = (rows, inbound_results(db, 1))
+        second = sync_channel(db, client, channel, log=log, now=sandbox_now(sb))
+        assert second.execution_ids == [] and second.api_calls == 1
+        assert (state_rows(db, 1), inbound_results(db, 1)) == before
+        # Recomputing the results gives the same rows.
+        aggregate_results(db, [1], log=log)
+        assert inbound_results(db, 1) == before[1]
+    assert_unique_states(db)
+
+
+def _sync_until_load(db, client, channel, log, now):
+    refresh_inbound(db, client, channel, log=log, now=now)
+    parse_keywords(db, channel, log=log, now=now)
+    ids = eligible_executions(db, channel)
+    fetch_statuses(db, client, channel, ids, log=log, now=now)
+    return ids
+
+
+def test_failure_between_load_and_retirement_loses_and_duplicates_nothing(db, sb, client, log, monkeypatch):
+    channel = make_channel()
+    nums = numbers(10)
+    send_execution(db, client, channel, 1, nums)
+    sb.advance_clock(5)
+    sb.inbound(nums[0], SENDER, "STOP")
+    now = sandbox_now(sb)
+    ids = _sync_until_load(db, client, channel, log, now)
+    before = state_rows(db)
+    pending = count(db, db.tables.pending_states)
+    assert pending == 11
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("killed between the insert and the retirement")
+
+    monkeypatch.setattr(state_load_module, "retire_sids", crash)
+    with pytest.raises(RuntimeError):
+        load_states(db, log=log, execution_ids=ids)
+    assert state_rows(db) == before
+    assert count(db, db.tables.message_ids) == 10
+    assert count(db, db.tables.pending_states) == pending
+    monkeypatch.undo()
+    # The next sync re-observes (more pending rows for the same states) and loads each state once.
+    sync_channel(db, client, channel, log=log, now=sandbox_now(sb))
+    assert count(db, db.tables.message_ids) == 0
+    assert count(db, db.tables.pending_states) == 0
+    assert len(state_rows(db)) == 10 * 2 + 1
+    assert_unique_states(db)
+    assert inbound_results(db, 1) == {"Status:delivered": 10, "Reply:STOP": 1, "Expired": 0}
+
+
+def test_killed_process_during_load_loses_and_duplicates_nothing(db, sb, client, log):
+    channel = make_channel()
+    nums = numbers(6)
+    send_execution(db, client, channel, 1, nums)
+    sb.advance_clock(5)
+    sb.inbound(nums[1], SENDER, "STOP")
+    ids = _sync_until_load(db, client, channel, log, sandbox_now(sb))
+    before = state_rows(db)
+    script = textwrap.dedent(f"""
+        import os, signal
+        from twilio_pipeline.db import Database
+        from twilio_pipeline.inbound import state_load
+        from twilio_pipeline_tests.inbound.helpers import ListLog
+
+        def die(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        state_load.retire_sids = die
+        db = Database({db.url.render_as_string(hide_password=False)!r}, prefix={db.prefix!r})
+        state_load.load_states(db, log=ListLog(), execution_ids={ids!r})
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=os.getcwd(), capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == -9, proc.stderr
+    assert state_rows(db) == before
+    assert count(db, db.tables.message_ids) == 6
+    assert len(db.staging_tables()) == 1  # the killed run's staging table, registered before its CREATE
+    summary = load_states(db, log=log, execution_ids=ids)
+    assert db.staging_tables() == []
+    assert (summary.delivery_states, summary.replies, summary.retired) == (6, 1, 6)
+    assert load_states(db, log=log, execution_ids=ids).pending == 0
+    assert_unique_states(db)
+    aggregate_results(db, ids, log=log)
+    assert inbound_results(db, 1) == {"Status:delivered": 6, "Reply:STOP": 1, "Expired": 0}
+
+
+@pytest.mark.parametrize("attribution", ["latest", "all"])
+def test_stop_lands_on_latest_or_all_executions(db, sb, client, log, attribution):
+    channel = make_channel(reply_attribution=attribution)
+    target = numbers(1, 900)[0]
+    for eid in range(1, 6):
+        send_execution(db, client, channel, eid, [target, *numbers(2, eid * 10)])
+        sb.advance_clock(120)
+    sb.inbound(target, SENDER, "STOP")
+    sync_channel(db, client, channel, log=log, now=sandbox_now(sb))
+    st = db.tables.states
+    with db.connect() as conn:
+        replied = sorted(conn.execute(sa.select(st.c.ChannelExecutionID, st.c.RPContactID, st.c.EventName)
+                                      .where(st.c.FulfillmentState == "Replied")).all())
+    expected = [(5, 1, "STOP")] if attribution == "latest" else [(e, 1, "STOP") for e in range(1, 6)]
+    assert replied == expected
+    stops = {eid: db.read_results(eid).get("Reply:STOP", 0) for eid in range(1, 6)}
+    assert stops == ({1: 0, 2: 0, 3: 0, 4: 0, 5: 1} if attribution == "latest" else dict.fromkeys(range(1, 6), 1))
+    assert suppressed(db, channel) == {target}
+
+
+def test_free_text_is_kept_and_counted_but_not_a_keyword(sqlite_db, sb, client, log):
+    db = sqlite_db
+    channel = make_channel(keywords=["MORE"])
+    nums = numbers(4)
+    send_execution(db, client, channel, 1, nums)
+    for n, body in zip(nums, ["STOP PLEASE", "Thanks!", "more info", "Who is this?"]):
+        sb.inbound(n, SENDER, body)
+    s = sync_channel(db, client, channel, log=log, now=sandbox_now(sb))
+    assert (s.keywords.parsed, s.keywords.free_text, s.keywords.keywords) == (4, 4, 0)
+    ib = db.tables.inbound
+    with db.connect() as conn:
+        rows = conn.execute(sa.select(ib.c.Keyword, ib.c.ParsedAt)).all()
+    assert len(rows) == 4 and all(k is None and p is not None for k, p in rows)
+    assert count(db, db.tables.states, db.tables.states.c.FulfillmentState == "Replied") == 0
+    assert count(db, db.tables.suppression) == 0
+    assert not any(k.startswith("Reply:") for k in db.read_results(1))
+
+
+def test_stop_then_start_lifts_the_suppression_through_the_sync(db, sb, client, log):
+    channel = make_channel()
+    nums = numbers(2)
+    send_execution(db, client, channel, 1, nums)
+    sb.inbound(nums[0], SENDER, "STOP")
+    sync_channel(db, client, channel, log=log, now=sandbox_now(sb))
+    assert suppressed(db, channel) == {nums[0]}
+    sb.advance_clock(30)
+    sb.inbound(nums[0], SENDER, "Start")
+    sync_channel(db, client, channel, log=log, now=sandbox_now(sb))
+    assert suppressed(db, channel) == set()
+    results = db.read_results(1)
+    assert (results["Reply:STOP"], results["Reply:START"]) == (1, 1)
+
+
+def test_bulk_export_mode_loads_the_same_states_as_listing(db, other_db, lossy_server, log):
+    sb = lossy_server
+    sb.reset()
+    listing = make_channel()
+    exporting = make_channel(status_sync="bulk_export", notification_email="ops@example.com")
+    with make_client(sb) as client:
+        nums = numbers(30)
+        send_execution(db, client, listing, 1, nums, mirrors=[other_db])
+        sb.advance_clock(3 * 86400)  # the send day becomes exportable (two days before Twilio's today)
+        send_execution(db, client, listing, 2, numbers(5, 100), mirrors=[other_db])  # today: listed
+        sb.advance_clock(5)
+        sb.inbound(nums[0], SENDER, "STOP")
+        now = sandbox_now(sb)
+        listed = sync_channel(db, client, listing, log=log, now=now)
+        before = sb.stats()["requests_by_endpoint"]
+        exported = sync_channel(other_db, client, exporting, log=log, now=now)
+        after = sb.stats()["requests_by_endpoint"]
+    used = {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) != before.get(k, 0)}
+    assert any("Export" in k for k in used), used
+    assert exported.fetch.exported > 0 and exported.fetch.fetched == 0
+    assert listed.fetch.exported == 0
+    assert state_rows(other_db) == state_rows(db)
+    assert inbound_results(other_db, 1) == inbound_results(db, 1)
+    assert inbound_results(other_db, 2) == inbound_results(db, 2)
+    assert count(other_db, other_db.tables.message_ids) == 0
+
+
+def test_backfill_of_three_executions_equals_three_syncs(db, other_db, lossy_server, log):
+    sb = lossy_server
+    sb.reset()
+    channel = make_channel(keywords=["MORE"])
+    with make_client(sb) as client:
+        for eid in (1, 2, 3):
+            nums = numbers(8, eid * 100)
+            send_execution(db, client, channel, eid, nums, mirrors=[other_db])
+            sb.advance_clock(60)
+            sb.inbound(nums[0], SENDER, "MORE")
+            sync_channel(db, client, channel, log=log, now=sandbox_now(sb))
+        synced = (state_rows(db), [inbound_results(db, e) for e in (1, 2, 3)])
+        backfill = sync_channel(other_db, client, channel, log=log, execution_ids=[1, 2, 3], full_window=True,
+                                now=sandbox_now(sb))
+        assert backfill.fetch.full_window and backfill.fetch.tracked == 24
+        assert (state_rows(other_db), [inbound_results(other_db, e) for e in (1, 2, 3)]) == synced
+        # Backfilling the synced database re-reads retired SIDs and changes nothing.
+        again = sync_channel(db, client, channel, log=log, execution_ids=[1, 2, 3], full_window=True,
+                             now=sandbox_now(sb))
+        assert again.fetch.tracked == 24 and again.load.delivery_states == 0
+        assert (state_rows(db), [inbound_results(db, e) for e in (1, 2, 3)]) == synced
+    assert_unique_states(other_db)
+
+
+def test_records_per_sync_bounds_a_sync_and_drops_nothing(sqlite_db, sb, client, log):
+    db = sqlite_db
+    channel = make_channel(records_per_sync=5)
+    send_execution(db, client, channel, 1, numbers(12))
+    send_execution(db, client, channel, 2, numbers(3, 50), first_contact_id=1)
+    sb.advance_clock(5)
+    assert eligible_executions(db, channel, limit_records=5) == [1]
+    assert eligible_executions(db, channel) == [1, 2]
+    rounds = []
+    while eligible_executions(db, channel):
+        s = sync_channel(db, client, channel, log=log, now=sandbox_now(sb))
+        rounds.append((s.execution_ids, s.fetch.tracked))
+        assert len(rounds) < 10
+    assert all(tracked <= 5 for _, tracked in rounds)
+    assert sum(tracked for _, tracked in rounds) == 15
+    assert count(db, db.tables.states, db.tables.states.c.FulfillmentState == "Delivered") == 15
+    assert db.read_results(1)["Status:delivered"] == 12 and db.read_results(2)["Status:delivered"] == 3
+
+
+@pytest.fixture(scope="module")
+def slow_server(tmp_path_factory):
+    """A sandbox whose messages take ten simulated minutes per status step."""
+    with SandboxProcess(tmp_path_factory.mktemp("slow"), status_delay_ms=600_000, access_log=False) as sb:
+        yield sb
+
+
+def test_each_observed_state_is_stored_once(sqlite_db, slow_server, log):
+    db = sqlite_db
+    sb = slow_server
+    sb.reset()
+    with make_client(sb) as client:
+        channel = make_channel()
+        send_execution(db, client, channel, 1, numbers(3))
+        seen = []
+        for _ in range(4):
+            s = sync_channel(db, client, channel, log=log, now=sandbox_now(sb))
+            seen.append((s.fetch.listed, s.fetch.fetched))
+            sb.advance_clock(600)
+        assert seen[0] == (0, 3)  # queued: no date_sent, so not listed; fetched one by one
+        assert seen[2][0] == 3  # sent: the listing returns them
+    states = [(rid, state) for _, rid, state, _, _ in state_rows(db, 1)]
+    for rid in (1, 2, 3):
+        assert sorted(st for r, st in states if r == rid) == ["Delivered", "Queued", "Sending", "Sent"]
+    assert inbound_results(db, 1) == {"Status:delivered": 3, "Expired": 0}
+    assert count(db, db.tables.message_ids) == 0
+
+
+def test_expired_closes_sids_that_never_finish(db, slow_server, log):
+    sb = slow_server
+    sb.reset()
+    with make_client(sb) as client:
+        channel = make_channel(validity_period_s=60)
+        send_execution(db, client, channel, 1, numbers(5))
+        now = sandbox_now(sb)
+        early = sync_channel(db, client, channel, log=log, now=now)
+        assert early.fetch.fetched == 5 and early.fetch.expired == 0
+        assert count(db, db.tables.message_ids) == 5
+        late = sync_channel(db, client, channel, log=log, now=now + timedelta(seconds=120))
+        assert late.fetch.expired == 5
+        assert count(db, db.tables.message_ids) == 0
+        results = inbound_results(db, 1)
+        assert results == {"Status:queued": 5, "Expired": 5}
+        assert db.read_results(1)["Sent"] == 5
+        assert sync_channel(db, client, channel, log=log, now=now + timedelta(seconds=180)).execution_ids == []
+
+
+def test_messaging_service_sync_lists_the_pool(sqlite_db, sb, client, log):
+    db = sqlite_db
+    channel = make_channel("Pool", messaging_service_sid=SANDBOX_MESSAGING_SERVICE_SID)
+    nums = numbers(20)
+    send_execution(db, client, channel, 1, nums)
+    sb.advance_clock(5)
+    s = sync_channel(db, client, channel, log=log, now=sandbox_now(sb))
+    assert s.fetch.fetched == 0 and s.fetch.matched == 20
+    assert inbound_results(db, 1) == {"Status:delivered": 20, "Expired": 0}
+
+
+def test_api_calls_scale_with_pages_not_messages(sqlite_db, sb, client, log):
+    db = sqlite_db
+    channel = make_channel()
+    n = 2000
+    send_execution(db, client, channel, 1, numbers(n - 500), workers=16)
+    send_execution(db, client, channel, 2, numbers(500, 5000), first_contact_id=1, workers=16)
+    sb.advance_clock(5)
+    before = sb.stats()["requests_total"]
+    s = sync_channel(db, client, channel, log=log, now=sandbox_now(sb))
+    calls = sb.stats()["requests_total"] - before
+    assert calls == s.api_calls
+    assert calls <= n / 1000 + 2 + 5, calls
+    assert sum(v for k, v in db.read_results(1).items() if k.startswith("Status:")) == n - 500
+    assert db.read_results(2)["Status:delivered"] == 500
+
+
+def test_real_outbound_send_then_sync(db, lossy_server, log):
+    """The outbound fulfillment's rows (ledger, SIDs, first states, Sent) are what the sync builds on."""
+    from twilio_pipeline.audience import create_execution
+    from twilio_pipeline.channels import parse_channels
+    from twilio_pipeline.outbound import run_outbound
+
+    sb = lossy_server
+    sb.reset()
+    channels = parse_channels({"channels": [{"name": "E2E", "from_number": SENDER, "keywords": ["MORE"],
+                                             "connectivity_test": False}]})
+    channel = channels.get("E2E")
+    nums = numbers(25)
+    create_execution(db, 7, "E2E", "Hi {{FirstName}}", [(i + 1, n, {"FirstName": "Ada"}) for i, n in enumerate(nums)])
+    with make_client(sb) as client:
+        run_outbound(db, client, channels, 7, run_id="e2e", log=log)
+        sent = db.read_results(7)["Sent"]
+        sb.advance_clock(5)
+        sb.inbound(nums[0], SENDER, "STOP")
+        sb.inbound(nums[1], SENDER, "MORE")
+        first = sync_channel(db, client, channel, log=log, now=sandbox_now(sb))
+        assert first.execution_ids == [7]
+        results = db.read_results(7)
+        assert sum(v for k, v in results.items() if k.startswith("Status:")) == sent == 25
+        assert (results["Reply:STOP"], results["Reply:MORE"]) == (1, 1)
+        assert suppressed(db, channel) == {nums[0]}
+        rows = state_rows(db, 7)
+        assert sync_channel(db, client, channel, log=log, now=sandbox_now(sb)).execution_ids == []
+        assert state_rows(db, 7) == rows
+    assert_unique_states(db)
