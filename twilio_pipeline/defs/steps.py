@@ -17,7 +17,11 @@ def execution_id_of(context: dg.AssetExecutionContext) -> int:
 
 
 def announce(context, twilio: TwilioResource) -> None:
-    """Sandbox mode is said in every run log."""
+    """Sandbox mode is said in every run log and shown as a run tag, however the run was launched."""
+    from twilio_pipeline.defs.partitions import MODE_TAG
+
+    if context.run.tags.get(MODE_TAG) != twilio.mode_tag:
+        context.instance.add_run_tags(context.run.run_id, {MODE_TAG: twilio.mode_tag})
     notice = twilio.notice()
     if notice:
         context.log.warning(notice)

@@ -28,7 +28,7 @@ WORKSPACE_QUERY = """
           jobs { name } sensors { name } schedules { name }
           assetNodes { assetKey { path } groupName } } } } } } } }
 """
-RUN_QUERY = """query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }"""
+RUN_QUERY = """query($id: ID!) { runOrError(runId: $id) { ... on Run { status tags { key value } } } }"""
 LAUNCH = """
 mutation($params: ExecutionParams!) { launchRun(executionParams: $params) {
   __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message }
@@ -108,13 +108,16 @@ def test_webserver_lists_everything_and_launches_an_outbound_run(tmp_path):
             assert launched["__typename"] == "LaunchRunSuccess", launched
             run_id = launched["run"]["runId"]
             deadline = time.monotonic() + 180
-            status = None
+            status, run = None, {}
             while time.monotonic() < deadline:
-                status = _gql(port, RUN_QUERY, {"id": run_id})["runOrError"]["status"]
+                run = _gql(port, RUN_QUERY, {"id": run_id})["runOrError"]
+                status = run["status"]
                 if status in ("SUCCESS", "FAILURE", "CANCELED"):
                     break
                 time.sleep(1)
             assert status == "SUCCESS"
+            # A run launched from the UI carries the mode tag too (live here: an account SID is set).
+            assert {"key": "twilio_pipeline/mode", "value": "live"} in run["tags"]
             assert sum(sb.stats()["messages_created_by_to"].values()) == 20
         finally:
             os.killpg(proc.pid, signal.SIGINT)
