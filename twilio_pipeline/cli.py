@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from twilio_pipeline.cli_errors import EXIT_FAILED, EXIT_OK, CliError
@@ -39,11 +40,16 @@ def _say(text: str) -> None:
     print(text, flush=True)
 
 
+@contextmanager
 def _context():
-    """Settings, database and channel file, each failure one clear line."""
+    """Settings, database and channel file, each failure one clear line; the engine is disposed after."""
     from twilio_pipeline.channels import ChannelConfigError, load_channels
     from twilio_pipeline.db import Database
-    from twilio_pipeline.settings import SANDBOX_MODE_NOTICE, SettingsError, load_settings
+    from twilio_pipeline.settings import (
+        SANDBOX_MODE_NOTICE,
+        SettingsError,
+        load_settings,
+    )
 
     try:
         settings = load_settings()
@@ -58,8 +64,12 @@ def _context():
     try:
         channels = load_channels(settings.channels_path)
     except ChannelConfigError as exc:
+        db.dispose()
         raise CliError(str(exc)) from None
-    return settings, db, channels
+    try:
+        yield settings, db, channels
+    finally:
+        db.dispose()
 
 
 def _safe_url(url: str) -> str:
@@ -109,38 +119,28 @@ def cmd_sandbox(argv: Sequence[str]) -> int:
 def cmd_send(args) -> int:
     from twilio_pipeline.defs.runner import run_send
 
-    settings, db, channels = _context()
-    try:
+    with _context() as (settings, db, channels):
         return run_send(settings, db, channels, args.execution_id, say=_say)
-    finally:
-        db.dispose()
 
 
 def cmd_sync(args) -> int:
+    from twilio_pipeline.channels import ChannelConfigError
     from twilio_pipeline.defs.runner import run_sync
 
-    settings, db, channels = _context()
-    if args.channel:
-        from twilio_pipeline.channels import ChannelConfigError
-
-        try:
-            channels.get(args.channel)
-        except ChannelConfigError as exc:
-            raise CliError(str(exc)) from None
-    try:
+    with _context() as (settings, db, channels):
+        if args.channel:
+            try:
+                channels.get(args.channel)
+            except ChannelConfigError as exc:
+                raise CliError(str(exc)) from None
         return run_sync(settings, db, channels, args.channel, say=_say)
-    finally:
-        db.dispose()
 
 
 def cmd_results(args) -> int:
     from twilio_pipeline.defs.runner import print_results
 
-    _settings, db, _channels = _context()
-    try:
+    with _context() as (_settings, db, _channels):
         return print_results(db, args.execution_id, say=_say)
-    finally:
-        db.dispose()
 
 
 DEMO_FORCED_DEFAULTS = ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_API_KEY_SID", "TWILIO_API_KEY_SECRET",
@@ -154,11 +154,8 @@ def cmd_demo(args) -> int:
 
     for name in DEMO_FORCED_DEFAULTS:
         os.environ.pop(name, None)
-    settings, db, channels = _context()
-    try:
+    with _context() as (settings, db, channels):
         return run_demo(settings, db, channels, contacts=args.contacts, say=_say)
-    finally:
-        db.dispose()
 
 
 def _execution_id(text: str) -> int:

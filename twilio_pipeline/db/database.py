@@ -8,8 +8,8 @@ executemany/insertmanyvalues elsewhere) into a per-run staging table, then one
 from __future__ import annotations
 
 import io
-import re
 import os
+import re
 import socket
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -24,6 +24,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from twilio_pipeline.db.schema import Tables, build_tables
+from twilio_pipeline.processes import pid_alive
 
 HOST = socket.gethostname()
 STAGING_ORPHAN_AGE = timedelta(hours=6)
@@ -40,16 +41,6 @@ def to_naive_utc(value: datetime | None) -> datetime | None:
     if value.tzinfo is not None:
         value = value.astimezone(timezone.utc).replace(tzinfo=None)
     return value
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,13 @@ from twilio_pipeline import quality
 from twilio_pipeline.channels import Channel
 from twilio_pipeline.defs.partitions import TWILIO_POOL, execution_partitions
 from twilio_pipeline.defs.resources import DatabaseResource, TwilioResource
-from twilio_pipeline.defs.steps import announce, channel_of, counts_table, metadata
+from twilio_pipeline.defs.steps import (
+    announce,
+    channel_of,
+    counts_table,
+    metadata,
+    twilio_failure,
+)
 from twilio_pipeline.twilio import CredentialsRejected, TwilioUnavailable
 
 OWNERS = ["team:messaging"]
@@ -39,8 +45,6 @@ def _by_channel(context, database: DatabaseResource, twilio: TwilioResource) -> 
     return groups
 
 
-def _fail(exc: Exception) -> dg.Failure:
-    return dg.Failure(description=str(exc), allow_retries=False)
 
 
 @dg.asset(
@@ -69,7 +73,7 @@ def keyword_parse(context: dg.AssetExecutionContext, config: KeywordParseConfig,
             try:
                 refreshed = refresh_inbound(db, client, channel, log=context.log)
             except (CredentialsRejected, TwilioUnavailable) as exc:
-                raise _fail(exc) from None
+                raise twilio_failure(exc) from None
         parsed = parse_keywords(db, channel, log=context.log)
         for summary in (refreshed, parsed):
             for k, v in summary.as_metadata().items():
@@ -106,7 +110,7 @@ def status_fetch(context: dg.AssetExecutionContext, database: DatabaseResource, 
             try:
                 summary = fetch_statuses(db, client, channel, ids, log=context.log, full_window=_is_backfill(context))
             except (CredentialsRejected, TwilioUnavailable) as exc:
-                raise _fail(exc) from None
+                raise twilio_failure(exc) from None
         for k, v in summary.as_metadata().items():
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 totals[k] += v

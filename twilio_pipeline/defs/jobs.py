@@ -2,7 +2,12 @@
 
 import dagster as dg
 
-from twilio_pipeline.defs.inbound import aggregate_results, keyword_parse, state_bulk_load, status_fetch
+from twilio_pipeline.defs.inbound import (
+    aggregate_results,
+    keyword_parse,
+    state_bulk_load,
+    status_fetch,
+)
 from twilio_pipeline.defs.outbound import OUTBOUND_ASSETS
 
 outbound_job = dg.define_asset_job(

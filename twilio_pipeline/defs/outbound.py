@@ -11,16 +11,13 @@ from twilio_pipeline import quality
 from twilio_pipeline.defs.partitions import TWILIO_POOL, execution_partitions
 from twilio_pipeline.defs.progress import progress_reporter
 from twilio_pipeline.defs.resources import DatabaseResource, TwilioResource
-from twilio_pipeline.defs.steps import counts_table, metadata, setup
+from twilio_pipeline.defs.steps import counts_table, metadata, setup, twilio_failure
 from twilio_pipeline.twilio import CredentialsRejected, TwilioUnavailable
 
 OWNERS = ["team:messaging"]
 INVALID_RATE_THRESHOLD = 0.2
 
 
-def _fail(exc: Exception) -> dg.Failure:
-    """Twilio errors that stop a run become one clear line (no retry: it would not help)."""
-    return dg.Failure(description=str(exc), allow_retries=False)
 
 
 @contextmanager
@@ -68,7 +65,7 @@ def suppression_refresh(context: dg.AssetExecutionContext, database: DatabaseRes
                                             metadata={"skipped": dg.MetadataValue.bool(True)})
             summary = refresh_inbound(db, client, channel, log=context.log)
         except (CredentialsRejected, TwilioUnavailable) as exc:
-            raise _fail(exc) from None
+            raise twilio_failure(exc) from None
     meta = summary.as_metadata()
     return dg.MaterializeResult(metadata={**metadata(meta), "sender": channel.sender}, check_results=[check])
 
@@ -85,14 +82,18 @@ def suppression_refresh(context: dg.AssetExecutionContext, database: DatabaseRes
                 "suppressed numbers dropped, bodies rendered and segments counted; the plan lands in the send ledger.",
 )
 def dedupe(context: dg.AssetExecutionContext, database: DatabaseResource, twilio: TwilioResource):
-    from twilio_pipeline.outbound import OutboundInputError, execution_lease, plan_execution
+    from twilio_pipeline.outbound import (
+        OutboundInputError,
+        execution_lease,
+        plan_execution,
+    )
 
     db, channel, eid = setup(context, database, twilio)
     try:
         with _marks_failure(db, eid), execution_lease(db, eid, context.run.run_id):
             summary = plan_execution(db, channel, eid, run_id=context.run.run_id, log=context.log)
     except OutboundInputError as exc:
-        raise _fail(exc) from None
+        raise twilio_failure(exc) from None
     meta = summary.as_metadata()
     rate = quality.invalid_number_rate(db, eid)
     check = dg.AssetCheckResult(
@@ -124,7 +125,7 @@ def send(context: dg.AssetExecutionContext, database: DatabaseResource, twilio: 
                 summary = send_execution(db, client, channel, eid, run_id=context.run.run_id, log=context.log,
                                          progress=progress)
         except (CredentialsRejected, TwilioUnavailable) as exc:
-            raise _fail(exc) from None
+            raise twilio_failure(exc) from None
         finally:
             progress.close()
     meta = summary.as_metadata()

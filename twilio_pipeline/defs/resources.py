@@ -12,7 +12,12 @@ from pydantic import Field
 from twilio_pipeline.channels import Channel, ChannelFile, load_channels
 from twilio_pipeline.db import Database
 from twilio_pipeline.settings import SANDBOX_MODE_NOTICE, load_settings
-from twilio_pipeline.twilio import Endpoints, RetrySettings, TwilioClient, TwilioCredentials
+from twilio_pipeline.twilio import (
+    Endpoints,
+    RetrySettings,
+    TwilioClient,
+    TwilioCredentials,
+)
 
 
 class DatabaseResource(dg.ConfigurableResource):

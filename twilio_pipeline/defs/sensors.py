@@ -5,7 +5,12 @@ channel-level sync, the execution level for every eligible execution)."""
 import dagster as dg
 
 from twilio_pipeline.defs.jobs import channel_sync_job, execution_sync_job, outbound_job
-from twilio_pipeline.defs.partitions import CHANNEL_TAG, EXECUTION_TAG, MODE_TAG, execution_partitions
+from twilio_pipeline.defs.partitions import (
+    CHANNEL_TAG,
+    EXECUTION_TAG,
+    MODE_TAG,
+    execution_partitions,
+)
 from twilio_pipeline.defs.resources import DatabaseResource, TwilioResource
 from twilio_pipeline.queue import ready_executions
 

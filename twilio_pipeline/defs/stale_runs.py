@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import dagster as dg
 
-from twilio_pipeline.db.database import HOST, pid_alive
+from twilio_pipeline.db.database import HOST
 from twilio_pipeline.defs.partitions import HOST_TAG, PID_TAG
+from twilio_pipeline.processes import pid_alive
 
 
 def fail_stale_runs(instance: dg.DagsterInstance) -> list[str]:

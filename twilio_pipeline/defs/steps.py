@@ -64,3 +64,9 @@ def metadata(summary: Mapping[str, object]) -> dict[str, dg.MetadataValue]:
 def counts_table(title: str, counts: Mapping[str, object]) -> dg.MetadataValue:
     rows = "\n".join(f"| {k} | {v} |" for k, v in counts.items())
     return dg.MetadataValue.md(f"**{title}**\n\n| count | value |\n|---|---|\n{rows}\n")
+
+
+def twilio_failure(exc: Exception) -> dg.Failure:
+    """A Twilio error that stops a run (credentials rejected, Twilio unreachable) as one clear line;
+    Dagster must not retry it: it would not help."""
+    return dg.Failure(description=str(exc), allow_retries=False)

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 from twilio_pipeline.channels import Channel, ChannelFile
 from twilio_pipeline.db import Database, utcnow
-from twilio_pipeline.db.database import HOST, LeaseHolder, pid_alive
+from twilio_pipeline.db.database import HOST, LeaseHolder
+from twilio_pipeline.processes import pid_alive
 from twilio_pipeline.outbound.commit import OutboundResults, commit_execution
 from twilio_pipeline.outbound.connectivity import check_connectivity
 from twilio_pipeline.outbound.dispatch import Progress

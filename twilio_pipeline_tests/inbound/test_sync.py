@@ -25,7 +25,6 @@ from twilio_pipeline.sandbox import SANDBOX_MESSAGING_SERVICE_SID
 from twilio_pipeline.sandbox.process import SandboxProcess
 from twilio_pipeline_tests.inbound.helpers import (
     SENDER,
-    ListLog,
     count,
     make_channel,
     make_client,
