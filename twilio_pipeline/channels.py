@@ -187,8 +187,13 @@ class ChannelFile(_Strict):
 def _describe(err: ValidationError, raw: dict) -> str:
     lines = []
     channels = raw.get("channels") if isinstance(raw, dict) else None
-    for e in err.errors():
+    errors = err.errors()
+    item_errors = any(len(e["loc"]) >= 2 and e["loc"][0] == "channels" and isinstance(e["loc"][1], int)
+                      for e in errors)
+    for e in errors:
         loc = list(e["loc"])
+        if item_errors and e["type"] == "too_short" and loc == ["channels"]:
+            continue  # pydantic's echo of an invalid channel: the list is not empty, that channel is wrong
         where = "channel file"
         if len(loc) >= 2 and loc[0] == "channels" and isinstance(loc[1], int):
             idx = loc[1]

@@ -3,8 +3,11 @@ DAGSTER_HOME, with the failure reduced to one line and mapped to CONTRACT.md's e
 
 from __future__ import annotations
 
+import fcntl
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import dagster as dg
 import sqlalchemy as sa
@@ -13,7 +16,14 @@ from twilio_pipeline.channels import ChannelConfigError, ChannelFile
 from twilio_pipeline.cli_errors import EXIT_BUSY, EXIT_FAILED, EXIT_OK, CliError
 from twilio_pipeline.db import Database
 from twilio_pipeline.db.database import HOST
-from twilio_pipeline.defs.partitions import CHANNEL_TAG, EXECUTION_TAG, HOST_TAG, MODE_TAG, PID_TAG, execution_partitions
+from twilio_pipeline.defs.partitions import (
+    CHANNEL_TAG,
+    EXECUTION_TAG,
+    HOST_TAG,
+    MODE_TAG,
+    PID_TAG,
+    execution_partitions,
+)
 from twilio_pipeline.defs.stale_runs import fail_stale_runs
 from twilio_pipeline.settings import Settings
 
@@ -30,8 +40,27 @@ class RunFailure:
         self.message = message
 
 
+@contextmanager
+def _instance_lock() -> Iterator[None]:
+    """Serialise opening the instance between CLI processes. On first use Dagster creates its SQLite
+    storage (tables, then the alembic stamp) without any lock: of two runs started at once on a fresh
+    instance (a double click, a sensor and a manual run), one crashed with "table ... already exists"."""
+    home = os.environ.get("DAGSTER_HOME")
+    if not home:
+        yield
+        return
+    Path(home).mkdir(parents=True, exist_ok=True)
+    with open(Path(home) / ".twilio_pipeline_instance.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def _instance() -> dg.DagsterInstance:
-    instance = dg.DagsterInstance.get()
+    with _instance_lock():
+        instance = dg.DagsterInstance.get()
     for run_id in fail_stale_runs(instance):
         print(f"Marked stale run {run_id} failed (its process is gone) and freed its slots", flush=True)
     return instance
@@ -70,12 +99,21 @@ def _failure(result) -> RunFailure | None:
 def _ensure_partition(instance: dg.DagsterInstance, execution_id: int) -> None:
     key = str(execution_id)
     if not instance.has_dynamic_partition(execution_partitions.name, key):
-        instance.add_dynamic_partitions(execution_partitions.name, [key])
+        try:
+            instance.add_dynamic_partitions(execution_partitions.name, [key])
+        except sa.exc.IntegrityError:
+            # A run started at the same moment added it first (the partition key is unique).
+            if not instance.has_dynamic_partition(execution_partitions.name, key):
+                raise
 
 
 def run_send(settings: Settings, db: Database, channels: ChannelFile, execution_id: int,
              say: Callable[[str], None]) -> int:
-    from twilio_pipeline.outbound import ExecutionBusy, OutboundInputError, load_execution
+    from twilio_pipeline.outbound import (
+        ExecutionBusy,
+        OutboundInputError,
+        load_execution,
+    )
     from twilio_pipeline.outbound.lease import lease_key
 
     try:

@@ -75,13 +75,18 @@ def compute_results(db: Database, channel: Channel, execution_id: int) -> dict[s
 
 
 def _first_states(db: Database, conn, execution_id: int) -> tuple[int, int]:
-    """Queued / Accepted / Scheduled as Twilio answered each create, and Failed (EventName = error code)
-    for the recipients Twilio refused; at most one row per (execution, contact, state)."""
+    """Queued / Accepted / Scheduled as Twilio answered each create (or the status an adopted message
+    already had), and Failed (EventName = error code) for the recipients Twilio refused; at most one row
+    per (execution, contact, state)."""
     led = db.tables.ledger
     state = sa.case({k: state_name(k) for k in STATUS_RANK}, value=led.c.MessageStatus, else_="Queued")
+    # A message adopted after an ambiguous answer may already be failed/undelivered: its code goes with it.
+    failure = sa.case(
+        (led.c.MessageStatus.in_(["failed", "undelivered"]), sa.cast(led.c.ErrorCode, sa.Unicode(255))),
+        else_=sa.null())
     accepted = sa.select(
         led.c.RPContactID, led.c.ChannelExecutionID, state.label("FulfillmentState"),
-        sa.null().label("EventName"), led.c.StatusAt.label("Timestamp"),
+        failure.label("EventName"), led.c.StatusAt.label("Timestamp"),
     ).where(led.c.ChannelExecutionID == execution_id, led.c.Outcome == SENT, led.c.IsSeed == sa.false())
     refused = sa.select(
         led.c.RPContactID, led.c.ChannelExecutionID, sa.literal("Failed", sa.Unicode(40)).label("FulfillmentState"),

@@ -228,6 +228,17 @@ def _segments(message: dict | None) -> int | None:
     return value if value > 0 else None
 
 
+def _failure_code(message: dict) -> int | None:
+    """Twilio's error code of a message found already failed or undelivered (an adopted one can be):
+    its first state must carry it, as every Failed/Undelivered state does."""
+    if message.get("status") not in ("failed", "undelivered"):
+        return None
+    code = message.get("error_code")
+    if isinstance(code, int) and not isinstance(code, bool):
+        return code
+    return int(code) if isinstance(code, str) and code.strip().isdigit() else None
+
+
 @dataclass
 class WriterStats:
     sent: int = 0
@@ -379,7 +390,7 @@ class OutcomeWriter:
                 segments = _segments(message)
                 row.update(Kind="adopt" if adopted is not None else SENT, MessageSID=message["sid"],
                            MessageStatus=message.get("status"), StatusAt=_twilio_time(message) or now,
-                           Segments=segments)
+                           Segments=segments, ErrorCode=_failure_code(message))
                 sids.append(message["sid"])
                 stats.segments += segments or item.segments or 0
                 if adopted is not None:

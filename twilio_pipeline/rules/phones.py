@@ -69,7 +69,12 @@ def normalise_number(raw: str | None, default_region: str | None = None) -> Phon
             phonenumbers.ValidationResult.INVALID_LENGTH: "invalid length for its country",
         }.get(result, "not a possible number")
         return PhoneResult(None, reason)
-    return PhoneResult(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164), None)
+    e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+    if not _E164.match(e164):
+        # "Possible" is a length check per country; a national number can still come out shorter than any
+        # international number (7 digits at least, e.g. "01000" in DE -> +491000): Twilio would refuse it.
+        return PhoneResult(None, "too short for an international number (E.164 has at least 7 digits)")
+    return PhoneResult(e164, None)
 
 
 def validate_sender(value: str) -> str | None:

@@ -1,0 +1,426 @@
+"""Bad input: every case has its expected outcome - a clear one-line error naming the problem (CLI exit
+2, no traceback), or a counted and recorded per-recipient outcome - and no other recipient is affected.
+
+* phone numbers and bodies: one execution mixing every bad case with good recipients, sent in full
+  (connectivity, refresh, plan, send, commit) against the sandbox, on SQLite and PostgreSQL;
+* the channel file and the execution: the real CLI, one line on stderr, exit 2;
+* Twilio's answers: a scripted local server answering creates and listings with HTML error pages,
+  truncated JSON, JSON without `sid`, unknown statuses, 200s carrying an error, unreadable dates.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
+
+import pytest
+import sqlalchemy as sa
+
+from twilio_pipeline.audience import create_execution
+from twilio_pipeline.channels import parse_channels
+from twilio_pipeline.db.database import to_naive_utc
+from twilio_pipeline.inbound import fetch_statuses, load_states, parse_keywords, refresh_inbound, suppressed_numbers
+from twilio_pipeline.outbound import client_for_channel, commit_execution, plan_execution, run_outbound, send_execution
+from twilio_pipeline.twilio import Endpoints, RetrySettings, TwilioClient, TwilioCredentials, parse_twilio_date
+from twilio_pipeline_tests.reliability.conftest import (
+    SENDER,
+    assert_identities,
+    assert_no_traceback,
+    channel,
+    ledger,
+    tracked_sids,
+)
+from twilio_pipeline_tests.twilio.fake_server import Answer, FakeTwilio, reply, twilio_error
+
+
+class Quiet:
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def info(self, msg):
+        self.lines.append(str(msg))
+
+    def warning(self, msg):
+        self.lines.append(str(msg))
+
+
+@dataclass(frozen=True)
+class Case:
+    what: str
+    address: str | None
+    attributes: str | None  # OfferHistorySG.Attributes as stored (JSON text or NULL)
+    outcome: str            # the ledger Outcome the recipient must end with
+    detail: str             # the E.164 it is sent to (sent), else a fragment of the recorded reason
+
+
+def _msg(text: str) -> str:
+    return json.dumps({"Msg": text})
+
+
+OK = _msg("Hello there")
+PLAIN = [
+    Case("NULL number", None, OK, "invalid", "no phone number (NULL)"),
+    Case("empty number", "", OK, "invalid", "empty phone number"),
+    Case("only spaces", "   ", OK, "invalid", "empty phone number"),
+    Case("spaces, dashes, parentheses", "+1 (415) 555-0101", OK, "sent", "+14155550101"),
+    Case("dots and a no-break space", " +1.415.555.0102\u00a0", OK, "sent", "+14155550102"),
+    Case("letters", "+1 415 CALL NOW", OK, "invalid", "contains letters"),
+    Case("too short", "+1234", OK, "invalid", "too short"),
+    Case("too long", "+1415555010312345", OK, "invalid", "too long"),
+    Case("no country code", "4155550104", OK, "invalid", "no country code"),
+    Case("national format without default_region", "(415) 555-0105", OK, "invalid", "no country code"),
+    Case("leading 00", "0044 20 7946 0958", OK, "sent", "+442079460958"),
+    Case("emoji", "\U0001F4DE +1 415 555 0106", OK, "invalid", "not digits"),
+    Case("zero-width space", "+1\u200b4155550110", OK, "invalid", "not digits"),
+    Case("SQL text", "'; DROP TABLE OfferHistorySG; --", OK, "invalid", "contains letters"),
+    Case("10,000 characters", "1" * 10_000, OK, "invalid", "10000 characters"),
+    Case("unknown country code", "+99912345678", OK, "invalid", "invalid country code"),
+    Case("possible, but shorter than any E.164 number", "+49 1000", OK, "invalid", "at least 7 digits"),
+    Case("duplicate of a formatted number", "+14155550101", OK, "duplicate", "duplicate of RPContactID"),
+    Case("empty body", "+14155550111", _msg(""), "not_rendered", "body is empty"),
+    Case("1,601-character body", "+14155550112", _msg("x" * 1601), "not_rendered", "1601 characters"),
+    Case("1,600-character body", "+14155550113", _msg("x" * 1600), "sent", "+14155550113"),
+    Case("UCS-2 only body", "+14155550114", _msg("Привет, мир! Скидка для вас"), "sent", "+14155550114"),
+    Case("lone surrogate", "+14155550115", '{"Msg": "Hi \\ud83d there"}', "not_rendered", "lone surrogates"),
+    Case("missing merge field", "+14155550116", json.dumps({"Other": "x"}), "not_rendered", "Msg is missing"),
+    Case("NULL merge value", "+14155550117", json.dumps({"Msg": None}), "not_rendered", "Msg is NULL"),
+    Case("NULL Attributes", "+14155550118", None, "not_rendered", "Msg is missing"),
+    Case("Attributes not JSON", "+14155550119", "{Msg: hi", "not_rendered", "not valid JSON"),
+    Case("Attributes a JSON list", "+14155550120", '["Hello"]', "not_rendered", "not a JSON object"),
+    Case("merge syntax inside a value", "+14155550121", _msg("{{Msg}} stays as typed"), "sent", "+14155550121"),
+    Case("SQL text in a value", "+14155550122", _msg("'); DELETE FROM TwilioSMS_SendLedger; --"), "sent",
+         "+14155550122"),
+]
+REGION = [
+    Case("national format with default_region", "(415) 555-0105", OK, "sent", "+14155550105"),
+    Case("national with dots and default_region", "415.555.0108", OK, "sent", "+14155550108"),
+    Case("another country's national format", "020 7946 0958", OK, "invalid", "too long"),
+    Case("international number with default_region", "+44 20 7946 0959", OK, "sent", "+442079460959"),
+]
+GOOD = 10  # ordinary recipients between the bad ones: none of them may be affected
+
+
+def _create(db, execution_id: int, channel_name: str, cases: list[Case], good_start: int) -> dict[int, Case]:
+    """The execution with each case and GOOD ordinary recipients interleaved; RPContactID -> Case."""
+    create_execution(db, execution_id, channel_name, "{{Msg}}", [])
+    rows, by_id, rid = [], {}, 0
+    good = iter(range(good_start, good_start + GOOD * 10))
+    for i, case in enumerate(cases):
+        rid += 1
+        by_id[rid] = case
+        rows.append({"RPContactID": rid, "ChannelExecutionID": execution_id, "AddressKey": case.address,
+                     "Attributes": case.attributes})
+        if i % 3 == 0 and len([c for c in by_id.values() if c.what == "good"]) < GOOD:
+            rid += 1
+            number = f"+1628555{next(good):04d}"
+            by_id[rid] = Case("good", number, _msg("Your offer"), "sent", number)
+            rows.append({"RPContactID": rid, "ChannelExecutionID": execution_id, "AddressKey": number,
+                         "Attributes": _msg("Your offer")})
+    with db.begin() as conn:
+        db.bulk_insert(conn, db.tables.offer_history, rows)
+    return by_id
+
+
+def test_bad_numbers_and_bodies_are_recorded_per_recipient_and_affect_nobody_else(db, make_sandbox):
+    sb = make_sandbox()
+    specs = [channel("Plain SMS", max_concurrency=8), channel("US Region SMS", max_concurrency=8, default_region="US")]
+    chans = parse_channels({"channels": specs})
+    log = Quiet()
+    expected = {10: _create(db, 10, "Plain SMS", PLAIN, 100), 11: _create(db, 11, "US Region SMS", REGION, 200)}
+    texted: dict[str, int] = {}
+    for eid, name in ((10, "Plain SMS"), (11, "US Region SMS")):
+        client = client_for_channel(TwilioCredentials(sb.account_sid, sb.auth_token), chans.get(name),
+                                    Endpoints(sb.base_url, sb.base_url, sb.base_url))
+        with client:
+            run = run_outbound(db, client, chans, eid, run_id=f"run-{uuid.uuid4().hex[:8]}", log=log, settle_s=0.1)
+        rows = {r["RPContactID"]: r for r in ledger(db, eid)}
+        for rid, case in expected[eid].items():
+            row = rows[rid]
+            assert row["Outcome"] == case.outcome, (case.what, row["Outcome"], row["Reason"])
+            if case.outcome == "sent":
+                assert row["ToNumber"] == case.detail and row["MessageSID"], (case.what, row)
+                texted[case.detail] = texted.get(case.detail, 0) + 1
+            else:
+                assert case.detail in (row["Reason"] or ""), (case.what, row["Reason"])
+                assert row["MessageSID"] is None
+        r = run.results.results
+        assert_identities(r)
+        outcomes = [c.outcome for c in expected[eid].values()]
+        assert (r["InvalidNumbers"], r["NotRendered"], r["Duplicates"], r["Sent"], r["SendFailed"]) == (
+            outcomes.count("invalid"), outcomes.count("not_rendered"), outcomes.count("duplicate"),
+            outcomes.count("sent"), 0)
+        assert run.results.status == "sent"
+    ucs2 = next(r for r in ledger(db, 10) if r["ToNumber"] == "+14155550114")
+    assert ucs2["Encoding"] == "UCS-2" and ucs2["Segments"] == 1
+    long_body = next(r for r in ledger(db, 10) if r["ToNumber"] == "+14155550113")
+    assert long_body["Segments"] == 11
+    # The sandbox got exactly one message per sendable recipient (the two executions share no number
+    # except +14155550105, which only the US channel could read), and nothing else.
+    assert sb.stats()["messages_created_by_to"] == texted
+    assert all(n == 1 for n in texted.values())
+    bodies = {m["to"]: m["body"] for m in sb.messages(direction="outbound-api")}
+    assert bodies["+14155550121"] == "{{Msg}} stays as typed"
+    assert bodies["+14155550122"] == "'); DELETE FROM TwilioSMS_SendLedger; --"
+    with db.connect() as conn:  # the SQL text did nothing but travel as data
+        assert conn.execute(sa.select(sa.func.count()).select_from(db.tables.offer_history)).scalar() > 0
+
+
+# ---- channel file and execution errors through the real CLI -------------------------------------------
+
+GOOD_CHANNEL = '  - name: Demo\n    from_number: "+15005550006"\n'
+CHANNEL_FILES = [
+    ("unknown key", GOOD_CHANNEL + "    colour: blue\n", "channel 'Demo': key 'colour': unknown key"),
+    ("no sender", "  - name: Demo\n", "exactly one of from_number and messaging_service_sid is required"),
+    ("both senders", GOOD_CHANNEL + "    messaging_service_sid: MG" + "0" * 32 + "\n",
+     "exactly one of from_number and messaging_service_sid is required"),
+    ("malformed service SID", "  - name: Demo\n    messaging_service_sid: MG1234\n",
+     "key 'messaging_service_sid': must be 'MG' followed by 32 hex characters"),
+    ("malformed from_number", "  - name: Demo\n    from_number: 555-CALL-NOW\n", "key 'from_number'"),
+    ("negative retries", GOOD_CHANNEL + "    retry: {max_attempts: -1}\n",
+     "key 'retry.max_attempts': Input should be greater than or equal to 1"),
+    ("zero concurrency", GOOD_CHANNEL + "    max_concurrency: 0\n", "key 'max_concurrency'"),
+    ("duplicate names", GOOD_CHANNEL + GOOD_CHANNEL, "channel name 'Demo' is used twice"),
+    ("Twilio keyword as channel keyword", GOOD_CHANNEL + "    keywords: [STOP]\n", "one of Twilio's own keywords"),
+    ("follow-up on an opt-out", GOOD_CHANNEL + "    follow_ups: {STOP: {body: hi}}\n", "STOP is an opt-out"),
+    ("unknown attribution", GOOD_CHANNEL + "    reply_attribution: first\n", "key 'reply_attribution'"),
+    ("unknown region", GOOD_CHANNEL + "    default_region: XX\n", "key 'default_region'"),
+    ("no channels key", None, "needs a top-level key 'channels' holding a list of channels"),
+    ("empty channel list", "", "key 'channels'"),
+]
+
+
+def _one_line_error(result, fragment: str) -> None:
+    assert result.returncode == 2, result.describe()
+    assert_no_traceback(result.output)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.describe()
+    assert fragment in lines[0], (fragment, lines[0])
+
+
+@pytest.fixture
+def in_process_cli(make_cli, monkeypatch, capsys):
+    """The CLI's main() in this process (Dagster already imported: milliseconds per case), with the
+    environment of a PipelineCli. main() lets anything but a clean input error escape as an exception,
+    so a case that would print a traceback fails here too. Returns run(args) -> (code, stderr lines)."""
+    from twilio_pipeline.cli import main
+
+    cli = make_cli(None, [channel("Demo")], name="inproc")
+    for key, value in cli.env.items():
+        monkeypatch.setenv(key, value)
+
+    def run(*args: str) -> tuple[int, list[str]]:
+        capsys.readouterr()
+        code = main(list(args))
+        return code, capsys.readouterr().err.strip().splitlines()
+
+    run.cli = cli
+    return run
+
+
+@pytest.mark.parametrize("what, body, fragment", CHANNEL_FILES, ids=[c[0] for c in CHANNEL_FILES])
+def test_bad_channel_file_is_one_clear_line(in_process_cli, what, body, fragment):
+    in_process_cli.cli.write_channels("- just a list\n" if body is None else "channels:\n" + body if body else
+                                      "channels: []\n")
+    code, err = in_process_cli("send", "1")
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: "), (what, code, err)
+    assert fragment in err[0], (fragment, err[0])
+    assert "; channel file: key 'channels'" not in err[0], f"a second, misleading problem reported: {err[0]}"
+
+
+def test_execution_without_recipients_is_one_clear_line(in_process_cli):
+    """(Unknown executions and channels are covered by test_cli.py.) No OfferHistorySG rows: exit 2, no run."""
+    create_execution(in_process_cli.cli.db, 6, "Demo", "Hi", [])
+    code, err = in_process_cli("send", "6")
+    assert code == 2 and len(err) == 1 and "execution 6 has no recipients" in err[0], (code, err)
+    assert not (in_process_cli.cli.home / "storage").exists(), "no Dagster run may start for bad input"
+
+
+def test_real_cli_prints_one_line_without_traceback(make_cli):
+    """The same through a real process: what a user's shell sees."""
+    cli = make_cli(None, "channels: [\n  - name: x\n", name="yaml")
+    _one_line_error(cli.run("send", "1", timeout=120), "is not valid YAML at line")
+    cli.write_channels("channels:\n" + CHANNEL_FILES[1][1])
+    _one_line_error(cli.run("sync", timeout=120), CHANNEL_FILES[1][2])
+    result = cli.run("send", str(2**31), timeout=120)
+    assert result.returncode == 2 and "out of the INT range" in result.stderr
+    assert_no_traceback(result.output)
+
+
+# ---- Twilio's answers ----------------------------------------------------------------------------
+
+ACCOUNT = "AC" + "ab" * 16
+TOKEN = "bad-input-token"
+
+
+def _rfc2822(dt: datetime) -> str:
+    return format_datetime(dt.astimezone(timezone.utc), usegmt=False).replace("-0000", "+0000")
+
+
+class FakeAccount:
+    """A scripted Twilio account: creates answer per recipient, listings come from what was created."""
+
+    def __init__(self):
+        self.server = FakeTwilio()
+        self.lock = threading.Lock()
+        self.messages: dict[str, dict] = {}
+        self.inbound: list[dict] = []
+        self.posts: dict[str, int] = {}
+        self.create_answers: dict[str, Answer] = {}
+        path = f"/2010-04-01/Accounts/{ACCOUNT}/Messages.json"
+        self.server.script("POST", path, self._create)
+        self.server.script("GET", path, self._list)
+        self.server.script("GET", f"/2010-04-01/Accounts/{ACCOUNT}/IncomingPhoneNumbers.json",
+                           reply(200, {"incoming_phone_numbers": [{"phone_number": SENDER}]}))
+
+    def message(self, to: str, body: str, **fields) -> dict:
+        now = _rfc2822(datetime.now(timezone.utc))
+        msg = {"sid": "SM" + uuid.uuid4().hex, "to": to, "from": SENDER, "body": body, "status": "queued",
+               "direction": "outbound-api", "date_created": now, "date_updated": now, "date_sent": None,
+               "num_segments": "1", "error_code": None, "messaging_service_sid": None}
+        msg.update(fields)
+        return msg
+
+    def _create(self, seen) -> Answer:
+        form = {k: v[0] for k, v in seen.form.items()}
+        to = form["To"]
+        with self.lock:
+            self.posts[to] = self.posts.get(to, 0) + 1
+            answer = self.create_answers.get(to)
+            if answer is None:
+                msg = self.message(to, form.get("Body", ""))
+                self.messages[msg["sid"]] = msg
+                return reply(201, msg)
+            if answer.status == 201 and isinstance(answer.json, dict) and answer.json.get("sid"):
+                self.messages[answer.json["sid"]] = dict(answer.json, to=to)
+            return answer
+
+    def _list(self, seen) -> Answer:
+        q = {k: v[0] for k, v in seen.query.items()}
+        with self.lock:
+            if "To" in q and q["To"] == SENDER:
+                items = list(self.inbound)
+            elif "To" in q:
+                items = [m for m in self.messages.values() if m["to"] == q["To"]]
+            else:
+                items = [m for m in self.messages.values() if m["from"] == q.get("From")]
+        return reply(200, {"messages": items, "next_page_uri": None, "page_size": 1000})
+
+    def client(self) -> TwilioClient:
+        url = self.server.url
+        return TwilioClient(TwilioCredentials(ACCOUNT, TOKEN), endpoints=Endpoints(url, url, url),
+                            retry=RetrySettings(3, 0.01, 0.05, 5), max_concurrency=4)
+
+    def close(self):
+        self.server.close()
+
+
+@pytest.fixture
+def account():
+    acc = FakeAccount()
+    yield acc
+    acc.close()
+
+
+HTML = b"<!DOCTYPE html><html><body><h1>502 Bad Gateway</h1><p>nginx</p></body></html>"
+ANSWERS = {
+    # To: (answer to its create, expected Outcome, fragment of the recorded reason or None)
+    "+14155550201": (Answer(status=502, body=HTML, headers={"Content-Type": "text/html"}), "ambiguous", "HTTP 502"),
+    "+14155550202": (Answer(status=400, body=HTML, headers={"Content-Type": "text/html"}), "refused", "HTTP 400"),
+    "+14155550203": (Answer(status=201, body=b'{"sid": "SM12', headers={"Content-Type": "application/json"}),
+                     "ambiguous", "not valid JSON"),
+    "+14155550204": (reply(201, {"status": "queued", "to": "+14155550204"}), "ambiguous", "without a message sid"),
+    "+14155550205": (reply(201, {"sid": "SM" + "5" * 32, "status": "teleported", "from": SENDER, "body": "Hi",
+                                 "direction": "outbound-api", "num_segments": "1"}), "sent", None),
+    "+14155550206": (reply(200, {"code": 20500, "message": "Internal Server Error", "status": 500}), "ambiguous",
+                     "without a message sid"),
+    "+14155550207": (reply(201, {"sid": "SM" + "7" * 32, "status": "queued", "from": SENDER, "body": "Hi",
+                                 "direction": "outbound-api", "date_created": "yesterday",
+                                 "date_updated": "31/02/2026 25:61", "num_segments": "many"}), "sent", None),
+    "+14155550208": (twilio_error(400, 21211, "The 'To' number +14155550208 is not a valid phone number."),
+                     "refused", "not a valid phone number"),
+}
+
+
+def test_odd_create_answers_are_recorded_per_recipient(db, account):
+    chans = parse_channels({"channels": [channel("Odd SMS", max_concurrency=4)]})
+    chan = chans.channels[0]
+    numbers = list(ANSWERS) + [f"+1628555{i:04d}" for i in range(12)]
+    create_execution(db, 20, "Odd SMS", "Hi", [(i + 1, n, None) for i, n in enumerate(numbers)])
+    for to, (answer, _, _) in ANSWERS.items():
+        account.create_answers[to] = answer
+    log = Quiet()
+    with account.client() as client:
+        plan_execution(db, chan, 20, run_id="plan", log=log)
+        summary = send_execution(db, client, chan, 20, run_id="send", log=log, settle_s=0.01, reconcile_rounds=2)
+    res = commit_execution(db, chan, 20, run_id="commit", log=log)
+    rows = {r["ToNumber"]: r for r in ledger(db, 20)}
+    for to, (_, outcome, fragment) in ANSWERS.items():
+        row = rows[to]
+        assert row["Outcome"] == outcome, (to, row)
+        if fragment:
+            assert fragment in (row["Reason"] or ""), (to, row["Reason"])
+    assert rows["+14155550208"]["ErrorCode"] == 21211
+    assert rows["+14155550205"]["MessageSID"] == "SM" + "5" * 32
+    assert rows["+14155550207"]["MessageSID"] == "SM" + "7" * 32 and rows["+14155550207"]["StatusAt"] is not None
+    for n in numbers[len(ANSWERS):]:  # nobody else affected: one request, one SID
+        assert rows[n]["Outcome"] == "sent" and account.posts[n] == 1, (n, rows[n])
+    ambiguous = sum(1 for _, o, _ in ANSWERS.values() if o == "ambiguous")
+    r = res.results
+    assert_identities(r)
+    assert (r["Unresolved"], r["SendFailed"], r["Sent"]) == (ambiguous, 2, len(numbers) - ambiguous - 2)
+    assert res.status == "failed" and "unresolved" in res.status_reason
+    assert summary.unresolved == ambiguous
+    assert set(tracked_sids(db, 20)) == {rows[n]["MessageSID"] for n in rows if rows[n]["Outcome"] == "sent"}
+
+
+def test_odd_listing_answers_lose_no_state_and_no_stop(db, account):
+    """Statuses with an unknown name or an unreadable date, and a STOP whose date_sent is unreadable."""
+    chans = parse_channels({"channels": [channel("Odd Sync", max_concurrency=4)]})
+    chan = chans.channels[0]
+    numbers = [f"+1628556{i:04d}" for i in range(6)]
+    create_execution(db, 21, "Odd Sync", "Hi", [(i + 1, n, None) for i, n in enumerate(numbers)])
+    log = Quiet()
+    with account.client() as client:
+        plan_execution(db, chan, 21, run_id="plan", log=log)
+        send_execution(db, client, chan, 21, run_id="send", log=log, settle_s=0.01)
+        commit_execution(db, chan, 21, run_id="commit", log=log)
+        later = _rfc2822(datetime.now(timezone.utc) + timedelta(seconds=5))
+        by_to = {m["to"]: m for m in account.messages.values()}
+        for n in numbers:
+            by_to[n].update(status="delivered", date_sent=later, date_updated=later)
+        by_to[numbers[0]].update(status="teleported")                        # a status Twilio may add one day
+        by_to[numbers[1]].update(date_updated="not a date", date_sent="32 Foo")  # unreadable dates
+        by_to[numbers[2]].update(status="undelivered", error_code=30003, date_updated="")
+        account.inbound = [
+            account.message(SENDER, "STOP", sid="SM" + "a" * 32, **{"from": numbers[3]},
+                            direction="inbound", date_sent="garbage", date_created="also garbage",
+                            date_updated="31/02/2026"),
+            account.message(SENDER, "HELP", sid="SM" + "b" * 32, **{"from": numbers[4]},
+                            direction="inbound", date_sent=None, date_created=later, date_updated=later),
+        ]
+        refresh_inbound(db, client, chan, log=log)
+        parse_keywords(db, chan, log=log)
+        fetch_statuses(db, client, chan, [21], log=log)
+    load_states(db, log=log, execution_ids=[21])
+    st = db.tables.states
+    with db.connect() as conn:
+        states = {(r[0], r[1]): r[2] for r in conn.execute(
+            sa.select(st.c.RPContactID, st.c.FulfillmentState, st.c.EventName).where(st.c.ChannelExecutionID == 21))}
+        suppressed = {r[0] for r in conn.execute(suppressed_numbers(db, chan))}
+    for rid in (2, 4, 5, 6):
+        assert (rid, "Delivered") in states, (rid, states)
+    assert states[(3, "Undelivered")] == "30003"
+    assert not any(k[0] == 1 and k[1] not in ("Queued",) for k in states), "an unknown status became a state"
+    tracked = set(tracked_sids(db, 21).values())
+    assert tracked == {1}, "only the message with the unknown status stays tracked"
+    assert numbers[3] in suppressed, "a STOP with an unreadable date_sent was lost"
+    assert (4, "Replied") in states and states[(4, "Replied")] == "STOP"
+    assert (5, "Replied") in states and states[(5, "Replied")] == "HELP"
+    wm = db.tables.watermarks
+    with db.connect() as conn:
+        watermark = conn.execute(sa.select(wm.c.LastDateSent).where(wm.c.Sender == SENDER)).scalar()
+    assert watermark == to_naive_utc(parse_twilio_date(later)), "a stand-in date must not move the watermark"
