@@ -206,7 +206,15 @@ class Database:
               for m in match]
         )
         select = sa.select(*[src.c[c] for c in cols]).where(~exists.exists())
+        postgres = self.dialect == "postgresql"
+        if postgres:
+            # A target whose statistics say "empty" (a new table) gets a nested loop that re-scans it per
+            # source row: quadratic, 1M rows never finish. Probing the target's index instead is right
+            # for small and huge targets alike, so rule the sequential scan out for this statement.
+            conn.execute(sa.text("SELECT set_config('enable_seqscan', 'off', true)"))
         result = conn.execute(target.insert().from_select(cols, select))
+        if postgres:  # the setting is transaction-local; an error rolls it back with everything else
+            conn.execute(sa.text("SELECT set_config('enable_seqscan', 'on', true)"))
         return result.rowcount if result.rowcount is not None and result.rowcount >= 0 else 0
 
     # ---- staging tables -----------------------------------------------------------------------

@@ -423,12 +423,14 @@ class OutcomeWriter:
     def _stage_message_ids(self, conn) -> None:
         """Accepted SIDs of this flush -> Twilio_MessageIDs (seeds are not tracked), from the ledger rows
         just recorded, so a SID lands only if its ledger row really became `sent`."""
-        led = self.db.tables.ledger
+        led, stg = self.db.tables.ledger, self.stg
+        # Joined on the ledger's primary key: the cost follows the flush, not the execution's size.
         source = sa.select(
             led.c.MessageSID.label("MessageID"), led.c.RPContactID, led.c.ChannelExecutionID,
             sa.literal(self.channel.sender, sa.Unicode(64)).label("Sender"), led.c.ToNumber,
             led.c.StatusAt.label("SentAt"), led.c.MessageStatus.label("LastStatus"),
-        ).where(led.c.ChannelExecutionID == self.execution_id, led.c.Outcome == SENT,
-                led.c.IsSeed == sa.false(),
-                led.c.MessageSID.in_(sa.select(self.stg.c.MessageSID).where(self.stg.c.MessageSID.is_not(None))))
+        ).select_from(stg.join(led, sa.and_(led.c.ChannelExecutionID == self.execution_id,
+                                            led.c.RPContactID == stg.c.RPContactID))
+        ).where(led.c.Outcome == SENT, led.c.IsSeed == sa.false(), stg.c.MessageSID.is_not(None),
+                led.c.MessageSID == stg.c.MessageSID)
         self.db.insert_missing(conn, self.db.tables.message_ids, source, match=["MessageID"])

@@ -1,0 +1,264 @@
+"""Scenario 5 - state bulk-load: 1,000,000 state rows into PostgreSQL, 200,000 into SQLite.
+
+Measured per database, each measure in a fresh database and its own child process (the rows are built
+before any clock starts):
+* `Database.bulk_insert` into OfferHistorySG_States (COPY on PostgreSQL, executemany elsewhere);
+* the sync's real state path: observations bulk-inserted into TwilioSMS_PendingStates (as the status
+  fetch leaves them), then `load_states` (dedupe into a staging table, INSERT ... WHERE NOT EXISTS into
+  OfferHistorySG_States, retire the terminal SIDs from Twilio_MessageIDs - pre-filled with the same
+  SIDs - and clear the batch), then a re-load of 50,000 of them into the filled table (must add 0);
+* on PostgreSQL, the same state path on the 20,000-row sample after an ANALYZE of the new, empty
+  tables (what autovacuum or a DBA does): the plan PostgreSQL then picks for the merge is what a
+  real deployment can get; it runs under a time limit and is killed past it;
+* the baseline, row by row: `conn.execute(insert, row)` for each row of a 20,000-row sample, all in one
+  transaction (the fair baseline: the commit cost is not charged per row), scaled linearly to the full
+  count; a 1,000-row sample committed after every row is printed for reference (the guide's style).
+
+Target: >= 20 x the row-by-row rate, for the bulk insert and for the whole state load.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta
+from typing import Any
+
+from twilio_pipeline_bench.common import (
+    ChildTimeout,
+    Context,
+    QuietLog,
+    SqlTimer,
+    fresh_database,
+    in_child,
+    one_line,
+    ratio,
+    start_profiler,
+    stop_profiler,
+)
+
+PG_ROWS = 1_000_000
+SQLITE_ROWS = 200_000
+SAMPLE = 20_000
+COMMIT_SAMPLE = 1_000
+TARGET = 20.0
+INSERT_TIMEOUT_S = 240
+LOAD_TIMEOUT_S = 150
+ANALYZED_TIMEOUT_S = 60
+STATES = ("Delivered", "Undelivered", "Failed", "Read")
+
+
+def state_rows(n: int, offset: int = 0) -> list[dict]:
+    base = datetime(2025, 1, 1)
+    rows = []
+    for i in range(offset, offset + n):
+        state = STATES[i % 97 % 4] if i % 97 < 4 else "Delivered"
+        rows.append({"RPContactID": i + 1, "ChannelExecutionID": 1 + i // 100_000, "FulfillmentState": state,
+                     "EventName": "30003" if state in ("Undelivered", "Failed") else None,
+                     "Timestamp": base + timedelta(seconds=i)})
+    return rows
+
+
+def _sid(i: int) -> str:
+    return f"SM{i + 1:032x}"
+
+
+def _clear(db, tables) -> None:
+    """Empty tables between measures (no ANALYZE: the planner keeps what a fresh database tells it)."""
+    with db.begin() as conn:
+        for table in tables:
+            if db.dialect == "postgresql":
+                conn.exec_driver_sql(f"TRUNCATE {db._quoted_name(table)}")
+            else:
+                conn.execute(table.delete())
+
+
+def _count(db, table) -> int:
+    import sqlalchemy as sa
+
+    with db.connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(table)).scalar()
+
+
+def insert_child(db_url: str, n: int, sample: int, commit_sample: int) -> dict[str, Any]:
+    """Row by row (one transaction; and a commit per row), then Database.bulk_insert of all n rows."""
+    from twilio_pipeline.db import Database
+
+    db = Database(db_url)
+    t = db.tables
+    out: dict[str, Any] = {"rows": n, "sample": sample, "commit_sample": commit_sample, "dialect": db.dialect}
+    stmt = t.states.insert()
+
+    rows = state_rows(sample)
+    t0 = time.perf_counter()
+    with db.begin() as conn:
+        for row in rows:
+            conn.execute(stmt, row)
+    out["row_by_row_s"] = time.perf_counter() - t0
+    out["row_by_row_rate"] = sample / out["row_by_row_s"]
+    if _count(db, t.states) != sample:
+        raise RuntimeError("row-by-row insert lost rows")
+    _clear(db, [t.states])
+
+    rows = state_rows(commit_sample)
+    t0 = time.perf_counter()
+    for row in rows:
+        with db.begin() as conn:
+            conn.execute(stmt, row)
+    out["row_commit_s"] = time.perf_counter() - t0
+    out["row_commit_rate"] = commit_sample / out["row_commit_s"]
+    _clear(db, [t.states])
+
+    rows = state_rows(n)
+    t0 = time.perf_counter()
+    with db.begin() as conn:
+        db.bulk_insert(conn, t.states, rows)
+    out["bulk_insert_s"] = time.perf_counter() - t0
+    out["bulk_insert_rate"] = n / out["bulk_insert_s"]
+    if _count(db, t.states) != n:
+        raise RuntimeError("bulk insert lost rows")
+    db.dispose()
+    return out
+
+
+def state_load_child(db_url: str, n: int, analyze_first: bool = False, reload_rows: int = 50_000,
+                     profile_path: str | None = None) -> dict[str, Any]:
+    """The sync's state path on a fresh database: the SIDs tracked (as the send leaves them, untimed),
+    the observations bulk-inserted into TwilioSMS_PendingStates (as the status fetch leaves them),
+    then `load_states`; then a re-load of the first `reload_rows` (must add nothing).
+
+    `analyze_first`: ANALYZE the empty tables first (what autovacuum or a DBA does to a new
+    database), so the planner knows OfferHistorySG_States is empty when the merge is planned."""
+    from twilio_pipeline.db import Database, utcnow
+    from twilio_pipeline.inbound import load_states
+
+    db = Database(db_url)
+    t = db.tables
+    out: dict[str, Any] = {"rows": n, "analyze_first": analyze_first}
+    rows = state_rows(n)
+    now = utcnow()
+    for i, row in enumerate(rows):
+        row["MessageID"] = _sid(i)
+        row["Terminal"] = True
+        row["ObservedAt"] = now
+    tracked = [{"MessageID": _sid(i), "RPContactID": r["RPContactID"], "ChannelExecutionID": r["ChannelExecutionID"]}
+               for i, r in enumerate(rows)]
+    with db.begin() as conn:
+        db.bulk_insert(conn, t.message_ids, tracked)
+    del tracked
+    if analyze_first:
+        if db.dialect == "postgresql":
+            with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                for table in (t.states, t.pending_states):
+                    conn.exec_driver_sql(f"ANALYZE {db._quoted_name(table)}")
+        else:
+            with db.begin() as conn:
+                conn.exec_driver_sql("ANALYZE")
+    timer = SqlTimer(db.engine) if profile_path else None
+    profiler = start_profiler(profile_path)
+    t0 = time.perf_counter()
+    with db.begin() as conn:
+        db.bulk_insert(conn, t.pending_states, rows)
+    out["pending_insert_s"] = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    summary = load_states(db, log=QuietLog())
+    out["load_states_s"] = time.perf_counter() - t1
+    stop_profiler(profiler, profile_path)
+    if timer is not None:
+        with open(profile_path, "a") as fh:
+            fh.write(f"\npending insert (COPY / executemany) {out['pending_insert_s']:.2f} s, "
+                     f"load_states {out['load_states_s']:.2f} s\n" + timer.text())
+    out["state_load_s"] = time.perf_counter() - t0
+    out["state_load_rate"] = n / out["state_load_s"]
+    out["loaded"] = summary.delivery_states + summary.replies
+    out["retired"] = summary.retired
+    out["left_tracked"] = _count(db, t.message_ids)
+    out["left_pending"] = _count(db, t.pending_states)
+    reload_rows = min(n, reload_rows)
+    with db.begin() as conn:
+        db.bulk_insert(conn, t.pending_states, rows[:reload_rows])
+    t2 = time.perf_counter()
+    again = load_states(db, log=QuietLog())
+    out["reload_rows"] = reload_rows
+    out["reload_s"] = time.perf_counter() - t2
+    out["reload_added"] = again.delivery_states + again.replies
+    db.dispose()
+    return out
+
+
+def _report_inserts(ctx: Context, label: str, res: dict[str, Any]) -> None:
+    r = ctx.report
+    n = res["rows"]
+    r.reference(f"bulk_load_{label}_row_by_row_rate", res["row_by_row_rate"], "rows/s",
+                note=f"{res['sample']:,}-row sample, conn.execute per row, one transaction; "
+                     f"scaled to {n:,} rows: {n / res['row_by_row_rate']:.0f} s")
+    r.reference(f"bulk_load_{label}_row_commit_rate", res["row_commit_rate"], "rows/s",
+                note=f"{res['commit_sample']:,}-row sample, a commit per row; "
+                     f"scaled: {n / res['row_commit_rate']:.0f} s")
+    r.reference(f"bulk_load_{label}_bulk_insert_rate", res["bulk_insert_rate"], "rows/s",
+                note=f"Database.bulk_insert, {n:,} rows in {res['bulk_insert_s']:.1f} s")
+    speed = ratio(res["bulk_insert_rate"], res["row_by_row_rate"])
+    r.figure(f"bulk_load_{label}_bulk_insert_speedup", speed, "x", target=f">= {TARGET:.0f}", passed=speed >= TARGET)
+
+
+def _report_state_load(ctx: Context, name: str, res: dict[str, Any], row_rate: float) -> None:
+    r = ctx.report
+    n = res["rows"]
+    r.reference(f"{name}_rate", res["state_load_rate"], "rows/s",
+                note=f"{n:,} rows: pending insert {res['pending_insert_s']:.1f} s + load_states "
+                     f"{res['load_states_s']:.1f} s (dedupe, merge, retire {res['retired']:,} SIDs)")
+    speed = ratio(res["state_load_rate"], row_rate)
+    r.figure(f"{name}_speedup", speed, "x", target=f">= {TARGET:.0f}", passed=speed >= TARGET)
+    ok = res["loaded"] == n and res["left_tracked"] == 0 and res["left_pending"] == 0 and res["reload_added"] == 0
+    r.figure(f"{name}_exact", res["loaded"], "rows stored", target=f"= {n} once, SIDs retired, re-load adds 0",
+             passed=ok, note=f"re-load of {res['reload_rows']:,} into the filled table: {res['reload_s']:.1f} s, "
+                             f"added {res['reload_added']}")
+
+
+def _timed_out(ctx: Context, name: str, n: int, timeout_s: float, row_rate: float | None) -> None:
+    """A state load killed at its time limit: its speedup is at most n / limit / row rate."""
+    r = ctx.report
+    if row_rate:
+        bound = ratio(n / timeout_s, row_rate)
+        r.figure(f"{name}_speedup", f"< {bound:.2f}", "x", target=f">= {TARGET:.0f}", passed=False,
+                 note=f"{n:,} rows not loaded within {timeout_s:.0f} s; killed")
+    else:
+        r.error(f"{name}_speedup", f"{n:,} rows not loaded within {timeout_s:.0f} s; killed")
+
+
+def run(ctx: Context) -> None:
+    r = ctx.report
+    pg_rows = ctx.size(PG_ROWS, 100_000)
+    sqlite_rows = ctx.size(SQLITE_ROWS, 50_000)
+    sample = ctx.size(SAMPLE, 5_000)
+    ctx.sized("PostgreSQL rows", pg_rows, PG_ROWS)
+    ctx.sized("SQLite rows", sqlite_rows, SQLITE_ROWS)
+    ctx.sized("row-by-row sample", sample, SAMPLE)
+    raw = r.scenarios.setdefault(r.current, {}).setdefault("raw", {})
+    for label, kind, n in (("postgresql", "postgresql", pg_rows), ("sqlite", "sqlite", sqlite_rows)):
+        row_rate = None
+        try:
+            with fresh_database(kind, ctx.workdir, "bulk") as url:
+                res = in_child(insert_child, url, n, min(sample, n), min(COMMIT_SAMPLE, n), timeout_s=INSERT_TIMEOUT_S)
+            raw[f"{label}_inserts"] = res
+            row_rate = res["row_by_row_rate"]
+            _report_inserts(ctx, label, res)
+        except Exception as exc:  # noqa: BLE001 - the other measures still run
+            r.error(f"bulk_load_{label}_bulk_insert", one_line(exc))
+        variants = [("", n, False, LOAD_TIMEOUT_S)]
+        if kind == "postgresql":
+            # The same load when the planner was told the table is empty (ANALYZE of a new database).
+            variants.append(("_after_analyze", min(sample, n), True, ANALYZED_TIMEOUT_S))
+        for suffix, rows, analyze, limit in variants:
+            name = f"bulk_load_{label}_state_load{suffix}"
+            try:
+                with fresh_database(kind, ctx.workdir, "bulk") as url:
+                    res = in_child(state_load_child, url, rows, analyze, timeout_s=limit,
+                                   profile_path=ctx.profile_path(name) if not analyze else None)
+                raw[name] = res
+                if row_rate:
+                    _report_state_load(ctx, name, res, row_rate)
+            except ChildTimeout:
+                raw[name] = {"rows": rows, "timed_out_s": limit}
+                _timed_out(ctx, name, rows, limit, row_rate)
+            except Exception as exc:  # noqa: BLE001
+                r.error(name, one_line(exc))

@@ -1,0 +1,132 @@
+"""Scenario 4 - status sync: API calls and time to bring back the states of 10,000 sent messages.
+
+10,000 messages are sent through the pipeline's own send path (so Twilio_MessageIDs and the ledger
+are exactly what a real send leaves), the sandbox clock is advanced an hour so every message is final,
+then the channel sync (refresh, keyword parse, status fetch by listing, state load, aggregate) runs
+with 8 in flight. The baseline is the guide's per-SID sync: GET Messages/{sid}.json for every SID,
+8 threads (it only reads; it writes nothing), run once after the sync. Both at 0 ms sandbox latency; API calls are the
+sandbox's own `requests_total` delta.
+
+Target: <= 10,000 / 1,000 + executions + 5 calls.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twilio_pipeline_bench.common import (
+    Context,
+    Measured,
+    QuietLog,
+    SandboxCPU,
+    SandboxInfo,
+    bare_get_loop,
+    channel_spec,
+    create_clean_execution,
+    fresh_database,
+    in_child,
+    make_channel,
+    make_client,
+    median,
+    pipeline_send,
+    ratio,
+    start_profiler,
+    start_sandbox,
+    stop_profiler,
+)
+
+MESSAGES = 10_000
+IN_FLIGHT = 8
+
+
+def pipeline_sync(db_url: str, info: SandboxInfo, spec: dict, profile_path: str | None = None) -> dict[str, Any]:
+    """The channel sync in this (child) process; its wall and CPU time and what it loaded."""
+    import sqlalchemy as sa
+
+    from twilio_pipeline.db import Database
+    from twilio_pipeline.inbound import sync_channel
+
+    channel = make_channel(spec)
+    db = Database(db_url)
+    client = make_client(info, channel)
+    profiler = start_profiler(profile_path)
+    m = Measured()
+    with m.measure():
+        summary = sync_channel(db, client, channel, log=QuietLog())
+    stop_profiler(profiler, profile_path)
+    t = db.tables
+    with db.connect() as conn:
+        states = dict(conn.execute(sa.select(t.states.c.FulfillmentState, sa.func.count())
+                                   .group_by(t.states.c.FulfillmentState)).all())
+        tracked = conn.execute(sa.select(sa.func.count()).select_from(t.message_ids)).scalar()
+    out = {"wall_s": m.wall_s, "cpu_s": m.cpu_s, "client_requests": client.request_count,
+           "executions": len(summary.execution_ids), "states": states, "still_tracked": tracked,
+           "results": {str(k): v for k, v in summary.results.items()},
+           "fetch": summary.fetch.as_metadata() if summary.fetch else None}
+    client.close()
+    db.dispose()
+    return out
+
+
+def _sids(db_url: str) -> list[str]:
+    import sqlalchemy as sa
+
+    from twilio_pipeline.db import Database
+
+    db = Database(db_url)
+    with db.connect() as conn:
+        sids = [row[0] for row in conn.execute(sa.select(db.tables.message_ids.c.MessageID))]
+    db.dispose()
+    return sids
+
+
+def run(ctx: Context) -> None:
+    r = ctx.report
+    n = ctx.size(MESSAGES, 2_000)
+    ctx.sized("status sync messages", n, MESSAGES)
+    sb = start_sandbox(ctx.workdir, "status", latency_ms=0, status_delay_ms=1000)
+    try:
+        info = SandboxInfo.of(sb)
+        send_spec = channel_spec(max_concurrency=20)
+        sync_spec = channel_spec(max_concurrency=IN_FLIGHT)
+        with fresh_database(ctx.db_kind, ctx.workdir, "status") as url:
+            create_clean_execution(url, 1, send_spec["name"], n)
+            sent = in_child(pipeline_send, url, info, send_spec, 1)
+            if sent["sent"] != n:
+                raise RuntimeError(f"the send of the {n:,} messages sent {sent['sent']}")
+            sb.advance_clock(3600)  # every message reaches its final status
+            sids = _sids(url)
+            executions = 1
+            sb_cpu = SandboxCPU(sb)
+            per_sid = []
+            for step in ("pipeline", "per_sid"):
+                before = sb.stats()["requests_total"]
+                sb_cpu.start()
+                if step == "per_sid":
+                    res = in_child(bare_get_loop, info, sids, IN_FLIGHT)
+                    per_sid.append(res)
+                else:
+                    res = in_child(pipeline_sync, url, info, sync_spec, ctx.profile_path("status_sync"))
+                    pipe = res
+                res["sandbox_cpu_s"] = sb_cpu.stop()
+                res["api_calls"] = sb.stats()["requests_total"] - before
+                r.note(f"{step}: {res['api_calls']} API calls, {res['wall_s']:.2f} s, {res['cpu_s']:.2f} s CPU")
+
+        target = n / 1000 + executions + 5
+        r.figure("status_sync_api_calls", pipe["api_calls"], "calls", target=f"<= {target:.0f}",
+                 passed=pipe["api_calls"] <= target)
+        r.reference("status_sync_wall_time", pipe["wall_s"], "s",
+                    note="whole channel sync: refresh, keyword parse, list, state load, aggregate")
+        r.reference("status_sync_cpu", pipe["cpu_s"], "s", note="pipeline process")
+        per_sid_wall = median(x["wall_s"] for x in per_sid)
+        r.reference("status_per_sid_api_calls", median(x["api_calls"] for x in per_sid), "calls")
+        r.reference("status_per_sid_wall_time", per_sid_wall, "s", note=f"{IN_FLIGHT} threads, GETs only, no DB writes")
+        r.reference("status_sync_calls_saved", ratio(median(x["api_calls"] for x in per_sid), pipe["api_calls"]), "x")
+        r.reference("status_sync_speedup_vs_per_sid", ratio(per_sid_wall, pipe["wall_s"]), "x")
+        delivered = int(pipe["states"].get("Delivered", 0))
+        r.figure("status_sync_states_loaded", delivered, "Delivered states", target=f"= {n}", passed=delivered == n)
+        r.figure("status_sync_sids_still_tracked", pipe["still_tracked"], "SIDs", target="0",
+                 passed=pipe["still_tracked"] == 0)
+        r.scenarios.setdefault(r.current, {})["raw"] = {"pipeline": pipe, "per_sid": per_sid, "send": sent}
+    finally:
+        sb.stop()
