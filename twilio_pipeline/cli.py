@@ -40,16 +40,10 @@ def _say(text: str) -> None:
     print(text, flush=True)
 
 
-@contextmanager
-def _context():
-    """Settings, database and channel file, each failure one clear line; the engine is disposed after."""
-    from twilio_pipeline.channels import ChannelConfigError, load_channels
+def _settings_and_database():
+    """Settings and the database (its tables created), each failure one clear line."""
     from twilio_pipeline.db import Database
-    from twilio_pipeline.settings import (
-        SANDBOX_MODE_NOTICE,
-        SettingsError,
-        load_settings,
-    )
+    from twilio_pipeline.settings import SANDBOX_MODE_NOTICE, SettingsError, load_settings
 
     try:
         settings = load_settings()
@@ -61,6 +55,15 @@ def _context():
         db = Database(settings.database_url, schema=settings.db_schema, prefix=settings.table_prefix)
     except Exception as exc:  # noqa: BLE001 - any driver error becomes one line
         raise CliError(f"cannot open the database {_safe_url(settings.database_url)}: {_first_line(exc)}") from None
+    return settings, db
+
+
+@contextmanager
+def _context():
+    """Settings, database and channel file; the engine is disposed after."""
+    from twilio_pipeline.channels import ChannelConfigError, load_channels
+
+    settings, db = _settings_and_database()
     try:
         channels = load_channels(settings.channels_path)
     except ChannelConfigError as exc:
@@ -89,21 +92,7 @@ def _first_line(exc: BaseException) -> str:
 # ---- commands ---------------------------------------------------------------------------------
 
 def cmd_init_db(_args) -> int:
-    from twilio_pipeline.db import Database
-    from twilio_pipeline.settings import SettingsError, load_settings
-
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        raise CliError(str(exc)) from None
-    if settings.sandbox_mode:
-        from twilio_pipeline.settings import SANDBOX_MODE_NOTICE
-
-        _say(f"[{SANDBOX_MODE_NOTICE}]")
-    try:
-        db = Database(settings.database_url, schema=settings.db_schema, prefix=settings.table_prefix)
-    except Exception as exc:  # noqa: BLE001
-        raise CliError(f"cannot create the tables in {_safe_url(settings.database_url)}: {_first_line(exc)}") from None
+    settings, db = _settings_and_database()
     names = ", ".join(t.name for t in db.tables.contract_tables())
     _say(f"Tables ready in {_safe_url(settings.database_url)}: {names} (+ internal ledger, watermarks, leases)")
     db.dispose()
