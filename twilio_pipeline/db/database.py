@@ -211,10 +211,10 @@ class Database:
             # A target whose statistics say "empty" (a new table) gets a nested loop that re-scans it per
             # source row: quadratic, 1M rows never finish. Probing the target's index instead is right
             # for small and huge targets alike, so rule the sequential scan out for this statement.
-            conn.execute(sa.text("SELECT set_config('enable_seqscan', 'off', true)"))
+            conn.execute(sa.select(sa.func.set_config("enable_seqscan", "off", True)))
         result = conn.execute(target.insert().from_select(cols, select))
         if postgres:  # the setting is transaction-local; an error rolls it back with everything else
-            conn.execute(sa.text("SELECT set_config('enable_seqscan', 'on', true)"))
+            conn.execute(sa.select(sa.func.set_config("enable_seqscan", "on", True)))
         return result.rowcount if result.rowcount is not None and result.rowcount >= 0 else 0
 
     # ---- staging tables -----------------------------------------------------------------------
