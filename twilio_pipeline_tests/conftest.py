@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from twilio_pipeline.db import Database
 from twilio_pipeline.db.database import normalise_url
+from twilio_pipeline.sandbox.process import SandboxProcess
 
 PG_ENV = "TWILIO_PIPELINE_TEST_POSTGRES_URL"
 
@@ -58,3 +59,19 @@ def sqlite_db(tmp_path):
     database = Database(f"sqlite:///{tmp_path / 'pipeline.db'}")
     yield database
     database.dispose()
+
+
+@pytest.fixture
+def make_sandbox(tmp_path):
+    """Start sandboxes with given flags (access log off); all are stopped at the end of the test."""
+    started: list[SandboxProcess] = []
+
+    def start(**flags) -> SandboxProcess:
+        flags.setdefault("access_log", False)
+        sb = SandboxProcess(tmp_path / f"sb{len(started)}", **flags).start()
+        started.append(sb)
+        return sb
+
+    yield start
+    for sb in started:
+        sb.stop()

@@ -37,22 +37,6 @@ def log():
 
 
 @pytest.fixture
-def make_sandbox(tmp_path):
-    """Start sandboxes with given flags; all are stopped at the end of the test."""
-    started: list[SandboxProcess] = []
-
-    def start(**flags) -> SandboxProcess:
-        flags.setdefault("access_log", False)
-        sb = SandboxProcess(tmp_path / f"sb{len(started)}", **flags).start()
-        started.append(sb)
-        return sb
-
-    yield start
-    for sb in started:
-        sb.stop()
-
-
-@pytest.fixture
 def sandbox(make_sandbox):
     return make_sandbox()
 

@@ -181,21 +181,6 @@ class PipelineCli:
 
 
 @pytest.fixture
-def make_sandbox(tmp_path):
-    started: list[SandboxProcess] = []
-
-    def start(**flags) -> SandboxProcess:
-        flags.setdefault("access_log", False)
-        sb = SandboxProcess(tmp_path / f"sandbox{len(started)}", **flags).start()
-        started.append(sb)
-        return sb
-
-    yield start
-    for sb in started:
-        sb.stop()
-
-
-@pytest.fixture
 def make_cli(tmp_path):
     """Factory of CLI installations; every database is disposed at the end of the test."""
     made: list[PipelineCli] = []
