@@ -1,5 +1,7 @@
 """Sync crash safety: a real `twilio-pipeline sync` over 3,000 messages and their replies, SIGKILLed at
 seeded random moments while statuses move and replies keep arriving, then re-run until it completes.
+The moments are drawn from the sync's observed progress (its n-th Twilio call, or its first staged
+observations, plus a random wait), not from wall time, so a fast machine cannot outrun the kills.
 
 After every kill: no state is stored twice, and the inbound watermark is never ahead of what was
 loaded (every reply dated at or before it is in TwilioSMS_Inbound). At the end: every message's final
@@ -27,7 +29,7 @@ from twilio_pipeline_tests.reliability.conftest import SENDER, assert_no_traceba
 SEED = 4242
 PER_EXECUTION = 1500
 KILLS = 4
-WAVES = 3
+WAVES = 2 * KILLS  # one wave of replies per attempt, so every sync has work to be killed in
 CHANNEL = "Sync SMS"
 
 
@@ -72,6 +74,33 @@ def _check_watermark(db, sb) -> None:
     assert not missing, f"watermark {watermark} is ahead of what was loaded: {len(missing)} reply(ies) not kept"
 
 
+def _pending_count(db) -> int:
+    with db.connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(db.tables.pending_states)).scalar()
+
+
+def _wait_for_kill_moment(run, rng: random.Random, attempt: int, sb, db) -> str:
+    """Wait, while the sync runs, for a seeded moment drawn from its observed progress (not wall time,
+    which a fast machine outruns): during the Twilio reads (after its n-th API call), or once it has
+    staged observations (status fetch, keyword parse, state load), plus a random extra wait."""
+    deadline = run.started + 180
+    if attempt % 2 == 0:
+        target = sb.stats()["requests_total"] + rng.randint(1, 3)
+        moment = f"after API call {target}"
+        while run.alive() and sb.stats()["requests_total"] < target:
+            assert time.monotonic() < deadline, "the sync never got going (a stalled run?)"
+            time.sleep(0.01)
+        extra = rng.uniform(0.0, 0.15)
+    else:
+        moment = "with observations staged"
+        while run.alive() and _pending_count(db) == 0:
+            assert time.monotonic() < deadline, "the sync never staged anything (a stalled run?)"
+            time.sleep(0.01)
+        extra = rng.uniform(0.0, 0.5)
+    time.sleep(extra)
+    return f"{moment} + {extra:.2f} s"
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_sync_killed_at_random_moments_loses_and_duplicates_nothing(make_sandbox, make_cli):
@@ -90,25 +119,28 @@ def test_sync_killed_at_random_moments_loses_and_duplicates_nothing(make_sandbox
     waves = _reply_waves(numbers[1] + numbers[2])
 
     rng = random.Random(SEED)
-    moments = []
-    for i in range(KILLS):
+    moments: list[str] = []
+    killed = 0
+    unsent = list(waves)
+    while killed < KILLS and unsent:
         sb.advance_clock(rng.uniform(0.5, 2.5))  # statuses move on between syncs
-        if i < WAVES:
-            sb.advance_clock(90)
-            _inject(sb, waves[i])
+        sb.advance_clock(90)
+        _inject(sb, unsent.pop(0))
         run = cli.start("sync")
-        delay = rng.uniform(3.0, 18.0)
-        while run.alive() and time.monotonic() - run.started < delay:
-            time.sleep(0.02)
+        moment = _wait_for_kill_moment(run, rng, len(moments), sb, db)
         finished_first = not run.alive()
         run.kill()
         result = run.result()
         assert_no_traceback(result.output)
         assert result.returncode == (0 if finished_first else -9), result.describe()
-        moments.append(f"{delay:.1f} s{' (finished first)' if finished_first else ''}")
+        killed += not finished_first
+        moments.append(f"{moment}{' (finished first)' if finished_first else ''}")
         assert_unique_states(db)
         _check_watermark(db, sb)
-    assert sum("finished" not in m for m in moments) >= 2, f"too few syncs were killed mid-way: {moments}"
+    assert killed == KILLS, f"too few syncs were killed mid-way: {moments}"
+    for wave in unsent:  # the replies of attempts not needed arrive now
+        sb.advance_clock(90)
+        _inject(sb, wave)
 
     sb.advance_clock(600)  # every message reaches its final status
     ids_t, pending, ib = db.tables.message_ids, db.tables.pending_states, db.tables.inbound
