@@ -106,9 +106,16 @@ def cmd_sandbox(argv: Sequence[str]) -> int:
 
 
 def cmd_send(args) -> int:
-    from twilio_pipeline.defs.runner import run_send
+    from twilio_pipeline.channels import ChannelConfigError
+    from twilio_pipeline.outbound import OutboundInputError, load_execution
 
     with _context() as (settings, db, channels):
+        try:  # bad input is answered before Dagster is even imported (seconds sooner)
+            load_execution(db, channels, args.execution_id)
+        except (OutboundInputError, ChannelConfigError) as exc:
+            raise CliError(str(exc)) from None
+        from twilio_pipeline.defs.runner import run_send
+
         return run_send(settings, db, channels, args.execution_id, say=_say)
 
 

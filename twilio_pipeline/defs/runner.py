@@ -16,6 +16,7 @@ from twilio_pipeline.channels import ChannelConfigError, ChannelFile
 from twilio_pipeline.cli_errors import EXIT_BUSY, EXIT_FAILED, EXIT_OK, CliError
 from twilio_pipeline.db import Database
 from twilio_pipeline.db.database import HOST
+from twilio_pipeline.defs.cli_logger import one_line_console_logger, user_error
 from twilio_pipeline.defs.partitions import (
     CHANNEL_TAG,
     EXECUTION_TAG,
@@ -72,9 +73,10 @@ def _tags(settings: Settings, **extra: str) -> dict[str, str]:
 
 
 def _job(name: str) -> dg.JobDefinition:
+    """The job as the UI runs it, logging to the console one line per event (no stacks)."""
     from twilio_pipeline.definitions import defs
 
-    return defs.resolve_job_def(name)
+    return defs.resolve_job_def(name).with_logger_defs({"console": one_line_console_logger})
 
 
 def _failure(result) -> RunFailure | None:
@@ -82,14 +84,7 @@ def _failure(result) -> RunFailure | None:
         return None
     for event in result.all_events:
         if event.is_step_failure:
-            error = event.step_failure_data.error
-            while error.cause is not None and error.cls_name in ("DagsterExecutionStepExecutionError",
-                                                                  "DagsterUserCodeExecutionError"):
-                error = error.cause
-            message = error.message.strip()
-            if ": " in message.split("\n", 1)[0] and error.cls_name in message.split("\n", 1)[0]:
-                message = message.split(": ", 1)[1]
-            return RunFailure(error.cls_name, message.splitlines()[0] if message else error.cls_name)
+            return RunFailure(*user_error(event.step_failure_data.error))
     for event in result.all_events:
         if event.event_type_value == "PIPELINE_FAILURE" and event.message:
             return RunFailure("RunFailure", event.message.splitlines()[0])

@@ -272,7 +272,9 @@ def _iso(epoch: float) -> str:
 # ---- shared checks ------------------------------------------------------------------------------
 
 def assert_no_traceback(text: str) -> None:
-    assert "Traceback (most recent call last)" not in text, text[-4000:]
+    """Neither Python's traceback nor the stack Dagster appends to a failed step's log line."""
+    for mark in ("Traceback (most recent call last)", "Stack Trace:", '\n  File "'):
+        assert mark not in text, text[-4000:]
 
 
 def ledger(db: Database, execution_id: int) -> list[dict]:

@@ -250,6 +250,23 @@ def test_real_cli_prints_one_line_without_traceback(make_cli):
     assert_no_traceback(result.output)
 
 
+
+@pytest.mark.slow
+def test_a_failed_run_is_one_line_without_a_stack(make_sandbox, make_cli):
+    """A run that fails for an explained reason (here Twilio rejects the token) exits 1 with one line
+    naming the cause; Dagster's console log shows the step's error as `Class: message`, not its stack
+    (the stack stays in the run's event log, for the UI)."""
+    sb = make_sandbox(seed=1)
+    cli = make_cli(sb, [channel("Demo")], name="rejected", env={"TWILIO_AUTH_TOKEN": "not-the-token"})
+    create_execution(cli.db, 1, "Demo", "Hi", [(1, "+14155550100", None)])
+    result = cli.run("send", "1", timeout=120)
+    assert result.returncode == 1, result.describe()
+    assert_no_traceback(result.output)
+    line = [x for x in result.stdout.splitlines() if x.startswith("Send of execution 1 failed")]
+    assert len(line) == 1 and "20003" in line[0], result.describe()
+    assert "STEP_FAILURE" in result.stderr and "20003" in result.stderr, result.describe()
+    assert sb.stats()["messages_outbound"] == 0
+
 # ---- Twilio's answers ----------------------------------------------------------------------------
 
 ACCOUNT = "AC" + "ab" * 16
