@@ -11,8 +11,10 @@ Retry rules (the reason for most of this module):
   `ambiguous` CreateResult (outbound fulfillment reconciles it by listing) and other POSTs raise
   `AmbiguousRequest`; nothing is re-POSTed blindly.
 * Backoff is exponential with full jitter between `min_delay_s` and `max_delay_s` (tenacity's
-  `wait_random_exponential`). `Retry-After` is honoured when present: in full for throttling (floored
-  at `min_delay_s` so a zero header cannot spin, capped by what is left of the throttle budget), capped
+  `wait_random_exponential`), except after a 429: that request was not processed and the adaptive
+  limiter already keeps fewer in flight, so it is retried after 50 ms, doubling with jitter up to
+  `max_delay_s`. `Retry-After` is honoured when present: in full for throttling (floored at
+  `min_delay_s` so a zero header cannot spin, capped by what is left of the throttle budget), capped
   at `max_delay_s` for the other retriable errors.
 
 The first attempt runs without any retry machinery (the send path is CPU-benchmarked against a bare
@@ -311,6 +313,12 @@ class TwilioClient:
         }
         self._backoff = wait_random_exponential(
             multiplier=max(retry.min_delay_s, 0.1), min=retry.min_delay_s, max=retry.max_delay_s
+        )
+        # A 429 was not processed and the limiter already keeps fewer requests in flight: retry soon
+        # (50 ms, doubling, full jitter) rather than after the channel's min_delay_s, which left a
+        # long tail of parked messages behind every burst of 429s.
+        self._throttle_backoff = wait_random_exponential(
+            multiplier=_THROTTLE_FLOOR_S, min=_THROTTLE_FLOOR_S, max=max(retry.max_delay_s, _THROTTLE_FLOOR_S)
         )
 
     @staticmethod
@@ -623,7 +631,7 @@ class TwilioClient:
             self._limiter.acquire()
         foreign = session is self._plain_session
         ok = throttled = False
-        t0 = time.perf_counter() if self._trace is not None else 0.0
+        t0 = time.perf_counter()
         try:
             try:
                 if prepared is not None:
@@ -656,7 +664,7 @@ class TwilioClient:
                 if throttled:
                     self._throttled += 1
             if limited:
-                self._limiter.release(ok=ok, throttled=throttled)
+                self._limiter.release(ok=ok, throttled=throttled, latency_s=time.perf_counter() - t0 if ok else None)
 
     def _transport_failure(
         self, exc: requests.RequestException, method: str, url: str, foreign: bool = False
@@ -865,7 +873,9 @@ class TwilioClient:
                     return 0.0
                 if exc.retry_after is not None:
                     delay = max(exc.retry_after, settings.min_delay_s)
-                else:
+                elif exc.status == 429:
+                    delay = self._throttle_backoff(rs)
+                else:  # 21611, the sender's queue is full: it drains at the sender's rate, not in ms
                     delay = self._backoff(rs)
                 return min(max(delay, _THROTTLE_FLOOR_S), remaining)
             if exc.retry_after is not None:

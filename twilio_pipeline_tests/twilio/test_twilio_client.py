@@ -101,7 +101,15 @@ def test_429_is_retried_then_succeeds(server, make_client, sleeps):
     assert res.outcome == "accepted" and res.attempts == 2
     assert len(server.requests_to("POST", MESSAGES)) == 2
     assert client.throttled_count == 1 and client.request_count == 2
-    assert len(sleeps) == 1 and 1.0 <= sleeps[0] <= 20.0
+    # Not processed, and the limiter already keeps fewer in flight: retried after 50 ms, not min_delay_s.
+    assert sleeps == [pytest.approx(0.05)]
+
+
+def test_429_retries_back_off_exponentially_up_to_max_delay(server, make_client, sleeps):
+    server.script("POST", MESSAGES, *[twilio_error(429, 20429, "Too Many Requests")] * 12, reply(201, message()))
+    assert make_client().create_message(SEND).outcome == "accepted"
+    assert len(sleeps) == 12 and all(0.05 <= s <= 20.0 for s in sleeps)
+    assert max(sleeps[:3]) <= 0.2 and max(sleeps[-3:]) > 1.0, sleeps  # 50 ms doubling, jittered
 
 
 def test_retry_after_is_honoured(server, make_client, sleeps):
@@ -137,7 +145,8 @@ def test_queue_full_21611_is_retried_like_429(server, make_client, sleeps):
     server.script("POST", MESSAGES, twilio_error(400, 21611, "queue full"), reply(201, message()))
     res = make_client().create_message(SEND)
     assert res.outcome == "accepted" and res.attempts == 2
-    assert len(sleeps) == 1
+    # The sender's queue drains at its own rate: the channel's backoff, not the 429's 50 ms.
+    assert len(sleeps) == 1 and 1.0 <= sleeps[0] <= 20.0
 
 
 def test_post_500_is_ambiguous_and_posted_once(server, make_client, sleeps):

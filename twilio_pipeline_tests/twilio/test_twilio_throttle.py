@@ -18,13 +18,16 @@ class Clock:
         return self.now
 
 
-def test_limiter_halves_on_429_burst_once_per_cooldown_and_grows_back():
+def test_limiter_halves_on_the_first_429_burst_then_cuts_by_a_quarter_once_per_cooldown():
     clock = Clock()
     lim = AdaptiveLimiter(16, cooldown_s=1.0, clock=clock)
     assert lim.current_limit == 16
     for _ in range(10):  # one burst: every in-flight request comes back 429 at once
         lim.on_throttle()
-    assert lim.current_limit == 8
+    assert lim.current_limit == 8  # the configured concurrency was too high: find the level fast
+    clock.now += 1.5
+    lim.on_throttle()
+    assert lim.current_limit == 6  # near the account's limit: a gentler cut
     clock.now += 1.5
     lim.on_throttle()
     assert lim.current_limit == 4
@@ -39,6 +42,46 @@ def test_limiter_halves_on_429_burst_once_per_cooldown_and_grows_back():
     for _ in range(1000):
         lim.on_success()
     assert lim.current_limit == 16  # never above max
+
+
+def test_limiter_at_the_account_limit_keeps_most_of_it():
+    """Throttled each time it grows one past an account limit of 20, the limit stays between 15 and 20
+    (the old halving left it between 10 and 20: a quarter less throughput)."""
+    clock = Clock()
+    lim = AdaptiveLimiter(100, cooldown_s=0.0, clock=clock)
+    seen = []
+    for _ in range(2000):
+        clock.now += 0.01
+        if lim.current_limit > 20:
+            lim.on_throttle()
+        else:
+            lim.on_success()
+        seen.append(lim.current_limit)
+    steady = seen[500:]
+    assert 15 <= min(steady) and max(steady) <= 21
+    assert sum(steady) / len(steady) >= 17.5
+
+
+def test_cooldown_is_two_round_trips_of_a_successful_request():
+    clock = Clock()
+    lim = AdaptiveLimiter(64, clock=clock)
+    assert lim.cooldown_s == 1.0  # nothing measured yet
+    for _ in range(50):
+        lim.acquire()
+        lim.release(ok=True, latency_s=0.1)
+    assert lim.cooldown_s == pytest.approx(0.2)
+    lim.on_throttle()
+    assert lim.current_limit == 32
+    clock.now += 0.15
+    lim.on_throttle()  # still the same burst
+    assert lim.current_limit == 32
+    clock.now += 0.1
+    lim.on_throttle()
+    assert lim.current_limit == 24
+    for _ in range(50):
+        lim.acquire()
+        lim.release(ok=True, latency_s=0.001)
+    assert lim.cooldown_s == AdaptiveLimiter.MIN_COOLDOWN_S  # floored: never a cut per request
 
 
 def test_limiter_never_below_one():
