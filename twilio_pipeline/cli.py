@@ -55,6 +55,8 @@ def _settings_and_database():
         db = Database(settings.database_url, schema=settings.db_schema, prefix=settings.table_prefix)
     except Exception as exc:  # noqa: BLE001 - any driver error becomes one line
         raise CliError(f"cannot open the database {_safe_url(settings.database_url)}: {_first_line(exc)}") from None
+    if db.upgraded:
+        _say("Upgraded tables of an earlier release: added " + ", ".join(db.upgraded))
     return settings, db
 
 

@@ -43,6 +43,10 @@ def to_naive_utc(value: datetime | None) -> datetime | None:
     return value
 
 
+class SchemaOutdated(RuntimeError):
+    """A table from an earlier release lacks a column that cannot be added automatically."""
+
+
 @dataclass(frozen=True)
 class LeaseHolder:
     owner: str
@@ -82,6 +86,7 @@ class Database:
         self.tables: Tables = build_tables(schema, prefix)
         self.engine: Engine = self._make_engine(echo)
         self._created = False
+        self.upgraded: list[str] = []  # what create_all added to tables of an earlier release
         if create:
             self.create_all()
 
@@ -119,21 +124,54 @@ class Database:
         self.engine.dispose()
 
     # ---- DDL ----------------------------------------------------------------------------------
-    def create_all(self) -> None:
-        """Create every table and index that is missing (idempotent; safe from two processes at once)."""
+    def create_all(self) -> list[str]:
+        """Create every table and index that is missing, and add the columns that tables created by an
+        earlier release lack (idempotent; safe from two processes at once). Returns what was added."""
         if self._created:
-            return
+            return []
         for attempt in range(3):
             try:
                 with self.begin() as conn:
                     if self.schema and self.dialect == "postgresql":
                         conn.execute(sa.schema.CreateSchema(self.schema, if_not_exists=True))
                     self.tables.metadata.create_all(conn, checkfirst=True)
+                    added = self._upgrade_existing(conn)
                 break
             except (IntegrityError, ProgrammingError, OperationalError):
                 if attempt == 2:
                     raise
         self._created = True
+        self.upgraded = added
+        return added
+
+    def _upgrade_existing(self, conn: Connection) -> list[str]:
+        """Additive upgrade of tables that already existed: missing columns and indexes are added.
+
+        A missing column that can be neither NULL nor defaulted cannot be added to rows that exist; that
+        is a clear SchemaOutdated error naming the table and column, never a failure halfway through a send.
+        """
+        inspector = sa.inspect(conn)
+        preparer = conn.dialect.identifier_preparer
+        added: list[str] = []
+        for table in self.tables.metadata.sorted_tables:
+            present = {c["name"].lower() for c in inspector.get_columns(table.name, schema=table.schema)}
+            for column in table.columns:
+                if column.name.lower() in present:
+                    continue
+                if not column.nullable and column.server_default is None:
+                    raise SchemaOutdated(
+                        f"table {table.fullname} has no column {column.name} (NOT NULL, no default), which this "
+                        "release needs: add it by hand or move the table aside and run `twilio-pipeline init-db`")
+                ddl = sa.schema.CreateColumn(column).compile(dialect=conn.dialect)
+                conn.execute(sa.text(f"ALTER TABLE {preparer.format_table(table)} ADD {ddl}"))
+                added.append(f"column {table.fullname}.{column.name}")
+            if table.indexes:
+                known = {i["name"] for i in inspector.get_indexes(table.name, schema=table.schema)}
+                for index in table.indexes:
+                    if index.name not in known:
+                        index.create(conn)
+                        added.append(f"index {index.name}")
+        return added
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:

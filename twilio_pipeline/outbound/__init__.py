@@ -5,7 +5,14 @@ from twilio_pipeline.outbound.commit import OutboundResults, commit_execution, c
 from twilio_pipeline.outbound.connectivity import check_connectivity
 from twilio_pipeline.outbound.errors import ExecutionBusy, LeaseLost, OutboundInputError
 from twilio_pipeline.outbound.execution import (
-    STATUS_FAILED, STATUS_READY, STATUS_SENDING, STATUS_SENT, ExecutionRow, load_execution, mark_failed, set_status,
+    STATUS_FAILED,
+    STATUS_READY,
+    STATUS_SENDING,
+    STATUS_SENT,
+    ExecutionRow,
+    load_execution,
+    mark_failed,
+    set_status,
 )
 from twilio_pipeline.outbound.fulfillment import OutboundRun, busy_holder, client_for_channel, run_outbound
 from twilio_pipeline.outbound.interaction_log import InteractionLog

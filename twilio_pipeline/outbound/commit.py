@@ -16,7 +16,16 @@ from twilio_pipeline.outbound.execution import STATUS_FAILED, STATUS_SENT, set_s
 from twilio_pipeline.outbound.interaction_log import InteractionLog
 from twilio_pipeline.outbound.lease import execution_lease
 from twilio_pipeline.outbound.ledger import (
-    AMBIGUOUS, DUPLICATE, INFLIGHT, INVALID, NOT_RENDERED, PLANNED, REFUSED, SENT, SUPPRESSED, ledger_counts,
+    AMBIGUOUS,
+    DUPLICATE,
+    INFLIGHT,
+    INVALID,
+    NOT_RENDERED,
+    PLANNED,
+    REFUSED,
+    SENT,
+    SUPPRESSED,
+    ledger_counts,
 )
 from twilio_pipeline.rules.states import STATUS_RANK, state_name
 

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from twilio_pipeline.channels import Channel, ChannelFile
 from twilio_pipeline.db import Database, utcnow
 from twilio_pipeline.db.database import HOST, LeaseHolder
-from twilio_pipeline.processes import pid_alive
 from twilio_pipeline.outbound.commit import OutboundResults, commit_execution
 from twilio_pipeline.outbound.connectivity import check_connectivity
 from twilio_pipeline.outbound.dispatch import Progress
@@ -18,6 +17,7 @@ from twilio_pipeline.outbound.interaction_log import InteractionLog
 from twilio_pipeline.outbound.lease import execution_lease, lease_key
 from twilio_pipeline.outbound.plan import PlanSummary, plan_execution
 from twilio_pipeline.outbound.send import SendSummary, send_execution
+from twilio_pipeline.processes import pid_alive
 from twilio_pipeline.twilio import CredentialsRejected, Endpoints, RetrySettings, TwilioClient, TwilioCredentials
 
 

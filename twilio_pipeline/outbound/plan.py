@@ -28,7 +28,13 @@ from twilio_pipeline.outbound.errors import OutboundInputError
 from twilio_pipeline.outbound.execution import STATUS_SENDING, read_execution, sender_problem, set_status
 from twilio_pipeline.outbound.interaction_log import InteractionLog
 from twilio_pipeline.outbound.ledger import (
-    DUPLICATE, INVALID, NOT_RENDERED, PLANNED, SUPPRESSED, ledger_counts, suppressed_select,
+    DUPLICATE,
+    INVALID,
+    NOT_RENDERED,
+    PLANNED,
+    SUPPRESSED,
+    ledger_counts,
+    suppressed_select,
 )
 from twilio_pipeline.outbound.summary import StepSummary
 from twilio_pipeline.rules.phones import PhoneResult, normalise_number

@@ -13,12 +13,17 @@ from dataclasses import dataclass
 from twilio_pipeline.channels import Channel
 from twilio_pipeline.db import Database
 from twilio_pipeline.outbound.dispatch import Dispatcher, Progress
-from twilio_pipeline.outbound.execution import read_execution
 from twilio_pipeline.outbound.errors import OutboundInputError
+from twilio_pipeline.outbound.execution import read_execution
 from twilio_pipeline.outbound.interaction_log import InteractionLog
 from twilio_pipeline.outbound.lease import execution_lease
 from twilio_pipeline.outbound.ledger import (
-    AMBIGUOUS, INFLIGHT, PLANNED, Claims, OutcomeWriter, ledger_counts,
+    AMBIGUOUS,
+    INFLIGHT,
+    PLANNED,
+    Claims,
+    OutcomeWriter,
+    ledger_counts,
 )
 from twilio_pipeline.outbound.reconcile import DEFAULT_ROUNDS, DEFAULT_SETTLE_S, Reconciler
 from twilio_pipeline.outbound.summary import StepSummary

@@ -15,11 +15,11 @@ from twilio_pipeline.audience import create_execution
 from twilio_pipeline.channels import parse_channels
 from twilio_pipeline.db import Database, utcnow
 from twilio_pipeline.db.database import HOST
+from twilio_pipeline.definitions import defs
 from twilio_pipeline.defs.partitions import EXECUTION_TAG, HOST_TAG, PID_TAG, execution_partitions
 from twilio_pipeline.defs.resources import DatabaseResource, TwilioResource
 from twilio_pipeline.defs.sensors import queue_listener
 from twilio_pipeline.defs.stale_runs import fail_stale_runs
-from twilio_pipeline.definitions import defs
 from twilio_pipeline.follow_ups import create_follow_ups
 
 CHANNEL = "Demo SMS Channel"

@@ -40,6 +40,48 @@ def test_contract_tables_exist_with_their_columns_and_create_is_idempotent(db):
         assert set(columns) <= set(have), (table, have)
 
 
+
+def test_tables_of_an_earlier_release_get_the_columns_and_indexes_they_lack(db):
+    """An upgrade keeps the data: opening the database adds the nullable columns and the indexes that a
+    table created by an earlier release lacks (here the ledger without StatusAt and its index)."""
+    led = db.tables.ledger
+    preparer = db.engine.dialect.identifier_preparer
+    with db.begin() as conn:
+        conn.execute(led.insert().values(ChannelExecutionID=1, RPContactID=7, IsSeed=False, ToNumber="+14155550100",
+                                         Outcome="planned", UpdatedAt=utcnow()))
+        for index in list(led.indexes):
+            conn.execute(sa.text(f"DROP INDEX {preparer.format_index(index)}"))
+        if db.dialect == "sqlite":
+            conn.execute(sa.text(f"ALTER TABLE {preparer.format_table(led)} DROP COLUMN StatusAt"))
+        else:
+            conn.execute(sa.text(f'ALTER TABLE {preparer.format_table(led)} DROP COLUMN "StatusAt"'))
+    again = Database(str(db.engine.url.render_as_string(hide_password=False)), prefix=db.prefix)
+    try:
+        assert f"column {led.fullname}.StatusAt" in again.upgraded
+        assert {f"index {i.name}" for i in led.indexes} <= set(again.upgraded)
+        insp = sa.inspect(again.engine)
+        assert "StatusAt" in {c["name"] for c in insp.get_columns(led.name)}
+        assert {i.name for i in led.indexes} <= {i["name"] for i in insp.get_indexes(led.name)}
+        with again.connect() as conn:
+            assert conn.execute(sa.select(led.c.RPContactID, led.c.StatusAt)).all() == [(7, None)]
+        assert Database(str(again.engine.url.render_as_string(hide_password=False)), prefix=db.prefix).upgraded == []
+    finally:
+        again.dispose()
+
+
+def test_a_missing_column_that_cannot_be_added_is_one_clear_error(tmp_path):
+    from twilio_pipeline.db.database import SchemaOutdated
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    old = Database(url)
+    ex = old.tables.executions
+    with old.begin() as conn:
+        conn.execute(sa.text(f'DROP TABLE "{ex.name}"'))
+        conn.execute(sa.text(f'CREATE TABLE "{ex.name}" ("ChannelExecutionID" INTEGER PRIMARY KEY)'))
+    old.dispose()
+    with pytest.raises(SchemaOutdated, match="has no column ChannelName .*init-db"):
+        Database(url)
+
 def test_bulk_insert_then_merge_inserts_each_row_once(db):
     t = db.tables.suppression
     now = utcnow().replace(microsecond=0)

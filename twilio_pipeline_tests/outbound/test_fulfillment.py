@@ -9,11 +9,22 @@ import sqlalchemy as sa
 from twilio_pipeline.audience import create_execution
 from twilio_pipeline.channels import Channel, ChannelConfigError
 from twilio_pipeline.outbound import (
-    OutboundInputError, load_execution, plan_execution, run_outbound,
+    OutboundInputError,
+    load_execution,
+    plan_execution,
+    run_outbound,
 )
 from twilio_pipeline.twilio import CredentialsRejected
 from twilio_pipeline_tests.outbound.conftest import (
-    SENDER, assert_exactly_once, channels, client_for, days_ago, identities, iso, ledger_rows, run_id,
+    SENDER,
+    assert_exactly_once,
+    channels,
+    client_for,
+    days_ago,
+    identities,
+    iso,
+    ledger_rows,
+    run_id,
 )
 
 BODY = "Hi {{FirstName}}, 20% off today at the store"

@@ -9,7 +9,14 @@ from twilio_pipeline.audience import REFUSED_NUMBERS, add_contacts, create_execu
 from twilio_pipeline.outbound import commit_execution, plan_execution, run_outbound, send_execution
 from twilio_pipeline.rules.phones import normalise_number
 from twilio_pipeline_tests.outbound.conftest import (
-    SENDER, channels, client_for, days_ago, identities, iso, ledger_rows, run_id,
+    SENDER,
+    channels,
+    client_for,
+    days_ago,
+    identities,
+    iso,
+    ledger_rows,
+    run_id,
 )
 
 

@@ -16,11 +16,21 @@ import sqlalchemy as sa
 
 from twilio_pipeline.audience import create_execution, demo_audience
 from twilio_pipeline.outbound import (
-    ExecutionBusy, commit_execution, plan_execution, run_outbound, send_execution,
+    ExecutionBusy,
+    commit_execution,
+    plan_execution,
+    run_outbound,
+    send_execution,
 )
 from twilio_pipeline.outbound.ledger import Claims
 from twilio_pipeline_tests.outbound.conftest import (
-    assert_exactly_once, channels, client_for, identities, ledger_rows, message_ids, run_id,
+    assert_exactly_once,
+    channels,
+    client_for,
+    identities,
+    ledger_rows,
+    message_ids,
+    run_id,
 )
 
 BODY = "Hello {{FirstName}}: new offer inside"
