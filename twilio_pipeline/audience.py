@@ -42,7 +42,7 @@ def create_execution(
     `contacts` may be a generator of (RPContactID, AddressKey, attributes dict or None); it is
     streamed in chunks so a million-contact audience never sits in memory.
     """
-    ex, oh = db.tables.executions, db.tables.offer_history
+    ex = db.tables.executions
     with db.begin() as conn:
         conn.execute(ex.insert().values(
             ChannelExecutionID=int(execution_id), ChannelName=channel_name, MessageBody=body,
