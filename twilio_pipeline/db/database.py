@@ -224,6 +224,17 @@ class Database:
             cur.copy_expert(f"COPY {qualified} ({cols}) FROM STDIN WITH (FORMAT text)", buf)
         return len(rows)
 
+    def refresh_statistics(self, conn: Connection, *tables: sa.Table) -> None:
+        """ANALYZE tables that were just filled in bulk, on PostgreSQL (a no-op elsewhere).
+
+        Planned with the statistics of an empty table, a join of a million fresh rows against an index
+        becomes a million index probes (retiring 1M SIDs: 7.0 s; with statistics a hash join: 2.0 s).
+        ANALYZE samples a bounded number of rows and may run inside the transaction."""
+        if self.dialect != "postgresql":
+            return
+        for table in tables:
+            conn.exec_driver_sql(f"ANALYZE {self._quoted_name(table)}")
+
     def _quoted_name(self, table: sa.Table) -> str:
         prep = self.engine.dialect.identifier_preparer
         return prep.format_table(table)

@@ -23,6 +23,9 @@ from twilio_pipeline.rules.states import REPLIED
 DELIVERY_KEY = ("ChannelExecutionID", "RPContactID", "FulfillmentState")
 REPLY_KEY = ("ChannelExecutionID", "RPContactID", "FulfillmentState", "EventName", "Timestamp")
 STATE_COLUMNS = ("RPContactID", "ChannelExecutionID", "FulfillmentState", "EventName", "Timestamp")
+# From this many pending rows the planner gets fresh statistics before the merge (see refresh_statistics);
+# below it, the index probes it picks without them are the right plan anyway.
+BIG_BATCH = 50_000
 
 
 def _staging_columns() -> list[sa.Column]:
@@ -71,6 +74,8 @@ def load_states(db: Database, *, log: Log, execution_ids: list[int] | None = Non
             summary.pending = sum(r[1] for r in per_execution)
             summary.executions = sorted(r[0] for r in per_execution)
             _stage_batch(conn, stg, p, batch)
+            if summary.pending >= BIG_BATCH:  # a backfill or a first sync of a huge send
+                db.refresh_statistics(conn, p, stg)
             distinct = conn.execute(sa.select(sa.func.count()).select_from(stg)).scalar() or 0
             summary.delivery_states = db.insert_missing(
                 conn, db.tables.states,

@@ -172,3 +172,29 @@ def test_overlapping_syncs_store_each_state_once(db, sb, client):
     assert len(rows) == len(set((r[1], r[2], r[3]) for r in rows)) == 30 * 2 + 5
     assert count(db, db.tables.inbound) == 5 and count(db, db.tables.suppression) == 5
     assert db.read_results(1)["Status:delivered"] == 30
+
+
+def test_a_batch_of_a_backfill_size_is_loaded_once_and_its_sids_retired(db):
+    """Past BIG_BATCH pending rows the load refreshes the planner's statistics inside its transaction
+    (PostgreSQL); the outcome is the same: every state once, every terminal SID retired, nothing pending."""
+    from twilio_pipeline.db import utcnow
+    from twilio_pipeline.inbound.state_load import BIG_BATCH
+
+    n = BIG_BATCH + 500
+    base, now = datetime(2026, 1, 1), utcnow()
+    sid = [f"SM{i:032x}" for i in range(n)]
+    t = db.tables
+    with db.begin() as conn:
+        db.bulk_insert(conn, t.message_ids, [{"MessageID": sid[i], "RPContactID": i + 1, "ChannelExecutionID": 7}
+                                             for i in range(n)])
+        observed = [{"ChannelExecutionID": 7, "RPContactID": i + 1, "FulfillmentState": "Delivered", "EventName": None,
+                     "Timestamp": base + timedelta(seconds=i), "MessageID": sid[i], "Terminal": True,
+                     "ObservedAt": now} for i in range(n)]
+        db.bulk_insert(conn, t.pending_states, observed + observed[:1000])  # 1,000 observed twice
+    summary = load_states(db, log=ListLog())
+    assert (summary.pending, summary.delivery_states, summary.retired) == (n + 1000, n, n)
+    with db.connect() as conn:
+        counts = [conn.execute(sa.select(sa.func.count()).select_from(x)).scalar()
+                  for x in (t.states, t.message_ids, t.pending_states)]
+    assert counts == [n, 0, 0]
+    assert db.read_results(7)["Status:delivered"] == n
