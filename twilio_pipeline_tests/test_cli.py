@@ -123,6 +123,17 @@ def test_bad_input_is_one_line_and_exit_2(cli_env, args, fragment):
     assert "Traceback" not in out + err
 
 
+
+@pytest.mark.parametrize("execution", ["999", "78"])
+def test_send_answers_bad_input_before_loading_dagster(cli_env, execution):
+    """An unknown execution or channel is answered without importing Dagster (seconds sooner)."""
+    probe = ("import sys; from twilio_pipeline.cli import main; code = main(['send', sys.argv[1]]); "
+             "print('dagster loaded' if 'dagster' in sys.modules else 'dagster not loaded'); sys.exit(code)")
+    proc = subprocess.run([sys.executable, "-c", probe, execution], env=cli_env["env"], capture_output=True,
+                          text=True, timeout=120, cwd=project_root())
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "dagster not loaded" in proc.stdout, proc.stdout + proc.stderr
+
 def test_without_an_account_every_output_says_sandbox_mode(cli_env, tmp_path):
     env = {k: v for k, v in cli_env["env"].items() if not k.startswith("TWILIO_ACCOUNT")}
     env["TWILIO_PIPELINE_DATABASE_URL"] = f"sqlite:///{tmp_path / 'x.db'}"
