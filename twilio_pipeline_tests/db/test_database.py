@@ -205,3 +205,26 @@ def test_table_names_are_quoted_not_pasted():
     tables = build_tables(prefix="weird_")
     sql = str(sa.select(tables.states).compile(dialect=mssql.dialect()))
     assert "[weird_OfferHistorySG_States]" in sql
+
+
+AWKWARD_TEXTS = ["plain", "", "tab\there", "line\nbreak", "cr\rreturn", "back\\slash", "\\N", "\\\\N", "NULL",
+                 "emoji 😀 and ünïcödé", "'quote\" double", "a,b;c|d", " lead and trail ", "\t\n\r\\", "x" * 5000]
+
+
+def test_bulk_insert_keeps_every_value_exactly(db):
+    """Whatever a reply body holds (tabs, newlines, backslashes, the text \\N, emoji) comes back exactly
+    as inserted, NULL stays NULL and the empty string stays empty (PostgreSQL COPY; executemany on SQLite)."""
+    from datetime import datetime
+
+    ib = db.tables.inbound
+    naive = datetime(2026, 3, 4, 5, 6, 7, 890123)
+    rows = [{"MessageSID": f"SM{i:032x}", "FromNumber": "+14155550100", "ToNumber": None, "MessagingServiceID": None,
+             "Body": body, "Keyword": None if i % 2 else body[:50], "DateSent": naive if i % 3 else None,
+             "ParsedAt": None, "FetchedAt": naive.replace(microsecond=0)}
+            for i, body in enumerate(AWKWARD_TEXTS + [None])]
+    with db.begin() as conn:
+        assert db.bulk_insert(conn, ib, rows) == len(rows)
+    with db.connect() as conn:
+        got = {r["MessageSID"]: dict(r) for r in conn.execute(sa.select(ib)).mappings()}
+    for row in rows:
+        assert got[row["MessageSID"]] == row, (row["Body"], got[row["MessageSID"]])
