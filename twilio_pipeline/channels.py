@@ -176,6 +176,11 @@ class ChannelFile(_Strict):
             seen.add(c.name)
         return self
 
+    def sharing_sender(self, channel: Channel) -> tuple[Channel, ...]:
+        """The other channels that send from the same number or Messaging Service. A person replies to
+        the sender, not to a channel: their reply belongs to whichever of these messaged them last."""
+        return tuple(c for c in self.channels if c.name != channel.name and c.sender == channel.sender)
+
     def get(self, name: str) -> Channel:
         for c in self.channels:
             if c.name == name:

@@ -74,7 +74,7 @@ def keyword_parse(context: dg.AssetExecutionContext, config: KeywordParseConfig,
                 refreshed = refresh_inbound(db, client, channel, log=context.log)
             except (CredentialsRejected, TwilioUnavailable) as exc:
                 raise twilio_failure(exc) from None
-        parsed = parse_keywords(db, channel, log=context.log)
+        parsed = parse_keywords(db, channel, log=context.log, peers=channels.sharing_sender(channel))
         for summary in (refreshed, parsed):
             for k, v in summary.as_metadata().items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool):

@@ -17,6 +17,7 @@ a reply is never attributed twice nor lost.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -68,9 +69,16 @@ class KeywordSummary(Summary):
 
 
 def parse_keywords(db: Database, channel: Channel, *, log: Log, limit_records: int | None = None,
-                   now: datetime | None = None) -> KeywordSummary:
-    """Parse the channel's unparsed inbound replies (oldest first, at most `limit_records`)."""
+                   now: datetime | None = None, peers: Sequence[Channel] = ()) -> KeywordSummary:
+    """Parse the channel's unparsed inbound replies (oldest first, at most `limit_records`).
+
+    `peers`: the other channels sending from the same sender (ChannelFile.sharing_sender). Their
+    keywords are recognised and their executions are candidates too, so whichever of these channels
+    parses a reply first attributes it as the others would: to the execution that messaged the number
+    last, whatever its channel."""
     now = utc_now(now)
+    keywords = tuple(dict.fromkeys([*channel.keywords, *(k for peer in peers for k in peer.keywords)]))
+    names = [channel.name, *(peer.name for peer in peers)]
     ib = db.tables.inbound
     summary = KeywordSummary(attribution=channel.reply_attribution)
     retrieval = timedelta(days=channel.retrieval_period_days)
@@ -92,7 +100,7 @@ def parse_keywords(db: Database, channel: Channel, *, log: Log, limit_records: i
                     rows.append({
                         "MessageSID": r.MessageSID, "FromNumber": r.FromNumber, "ToNumber": r.ToNumber,
                         "MessagingServiceID": r.MessagingServiceID,
-                        "Keyword": normalise_keyword(r.Body, channel.keywords), "DateSent": r.DateSent,
+                        "Keyword": normalise_keyword(r.Body, keywords), "DateSent": r.DateSent,
                         "WindowStart": None if r.DateSent is None else r.DateSent - retrieval,
                     })
                 with db.begin() as conn:
@@ -109,7 +117,7 @@ def parse_keywords(db: Database, channel: Channel, *, log: Log, limit_records: i
                 for keyword, n in conn.execute(sa.select(stg.c.Keyword, sa.func.count()).group_by(stg.c.Keyword)):
                     classes[keyword_class(keyword) or "free_text"] += n
                     summary.parsed += n
-                summary.replies_attributed, summary.unattributed = _attribute(db, conn, channel, stg, now)
+                summary.replies_attributed, summary.unattributed = _attribute(db, conn, channel, names, stg, now)
                 summary.new_suppression = sum(merge_suppression_from(db, conn, stg))
                 keyword_of = sa.select(stg.c.Keyword).where(stg.c.MessageSID == ib.c.MessageSID).scalar_subquery()
                 conn.execute(
@@ -134,10 +142,12 @@ def parse_keywords(db: Database, channel: Channel, *, log: Log, limit_records: i
     return summary
 
 
-def _attribute(db: Database, conn, channel: Channel, stg: sa.Table, now: datetime) -> tuple[int, int]:
+def _attribute(db: Database, conn, channel: Channel, names: Sequence[str], stg: sa.Table, now: datetime
+               ) -> tuple[int, int]:
     """Pending Replied states for the staged keyword replies; returns (rows, replies with no execution).
 
-    A candidate is a ledger row of this channel (Outcome 'sent', not a seed) to the replying number,
+    A candidate is a ledger row of a channel in `names` (this one and those sharing its sender;
+    Outcome 'sent', not a seed) to the replying number,
     sent at or before the reply and within the retrieval period. Send time is Twilio's (StatusAt)
     where known, so it compares with the reply's date_sent on one clock.
     """
@@ -157,7 +167,7 @@ def _attribute(db: Database, conn, channel: Channel, stg: sa.Table, now: datetim
         )
         .where(
             stg.c.Keyword.is_not(None), stg.c.DateSent.is_not(None),
-            ex.c.ChannelName == channel.name, led.c.Outcome == "sent", led.c.IsSeed == sa.false(),
+            ex.c.ChannelName.in_(list(names)), led.c.Outcome == "sent", led.c.IsSeed == sa.false(),
             sent_at <= stg.c.DateSent, sent_at >= stg.c.WindowStart,
         )
         .subquery("candidates")

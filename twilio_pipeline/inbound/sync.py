@@ -8,6 +8,7 @@ is safe to repeat, so a sync killed anywhere is finished by the next one.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -65,15 +66,16 @@ def _num(v) -> str:
 
 def sync_channel(db: Database, client: TwilioClient, channel: Channel, *, log: Log,
                  execution_ids: list[int] | None = None, full_window: bool = False,
-                 now: datetime | None = None) -> SyncSummary:
+                 now: datetime | None = None, peers: Sequence[Channel] = ()) -> SyncSummary:
     """Run the whole sync for one channel. `execution_ids` restricts the execution level (a backfill),
-    `full_window` re-reads each execution's whole DateSent window (also SIDs already retired)."""
+    `full_window` re-reads each execution's whole DateSent window (also SIDs already retired), `peers`
+    are the channels sharing its sender (see parse_keywords)."""
     calls_before = client.request_count
     summary = SyncSummary(channel=channel.name)
     backfill = execution_ids is not None
     limit = None if backfill else channel.records_per_sync
     summary.refresh = refresh_inbound(db, client, channel, log=log, now=now)
-    summary.keywords = parse_keywords(db, channel, log=log, limit_records=limit, now=now)
+    summary.keywords = parse_keywords(db, channel, log=log, limit_records=limit, now=now, peers=peers)
     ids = list(execution_ids) if backfill else eligible_executions(db, channel, limit_records=limit)
     summary.execution_ids = ids
     if ids:

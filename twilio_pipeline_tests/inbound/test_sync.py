@@ -214,6 +214,32 @@ def test_stop_lands_on_latest_or_all_executions(db, sb, client, log, attribution
     assert suppressed(db, channel) == {target}
 
 
+
+def test_a_reply_to_a_shared_sender_goes_to_the_execution_that_messaged_the_number_last(db, sb, client, log):
+    """Two channels send from one number. A person replies to the number, not to a channel: whichever
+    channel's sync parses the reply attributes it to the latest execution that texted them (here the
+    other channel's) and recognises the other channel's own keyword."""
+    from twilio_pipeline.channels import ChannelFile
+
+    promo, alerts = make_channel("Promo", keywords=["MORE"]), make_channel("Alerts", keywords=["DEAL"])
+    channels = ChannelFile(channels=(promo, alerts))
+    assert channels.sharing_sender(promo) == (alerts,) and channels.sharing_sender(alerts) == (promo,)
+    target = numbers(1, 700)[0]
+    send_execution(db, client, promo, 1, [target])
+    sb.advance_clock(120)
+    send_execution(db, client, alerts, 2, [target])
+    sb.advance_clock(120)
+    sb.inbound(target, SENDER, "deal")
+    s = sync_channel(db, client, promo, log=log, now=sandbox_now(sb), peers=channels.sharing_sender(promo))
+    assert (s.keywords.parsed, s.keywords.free_text, s.keywords.replies_attributed) == (1, 0, 1)
+    sync_channel(db, client, alerts, log=log, now=sandbox_now(sb), peers=channels.sharing_sender(alerts))
+    st = db.tables.states
+    with db.connect() as conn:
+        replied = conn.execute(sa.select(st.c.ChannelExecutionID, st.c.EventName)
+                               .where(st.c.FulfillmentState == "Replied")).all()
+    assert replied == [(2, "DEAL")]
+    assert db.read_results(2).get("Reply:DEAL") == 1 and "Reply:DEAL" not in db.read_results(1)
+
 def test_free_text_is_kept_and_counted_but_not_a_keyword(sqlite_db, sb, client, log):
     db = sqlite_db
     channel = make_channel(keywords=["MORE"])
