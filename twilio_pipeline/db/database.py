@@ -432,6 +432,9 @@ def _pg_column(col_type, values: list) -> list[str]:
     if isinstance(col_type, sa.Integer):
         return [str(v) if type(v) is int else text(v) for v in values]
     if isinstance(col_type, sa.DateTime):
+        first = values[0] if values else None
+        if type(first) is datetime and first.tzinfo is None and values.count(first) == len(values):
+            return [first.isoformat(" ")] * len(values)  # one moment for the whole batch (ObservedAt, UpdatedAt)
         return [v.isoformat(" ") if type(v) is datetime and v.tzinfo is None else text(v) for v in values]
     if isinstance(col_type, sa.String):
         plain = [v for v in values if type(v) is str]
