@@ -2,6 +2,7 @@
 aggregate results per channel execution (the guide's state data synchronization, steps 1-16)."""
 
 
+import warnings
 from collections import defaultdict
 
 import dagster as dg
@@ -18,6 +19,10 @@ from twilio_pipeline.defs.steps import (
     twilio_failure,
 )
 from twilio_pipeline.twilio import CredentialsRejected, TwilioUnavailable
+
+# The backfill policy is what keeps a backfill of past executions from flooding the account. Dagster 1.13
+# marks the parameter beta; the release is pinned, so its warning on every load would tell users nothing.
+warnings.filterwarnings("ignore", message="Parameter `backfill_policy`", category=dg.BetaWarning)
 
 OWNERS = ["team:messaging"]
 DELIVERY_RATE_THRESHOLD = 0.8
