@@ -113,12 +113,12 @@ def cmd_send(args) -> int:
 
     with _context() as (settings, db, channels):
         try:  # bad input is answered before Dagster is even imported (seconds sooner)
-            load_execution(db, channels, args.execution_id)
+            _row, channel = load_execution(db, channels, args.execution_id)
         except (OutboundInputError, ChannelConfigError) as exc:
             raise CliError(str(exc)) from None
         from twilio_pipeline.defs.runner import run_send
 
-        return run_send(settings, db, channels, args.execution_id, say=_say)
+        return run_send(settings, db, channel, args.execution_id, say=_say)
 
 
 def cmd_sync(args) -> int:

@@ -65,7 +65,7 @@ def run_demo(settings: Settings, db: Database, channels: ChannelFile, contacts: 
     create_execution(db, execution_id, channel.name, DEMO_BODY, audience)
     say(f"Demo: execution {execution_id} created with {len(audience):,} contacts")
 
-    code = run_send(settings, db, channels, execution_id, say)
+    code = run_send(settings, db, channel, execution_id, say)
     if code != 0:
         return code
     say(f"Demo: moving the sandbox clock {CLOCK_ADVANCE_S} s on, so messages are delivered and recipients reply")

@@ -23,10 +23,10 @@ import time
 from datetime import datetime, timedelta
 from typing import Any
 
+from twilio_pipeline.logs import ListLog
 from twilio_pipeline_bench.common import (
     ChildTimeout,
     Context,
-    QuietLog,
     SqlTimer,
     fresh_database,
     in_child,
@@ -160,7 +160,7 @@ def state_load_child(db_url: str, n: int, analyze_first: bool = False, reload_ro
         db.bulk_insert(conn, t.pending_states, rows)
     out["pending_insert_s"] = time.perf_counter() - t0
     t1 = time.perf_counter()
-    summary = load_states(db, log=QuietLog())
+    summary = load_states(db, log=ListLog())
     out["load_states_s"] = time.perf_counter() - t1
     stop_profiler(profiler, profile_path)
     if timer is not None:
@@ -177,7 +177,7 @@ def state_load_child(db_url: str, n: int, analyze_first: bool = False, reload_ro
     with db.begin() as conn:
         db.bulk_insert(conn, t.pending_states, rows[:reload_rows])
     t2 = time.perf_counter()
-    again = load_states(db, log=QuietLog())
+    again = load_states(db, log=ListLog())
     out["reload_rows"] = reload_rows
     out["reload_s"] = time.perf_counter() - t2
     out["reload_added"] = again.delivery_states + again.replies

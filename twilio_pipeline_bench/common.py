@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from twilio_pipeline.logs import ListLog
+
 SENDER = "+15005550006"
 BODY_TEMPLATE = "Hi {{FirstName}}, your offer: 20% off today only at example.com/o/123. Reply STOP to opt out."
 FIRST_NAMES = ("Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "Ken", "Radia", "Tim")
@@ -396,26 +398,6 @@ def make_client(info: SandboxInfo, channel):
     return client_for_channel(creds, channel, Endpoints(info.base_url, info.base_url, info.base_url))
 
 
-class QuietLog:
-    """The `log` the domain functions take: keeps the lines, prints nothing (printing costs CPU too)."""
-
-    def __init__(self):
-        self.lines: list[str] = []
-        self.warnings: list[str] = []
-
-    def info(self, msg: str) -> None:
-        self.lines.append(msg)
-
-    def warning(self, msg: str) -> None:
-        self.lines.append(msg)
-        self.warnings.append(msg)
-
-    def debug(self, msg: str) -> None:
-        pass
-
-    error = warning
-
-
 def run_id(prefix: str = "bench") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
@@ -545,7 +527,7 @@ def pipeline_send(db_url: str, info: SandboxInfo, spec: dict, execution_id: int,
     channel = make_channel(spec)
     db = Database(db_url)
     client = make_client(info, channel)
-    log = QuietLog()
+    log = ListLog()
     rid = run_id("send")
     out: dict[str, Any] = {}
     if plan:

@@ -13,11 +13,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from twilio_pipeline.logs import ListLog
 from twilio_pipeline_bench.common import (
     BODY_TEMPLATE,
     Context,
     Measured,
-    QuietLog,
     channel_spec,
     fresh_database,
     in_child,
@@ -56,7 +56,7 @@ def plan_child(db_url: str, spec: dict, execution_id: int) -> dict[str, Any]:
     before = rss_self_bytes()
     m = Measured()
     with m.measure():
-        summary = plan_execution(db, channel, execution_id, run_id=run_id("mem"), log=QuietLog())
+        summary = plan_execution(db, channel, execution_id, run_id=run_id("mem"), log=ListLog())
     db.dispose()
     return {"peak_rss": peak_rss_self_bytes(), "rss_before": before, "wall_s": m.wall_s, "cpu_s": m.cpu_s,
             "count_before_dedup": summary.count_before_dedup, "to_send": summary.to_send,

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from twilio_pipeline.logs import ListLog
 from twilio_pipeline_bench.common import (
     Context,
     Measured,
-    QuietLog,
     SandboxCPU,
     SandboxInfo,
     bare_get_loop,
@@ -52,7 +52,7 @@ def pipeline_sync(db_url: str, info: SandboxInfo, spec: dict, profile_path: str 
     profiler = start_profiler(profile_path)
     m = Measured()
     with m.measure():
-        summary = sync_channel(db, client, channel, log=QuietLog())
+        summary = sync_channel(db, client, channel, log=ListLog())
     stop_profiler(profiler, profile_path)
     t = db.tables
     with db.connect() as conn:

@@ -19,11 +19,11 @@ import random
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from twilio_pipeline.logs import ListLog
 from twilio_pipeline_bench.common import (
     SENDER,
     Context,
     Measured,
-    QuietLog,
     SandboxInfo,
     channel_spec,
     fresh_database,
@@ -80,7 +80,7 @@ def refresh_child(db_url: str, info: SandboxInfo, spec: dict, now_iso: str | Non
     now = datetime.fromisoformat(now_iso) if now_iso else None
     m = Measured()
     with m.measure():
-        summary = refresh_inbound(db, client, channel, log=QuietLog(), now=now)
+        summary = refresh_inbound(db, client, channel, log=ListLog(), now=now)
     t = db.tables
     with db.connect() as conn:
         inbound = conn.execute(sa.select(sa.func.count()).select_from(t.inbound)).scalar()

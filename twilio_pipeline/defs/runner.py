@@ -12,7 +12,7 @@ from pathlib import Path
 import dagster as dg
 import sqlalchemy as sa
 
-from twilio_pipeline.channels import ChannelConfigError, ChannelFile
+from twilio_pipeline.channels import Channel, ChannelFile
 from twilio_pipeline.cli_errors import EXIT_BUSY, EXIT_FAILED, EXIT_OK, CliError
 from twilio_pipeline.db import Database
 from twilio_pipeline.db.database import HOST
@@ -102,19 +102,13 @@ def _ensure_partition(instance: dg.DagsterInstance, execution_id: int) -> None:
                 raise
 
 
-def run_send(settings: Settings, db: Database, channels: ChannelFile, execution_id: int,
+def run_send(settings: Settings, db: Database, channel: Channel, execution_id: int,
              say: Callable[[str], None]) -> int:
-    from twilio_pipeline.outbound import (
-        ExecutionBusy,
-        OutboundInputError,
-        load_execution,
-    )
+    """Run the outbound job for an execution the caller has already checked (`load_execution`, which
+    the CLI calls before Dagster is even imported)."""
+    from twilio_pipeline.outbound import ExecutionBusy
     from twilio_pipeline.outbound.lease import lease_key
 
-    try:
-        _row, channel = load_execution(db, channels, execution_id)
-    except (OutboundInputError, ChannelConfigError) as exc:
-        raise CliError(str(exc)) from None
     holder = db.live_lease_holder(lease_key(execution_id))
     if holder is not None:
         say(f"Execution {execution_id} is being sent by run {holder.owner} (pid {holder.pid} on {holder.host}); "

@@ -13,7 +13,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from twilio_pipeline.db import Database
-from twilio_pipeline.inbound.common import Log, serialize_writers
+from twilio_pipeline.inbound.common import serialize_writers
+from twilio_pipeline.logs import Log
 from twilio_pipeline.rules.states import EXPIRED, REPLIED, STATUS_RANK, state_name
 
 INBOUND_PREFIXES = ("Status:", "Reply:")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
 from twilio_pipeline.channels import Channel
-from twilio_pipeline.inbound.common import Log
+from twilio_pipeline.logs import Log
 from twilio_pipeline.twilio import TwilioClient
 
 EXPORT_LAG_DAYS = 2  # "End day ... must be 2 days earlier than the current UTC day"

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
-from typing import Any, Protocol
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -22,12 +22,6 @@ from twilio_pipeline.twilio.dates import parse_twilio_date
 
 # Rows buffered before a bulk insert into a staging table: bounds memory on any listing size.
 CHUNK_ROWS = 5_000
-
-
-class Log(Protocol):
-    def info(self, msg: str) -> Any: ...
-
-    def warning(self, msg: str) -> Any: ...
 
 
 @dataclass

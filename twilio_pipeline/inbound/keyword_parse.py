@@ -28,7 +28,6 @@ from twilio_pipeline.db import Database
 from twilio_pipeline.db.schema import PHONE, SID
 from twilio_pipeline.inbound.common import (
     CHUNK_ROWS,
-    Log,
     Summary,
     inbound_scope,
     serialize_writers,
@@ -36,6 +35,7 @@ from twilio_pipeline.inbound.common import (
     utc_now,
 )
 from twilio_pipeline.inbound.refresh import merge_suppression_from
+from twilio_pipeline.logs import Log
 from twilio_pipeline.rules.keywords import keyword_class, normalise_keyword
 from twilio_pipeline.rules.states import REPLIED
 

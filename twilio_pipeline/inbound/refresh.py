@@ -19,7 +19,8 @@ from sqlalchemy.engine import Connection
 from twilio_pipeline.channels import Channel
 from twilio_pipeline.db import Database
 from twilio_pipeline.db.schema import PHONE, SID
-from twilio_pipeline.inbound.common import Log, Summary, naive, serialize_writers, twilio_time, utc_now
+from twilio_pipeline.inbound.common import Summary, naive, serialize_writers, twilio_time, utc_now
+from twilio_pipeline.logs import Log
 from twilio_pipeline.rules.keywords import (
     HELP_KEYWORDS,
     OPT_IN_KEYWORDS,

@@ -17,7 +17,8 @@ from sqlalchemy.engine import Connection
 
 from twilio_pipeline.db import Database
 from twilio_pipeline.inbound.aggregate import write_inbound_results
-from twilio_pipeline.inbound.common import Log, Summary, serialize_writers, staging
+from twilio_pipeline.inbound.common import Summary, serialize_writers, staging
+from twilio_pipeline.logs import Log
 from twilio_pipeline.rules.states import REPLIED
 
 DELIVERY_KEY = ("ChannelExecutionID", "RPContactID", "FulfillmentState")

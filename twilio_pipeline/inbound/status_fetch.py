@@ -27,7 +27,6 @@ from twilio_pipeline.db.schema import PHONE, SID
 from twilio_pipeline.inbound.bulk_export import ExportUnavailable, iter_exported_messages, plan_days
 from twilio_pipeline.inbound.common import (
     CHUNK_ROWS,
-    Log,
     Summary,
     rank_case,
     serialize_writers,
@@ -36,6 +35,7 @@ from twilio_pipeline.inbound.common import (
     utc_now,
 )
 from twilio_pipeline.inbound.refresh import SUPPRESSION_MATCH
+from twilio_pipeline.logs import Log
 from twilio_pipeline.rules.states import EXPIRED, STATUS_RANK, TERMINAL_STATUSES, state_name
 from twilio_pipeline.twilio import TwilioApiError, TwilioClient
 

@@ -16,12 +16,13 @@ from typing import Any
 from twilio_pipeline.channels import Channel
 from twilio_pipeline.db import Database
 from twilio_pipeline.inbound.aggregate import aggregate_results
-from twilio_pipeline.inbound.common import Log, Summary
+from twilio_pipeline.inbound.common import Summary
 from twilio_pipeline.inbound.eligibility import eligible_executions
 from twilio_pipeline.inbound.keyword_parse import KeywordSummary, parse_keywords
 from twilio_pipeline.inbound.refresh import RefreshSummary, refresh_inbound
 from twilio_pipeline.inbound.state_load import LoadSummary, load_states
 from twilio_pipeline.inbound.status_fetch import StatusFetchSummary, fetch_statuses
+from twilio_pipeline.logs import Log
 from twilio_pipeline.twilio import TwilioClient
 
 

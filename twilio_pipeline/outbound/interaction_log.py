@@ -6,19 +6,13 @@ word for word (`Action: <channel> Activity: <text>`); our own extra lines use th
 
 from __future__ import annotations
 
-from typing import Protocol
-
-
-class LogLike(Protocol):
-    def info(self, msg: str) -> None: ...
-
-    def warning(self, msg: str) -> None: ...
+from twilio_pipeline.logs import Log
 
 
 class InteractionLog:
     """Writes `Action: <channel> Activity: ...` lines to `log` and remembers them in order."""
 
-    def __init__(self, log: LogLike, channel_name: str):
+    def __init__(self, log: Log, channel_name: str):
         self._log = log
         self.channel_name = channel_name
         self.lines: list[str] = []

@@ -21,6 +21,7 @@ from twilio_pipeline.defs.resources import DatabaseResource, TwilioResource
 from twilio_pipeline.defs.sensors import queue_listener
 from twilio_pipeline.defs.stale_runs import fail_stale_runs
 from twilio_pipeline.follow_ups import create_follow_ups
+from twilio_pipeline.logs import ListLog
 
 CHANNEL = "Demo SMS Channel"
 
@@ -83,13 +84,9 @@ def test_follow_up_is_created_once_per_reply_with_a_negative_id(db):
     _seed_reply(db, "SM" + "1" * 32, "+14155550100", "MORE", 10, 7)
     _seed_reply(db, "SM" + "2" * 32, "+14155550101", "HELP", 10, 8)  # HELP names no follow-up here
 
-    class Log:
-        def info(self, _m): ...
-        def warning(self, _m): ...
-
-    created = create_follow_ups(db, channel, log=Log())
+    created = create_follow_ups(db, channel, log=ListLog())
     assert created == [-1]
-    assert create_follow_ups(db, channel, log=Log()) == []  # the same reply is never followed up twice
+    assert create_follow_ups(db, channel, log=ListLog()) == []  # the same reply is never followed up twice
     oh, ex = db.tables.offer_history, db.tables.executions
     with db.connect() as conn:
         rows = conn.execute(sa.select(oh.c.RPContactID, oh.c.AddressKey, oh.c.Attributes)
@@ -100,7 +97,7 @@ def test_follow_up_is_created_once_per_reply_with_a_negative_id(db):
     assert status == ("ready", "More for {{FirstName}}")
     # A second MORE reply from someone else later makes the next follow-up execution, -2.
     _seed_reply(db, "SM" + "3" * 32, "+14155550101", "MORE", 10, 8, sent=False)
-    assert create_follow_ups(db, channel, log=Log()) == [-2]
+    assert create_follow_ups(db, channel, log=ListLog()) == [-2]
 
 
 def test_a_killed_cli_run_is_marked_failed_and_frees_its_pool_slots():

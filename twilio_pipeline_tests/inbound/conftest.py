@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from twilio_pipeline.logs import ListLog
 from twilio_pipeline.sandbox.process import SandboxProcess
-from twilio_pipeline_tests.inbound.helpers import ListLog, make_client
+from twilio_pipeline_tests.inbound.helpers import make_client
 
 
 @pytest.fixture(scope="module")

@@ -21,19 +21,6 @@ from twilio_pipeline.twilio import Endpoints, RetrySettings, TwilioClient, Twili
 SENDER = "+15005550006"
 
 
-class ListLog:
-    """A `log` that keeps its lines (tests read them)."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def info(self, msg: str) -> None:
-        self.lines.append(msg)
-
-    def warning(self, msg: str) -> None:
-        self.lines.append("WARNING " + msg)
-
-
 def make_client(sb, **kw) -> TwilioClient:
     base = sb.base_url
     return TwilioClient(

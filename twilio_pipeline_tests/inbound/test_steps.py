@@ -10,10 +10,10 @@ import sqlalchemy as sa
 from twilio_pipeline.inbound import fetch_statuses, load_states, sync_channel
 from twilio_pipeline.inbound.bulk_export import plan_days
 from twilio_pipeline.inbound.common import twilio_time
+from twilio_pipeline.logs import ListLog
 from twilio_pipeline.twilio.dates import format_rfc3339
 from twilio_pipeline_tests.inbound.helpers import (
     SENDER,
-    ListLog,
     count,
     make_channel,
     numbers,
@@ -125,7 +125,7 @@ def test_failed_export_job_falls_back_to_the_listing(db):
     s = fetch_statuses(db, client, channel, [1], log=log, now=T0 + timedelta(days=5))
     assert client.calls == ["days", "job", "list"]
     assert s.matched == 1 and s.exported == 0
-    assert any(line.startswith("WARNING") and "Failed" in line for line in log.lines)
+    assert any("Failed" in line for line in log.warnings)
 
 
 def test_plan_days_exports_whole_days_two_days_back():

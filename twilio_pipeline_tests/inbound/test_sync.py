@@ -170,7 +170,7 @@ def test_killed_process_during_load_loses_and_duplicates_nothing(db, sb, client,
         import os, signal
         from twilio_pipeline.db import Database
         from twilio_pipeline.inbound import state_load
-        from twilio_pipeline_tests.inbound.helpers import ListLog
+        from twilio_pipeline.logs import ListLog
 
         def die(*args, **kwargs):
             os.kill(os.getpid(), signal.SIGKILL)

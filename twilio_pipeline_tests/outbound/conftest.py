@@ -9,26 +9,12 @@ import pytest
 import sqlalchemy as sa
 
 from twilio_pipeline.channels import parse_channels
+from twilio_pipeline.logs import ListLog
 from twilio_pipeline.outbound import client_for_channel
 from twilio_pipeline.sandbox.process import SandboxProcess
 from twilio_pipeline.twilio import Endpoints, TwilioCredentials
 
 SENDER = "+15005550006"
-
-
-class ListLog:
-    """A `log` that keeps every line in order (what Dagster's context.log would show)."""
-
-    def __init__(self):
-        self.lines: list[str] = []
-        self.warnings: list[str] = []
-
-    def info(self, msg: str) -> None:
-        self.lines.append(msg)
-
-    def warning(self, msg: str) -> None:
-        self.lines.append(msg)
-        self.warnings.append(msg)
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from twilio_pipeline.audience import create_execution, demo_audience
+from twilio_pipeline.logs import ListLog
 from twilio_pipeline.outbound import (
     ExecutionBusy,
     commit_execution,
@@ -44,16 +45,8 @@ def _planned(db, n: int, execution_id: int = 7, **overrides):
     chans = channels(**overrides)
     channel = chans.channels[0]
     create_execution(db, execution_id, channel.name, BODY, _audience(n))
-    plan_execution(db, channel, execution_id, run_id=run_id(), log=_Quiet())
+    plan_execution(db, channel, execution_id, run_id=run_id(), log=ListLog())
     return chans, channel
-
-
-class _Quiet:
-    def info(self, msg):
-        pass
-
-    def warning(self, msg):
-        pass
 
 
 class _Stop(Exception):

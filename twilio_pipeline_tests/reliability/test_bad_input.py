@@ -24,6 +24,7 @@ from twilio_pipeline.audience import create_execution
 from twilio_pipeline.channels import parse_channels
 from twilio_pipeline.db.database import to_naive_utc
 from twilio_pipeline.inbound import fetch_statuses, load_states, parse_keywords, refresh_inbound, suppressed_numbers
+from twilio_pipeline.logs import ListLog
 from twilio_pipeline.outbound import client_for_channel, commit_execution, plan_execution, run_outbound, send_execution
 from twilio_pipeline.twilio import Endpoints, RetrySettings, TwilioClient, TwilioCredentials, parse_twilio_date
 from twilio_pipeline_tests.reliability.conftest import (
@@ -35,17 +36,6 @@ from twilio_pipeline_tests.reliability.conftest import (
     tracked_sids,
 )
 from twilio_pipeline_tests.twilio.fake_server import Answer, FakeTwilio, reply, twilio_error
-
-
-class Quiet:
-    def __init__(self):
-        self.lines: list[str] = []
-
-    def info(self, msg):
-        self.lines.append(str(msg))
-
-    def warning(self, msg):
-        self.lines.append(str(msg))
 
 
 @dataclass(frozen=True)
@@ -129,7 +119,7 @@ def test_bad_numbers_and_bodies_are_recorded_per_recipient_and_affect_nobody_els
     sb = make_sandbox()
     specs = [channel("Plain SMS", max_concurrency=8), channel("US Region SMS", max_concurrency=8, default_region="US")]
     chans = parse_channels({"channels": specs})
-    log = Quiet()
+    log = ListLog()
     expected = {10: _create(db, 10, "Plain SMS", PLAIN, 100), 11: _create(db, 11, "US Region SMS", REGION, 200)}
     texted: dict[str, int] = {}
     for eid, name in ((10, "Plain SMS"), (11, "US Region SMS")):
@@ -369,7 +359,7 @@ def test_odd_create_answers_are_recorded_per_recipient(db, account):
     create_execution(db, 20, "Odd SMS", "Hi", [(i + 1, n, None) for i, n in enumerate(numbers)])
     for to, (answer, _, _) in ANSWERS.items():
         account.create_answers[to] = answer
-    log = Quiet()
+    log = ListLog()
     with account.client() as client:
         plan_execution(db, chan, 20, run_id="plan", log=log)
         summary = send_execution(db, client, chan, 20, run_id="send", log=log, settle_s=0.01, reconcile_rounds=2)
@@ -400,7 +390,7 @@ def test_odd_listing_answers_lose_no_state_and_no_stop(db, account):
     chan = chans.channels[0]
     numbers = [f"+1628556{i:04d}" for i in range(6)]
     create_execution(db, 21, "Odd Sync", "Hi", [(i + 1, n, None) for i, n in enumerate(numbers)])
-    log = Quiet()
+    log = ListLog()
     with account.client() as client:
         plan_execution(db, chan, 21, run_id="plan", log=log)
         send_execution(db, client, chan, 21, run_id="send", log=log, settle_s=0.01)

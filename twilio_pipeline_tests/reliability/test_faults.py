@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from twilio_pipeline.audience import create_execution
 from twilio_pipeline.channels import parse_channels
 from twilio_pipeline.inbound import suppressed_numbers
+from twilio_pipeline.logs import ListLog
 from twilio_pipeline.rules.states import state_name
 from twilio_pipeline_tests.reliability.conftest import (
     REFUSED,
@@ -115,7 +116,7 @@ def test_a_message_adopted_after_it_failed_keeps_its_error_code(db, make_sandbox
     sb = make_sandbox(failed_rate=1.0, status_delay_ms=100, seed=1)
     chan = parse_channels({"channels": [channel("Adopt SMS", max_concurrency=2)]}).channels[0]
     create_execution(db, 4, "Adopt SMS", "Hello", [(1, "+14155550601", None), (2, "+14155550602", None)])
-    log = _Quiet()
+    log = ListLog()
     plan_execution(db, chan, 4, run_id="plan", log=log)
     client = client_for_channel(TwilioCredentials(sb.account_sid, sb.auth_token), chan,
                                 Endpoints(sb.base_url, sb.base_url, sb.base_url))
@@ -141,9 +142,3 @@ def test_a_message_adopted_after_it_failed_keeps_its_error_code(db, make_sandbox
     assert res.results["Sent"] == 2
 
 
-class _Quiet:
-    def info(self, msg):
-        pass
-
-    def warning(self, msg):
-        pass

@@ -29,6 +29,7 @@ from twilio_pipeline.audience import create_execution
 from twilio_pipeline.channels import parse_channels
 from twilio_pipeline.db import Database
 from twilio_pipeline.inbound import sync_channel
+from twilio_pipeline.logs import ListLog
 from twilio_pipeline.outbound import client_for_channel, run_outbound
 from twilio_pipeline.sandbox.process import SandboxProcess
 from twilio_pipeline.settings import SettingsError, load_settings
@@ -218,9 +219,9 @@ def test_configured_names_are_quoted_and_data_travels_as_parameters(db_url, make
         client = client_for_channel(TwilioCredentials(sb.account_sid, sb.auth_token), chans.channels[0],
                                     Endpoints(sb.base_url, sb.base_url, sb.base_url))
         with client:
-            run = run_outbound(db, client, chans, 1, run_id="run-quoting", log=_Log(), settle_s=0.1)
+            run = run_outbound(db, client, chans, 1, run_id="run-quoting", log=ListLog(), settle_s=0.1)
             sb.advance_clock(5)
-            sync_channel(db, client, chans.channels[0], log=_Log())
+            sync_channel(db, client, chans.channels[0], log=ListLog())
         assert run.results.results["Sent"] == 2
         assert {m["body"] for m in sb.messages(direction="outbound-api")} == {
             "Robert'); DROP TABLE Students;-- x' OR '1'='1", "Robert'); DROP TABLE Students;-- Ann"}
@@ -232,14 +233,6 @@ def test_configured_names_are_quoted_and_data_travels_as_parameters(db_url, make
             if schema:
                 conn.execute(sa.schema.DropSchema(schema, cascade=True))
         db.dispose()
-
-
-class _Log:
-    def info(self, msg):
-        pass
-
-    def warning(self, msg):
-        pass
 
 
 # ---- parameterised SQL -------------------------------------------------------------------------
@@ -267,11 +260,11 @@ def test_every_sql_statement_is_parameterised(db, make_sandbox):
         client = client_for_channel(TwilioCredentials(sb.account_sid, sb.auth_token), chans.channels[0],
                                     Endpoints(sb.base_url, sb.base_url, sb.base_url))
         with client:
-            run_outbound(db, client, chans, 1, run_id=f"run-{marker}", log=_Log(), settle_s=0.1)
+            run_outbound(db, client, chans, 1, run_id=f"run-{marker}", log=ListLog(), settle_s=0.1)
             sb.advance_clock(5)
             sb.inbound_bulk([{"From": "+14155550501", "To": SENDER, "Body": "STOP"},
                              {"From": "+14155550502", "To": SENDER, "Body": "MORE"}])
-            summary = sync_channel(db, client, chans.channels[0], log=_Log())
+            summary = sync_channel(db, client, chans.channels[0], log=ListLog())
     finally:
         sa.event.remove(db.engine, "before_cursor_execute", record)
     assert summary.load is not None and summary.load.replies == 2

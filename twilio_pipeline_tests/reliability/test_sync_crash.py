@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from twilio_pipeline.channels import parse_channels
 from twilio_pipeline.db.database import to_naive_utc
 from twilio_pipeline.inbound import suppressed_numbers
+from twilio_pipeline.logs import ListLog
 from twilio_pipeline.rules.states import state_name
 from twilio_pipeline.twilio import parse_twilio_date
 from twilio_pipeline_tests.inbound.helpers import make_client, send_execution
@@ -213,8 +214,8 @@ def test_results_are_written_with_the_states_they_count(db, make_sandbox):
     with make_client(sb) as client:
         send_execution(db, client, chan, 1, [f"+1415555{i:04d}" for i in range(12)])
         sb.advance_clock(5)
-        fetch_statuses(db, client, chan, [1], log=_Quiet())
-    summary = load_states(db, log=_Quiet(), execution_ids=[1])
+        fetch_statuses(db, client, chan, [1], log=ListLog())
+    summary = load_states(db, log=ListLog(), execution_ids=[1])
     assert summary.retired == 12
     truth: dict[str, int] = {}
     for m in sb.messages(direction="outbound-api"):
@@ -223,9 +224,3 @@ def test_results_are_written_with_the_states_they_count(db, make_sandbox):
     assert {k: v for k, v in results.items() if k.startswith("Status:")} == truth and len(truth) == 2
 
 
-class _Quiet:
-    def info(self, msg):
-        pass
-
-    def warning(self, msg):
-        pass
