@@ -116,3 +116,24 @@ def test_a_killed_cli_run_is_marked_failed_and_frees_its_pool_slots():
         assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
         assert instance.get_run_by_id(live.run_id).status == dg.DagsterRunStatus.STARTED
         assert instance.event_log_storage.get_concurrency_info("twilio_api").active_slot_count == 0
+
+
+def test_a_run_marked_failed_whose_slot_was_never_freed_gets_it_back():
+    """The next CLI run can itself be killed while it cleans up after a dead one. Whatever the moment, no
+    slot stays held: here a dead run already marked FAILURE still holds its slot (the window an earlier
+    version had between marking and freeing), and the next cleanup frees it."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    with dg.instance_for_test() as instance:
+        instance.event_log_storage.set_concurrency_slots("twilio_api", 2)
+        job = defs.resolve_job_def("outbound_job")
+        run = instance.create_run_for_job(job, tags={HOST_TAG: HOST, PID_TAG: str(dead.pid)},
+                                          status=dg.DagsterRunStatus.STARTED)
+        live = instance.create_run_for_job(job, tags={HOST_TAG: HOST, PID_TAG: str(os.getpid())},
+                                           status=dg.DagsterRunStatus.STARTED)
+        assert instance.event_log_storage.claim_concurrency_slot("twilio_api", run.run_id, "send").is_claimed
+        assert instance.event_log_storage.claim_concurrency_slot("twilio_api", live.run_id, "send").is_claimed
+        instance.report_run_failed(run, message="marked by a cleanup that was killed before it freed the slot")
+        assert fail_stale_runs(instance) == []  # nothing left to mark ...
+        info = instance.event_log_storage.get_concurrency_info("twilio_api")
+        assert [slot.run_id for slot in info.claimed_slots] == [live.run_id]  # ... but its slot is back
