@@ -20,7 +20,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from twilio_pipeline.processes import pid_alive
 from twilio_pipeline.sandbox.credentials import (
     SANDBOX_ACCOUNT_SID,
     SANDBOX_AUTH_TOKEN,
@@ -64,10 +63,24 @@ class EmbeddedSandbox:
 
 
 def _alive(pid: int) -> bool:
+    """True while `pid` runs on this host; a zombie (exited, not reaped) counts as gone.
+
+    The sandbox's own check, not the pipeline's: the sandbox imports nothing outside itself."""
     child = _children.get(pid)
     if child is not None:
         return child.poll() is None
-    return pid_alive(pid)
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def _find(store: Path) -> EmbeddedSandbox | None:
