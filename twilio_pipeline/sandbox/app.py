@@ -129,6 +129,8 @@ class SandboxApp:
              {"GET": ("GET Message", self.fetch_message)}),
             (r(r"^/2010-04-01/Accounts/([^/]+)/IncomingPhoneNumbers\.json$"), _API,
              {"GET": ("GET IncomingPhoneNumbers", self.list_numbers)}),
+            (r(r"^/2010-04-01/Accounts/([^/]+)/SMS/ShortCodes\.json$"), _API,
+             {"GET": ("GET ShortCodes", self.list_short_codes)}),
             (r(r"^/2010-04-01/Accounts/([^/]+)\.json$"), _API,
              {"GET": ("GET Account", self.fetch_account)}),
             (r(r"^/v1/Services$"), _API, {"GET": ("GET Services", self.list_services)}),
@@ -464,6 +466,28 @@ class SandboxApp:
                                page_size, page, params.get("PageToken", [None])[0],
                                "incoming_phone_numbers", chunk,
                                f"PT{offset + page_size}" if offset + page_size < len(numbers) else None,
+                               f"PT{max(offset - page_size, 0)}" if offset > 0 else None)
+        return self._json(200, body)
+
+    def list_short_codes(self, request: Request, account_sid: str) -> Response:
+        """The account's short codes (those of the built-in service's pool)."""
+        self._check_account(request, account_sid)
+        params = request.params
+        wanted = (params.get("ShortCode") or [""])[0].strip()
+        created = rfc2822(FIXED_CREATED)
+        codes = [c for c in self.model.short_codes if wanted in c]
+        page_size, page, offset = self._offset_page(params, 1000)
+        base_path = f"/2010-04-01/Accounts/{account_sid}/SMS/ShortCodes"
+        chunk = [{
+            "account_sid": account_sid, "api_version": "2010-04-01", "date_created": created,
+            "date_updated": created, "friendly_name": code, "short_code": code,
+            "sid": _number_sid("SC", code), "sms_fallback_method": "POST", "sms_fallback_url": None,
+            "sms_method": "POST", "sms_url": None, "uri": f"{base_path}/{_number_sid('SC', code)}.json",
+        } for code in codes[offset:offset + page_size]]
+        base = [("ShortCode", wanted)] if wanted else []
+        body = self._page_2010(base_path + ".json", base, page_size, page, params.get("PageToken", [None])[0],
+                               "short_codes", chunk,
+                               f"PT{offset + page_size}" if offset + page_size < len(codes) else None,
                                f"PT{max(offset - page_size, 0)}" if offset > 0 else None)
         return self._json(200, body)
 
