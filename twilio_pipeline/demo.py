@@ -54,7 +54,7 @@ def run_demo(settings: Settings, db: Database, channels: ChannelFile, contacts: 
     from twilio_pipeline.sandbox.embedded import ensure_embedded_sandbox
 
     channel = channels.channels[0]
-    sandbox = ensure_embedded_sandbox(settings.data_dir)
+    sandbox = ensure_embedded_sandbox(settings.data_dir, senders=[channel.from_number or ""])
     auth = (sandbox.account_sid, sandbox.auth_token)
     say(f"Demo: channel {channel.name!r}, sandbox at {sandbox.base_url}, database {settings.database_url}")
 

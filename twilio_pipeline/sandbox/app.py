@@ -128,7 +128,8 @@ class SandboxApp:
             (r(r"^/2010-04-01/Accounts/([^/]+)/Messages/([^/]+)\.json$"), _API,
              {"GET": ("GET Message", self.fetch_message)}),
             (r(r"^/2010-04-01/Accounts/([^/]+)/IncomingPhoneNumbers\.json$"), _API,
-             {"GET": ("GET IncomingPhoneNumbers", self.list_numbers)}),
+             {"GET": ("GET IncomingPhoneNumbers", self.list_numbers),
+              "POST": ("POST IncomingPhoneNumbers", self.provision_number)}),
             (r(r"^/2010-04-01/Accounts/([^/]+)/SMS/ShortCodes\.json$"), _API,
              {"GET": ("GET ShortCodes", self.list_short_codes)}),
             (r(r"^/2010-04-01/Accounts/([^/]+)\.json$"), _API,
@@ -468,6 +469,12 @@ class SandboxApp:
                                f"PT{offset + page_size}" if offset + page_size < len(numbers) else None,
                                f"PT{max(offset - page_size, 0)}" if offset > 0 else None)
         return self._json(200, body)
+
+    def provision_number(self, request: Request, account_sid: str) -> Response:
+        """Buy a number (PhoneNumber=+1...): from then on it sends, as on Twilio."""
+        self._check_account(request, account_sid)
+        number = self.model.provision_number((request.form().get("PhoneNumber") or [None])[0])
+        return self._json(201, self._incoming_number(number, account_sid))
 
     def list_short_codes(self, request: Request, account_sid: str) -> Response:
         """The account's short codes (those of the built-in service's pool)."""

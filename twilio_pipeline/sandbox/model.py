@@ -217,16 +217,28 @@ class Model:
         self.pool = tuple(config.pool_numbers)
         self.pool_set = frozenset(self.pool)
         self.service_sid = config.messaging_service_sid
-        # the account's phone numbers: the flag's (default +15005550006) and the service's pool
-        self.owned_numbers = tuple(dict.fromkeys((*config.owned_numbers, *self.pool)))
         self.short_codes = tuple(config.pool_short_codes)
         self.alpha_senders = tuple(config.pool_alpha_senders)
-        # every sender a message may come From; anything else is 21606, as on Twilio
-        self.senders = frozenset((*self.owned_numbers, *self.short_codes, *self.alpha_senders))
-        self.receivers = frozenset((*self.owned_numbers, *self.short_codes))
         self.service_senders = frozenset((*self.pool, *self.short_codes, *self.alpha_senders))
         self.started = time.time()
         self._clear()
+
+    def _set_numbers(self, bought: Iterable[str]) -> None:
+        """The account's phone numbers: the flag's (default +15005550006), the service's pool and any
+        bought since (POST IncomingPhoneNumbers); any other From is 21606, as on Twilio."""
+        self.bought = tuple(dict.fromkeys(bought))
+        self.owned_numbers = tuple(dict.fromkeys((*self.config.owned_numbers, *self.pool, *self.bought)))
+        self.senders = frozenset((*self.owned_numbers, *self.short_codes, *self.alpha_senders))
+
+    def provision_number(self, number: str | None) -> str:
+        """Buy a number for the account (idempotent here: a number already owned stays owned)."""
+        number = _phone(number)
+        if not number or not is_e164(number):
+            raise bad_request(21421, f"PhoneNumber is invalid: {number!r}")
+        if number not in self.owned_numbers:
+            self._set_numbers((*self.bought, number))
+            self.journal({"k": "own", "n": number})
+        return number
 
     # -- state -------------------------------------------------------------------------------
     def _clear(self) -> None:
@@ -241,6 +253,7 @@ class Model:
         self.jobs: dict[str, Job] = {}
         self.day_files: dict[str, dict] = {}
         self.jobs_generated: set[str] = set()
+        self._set_numbers(())
 
     def now(self) -> float:
         return time.time() + self.clock_offset
@@ -273,6 +286,8 @@ class Model:
                 self.jobs[job.sid] = job
             elif kind == "job_del":
                 self.jobs.pop(r["sid"], None)
+            elif kind == "own":
+                self._set_numbers((*self.bought, r["n"]))
             elif kind == "reset":
                 self._clear()
                 bulk = []
@@ -285,6 +300,8 @@ class Model:
     def snapshot_records(self) -> Iterable[dict]:
         """Everything needed to rebuild the state, as records (for compaction)."""
         yield {"k": "clock", "offset": self.clock_offset}
+        for number in self.bought:
+            yield {"k": "own", "n": number}
         for job in self.jobs.values():
             yield job.record()
         rows: list[list] = []
