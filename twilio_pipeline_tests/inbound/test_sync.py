@@ -492,3 +492,16 @@ def test_a_short_code_channel_sync_warns_that_short_codes_get_no_states(sqlite_d
         send_execution(sqlite_db, client, channel, 1, numbers(2))
         sync_channel(sqlite_db, client, channel, log=log, now=sandbox_now(sb))
     assert any("short code 24680" in w and "limitation 7" in w for w in log.warnings), log.warnings
+
+
+def test_the_past_validity_check_counts_only_what_twilio_still_holds(sqlite_db, sb, client):
+    """A `sent` SID tracked past its validity is expected (read until the horizon); a queued one is not."""
+    from twilio_pipeline import quality
+    from twilio_pipeline.db import utcnow
+
+    send_execution(sqlite_db, client, make_channel(validity_period_s=60), 1, numbers(2))
+    ids = sqlite_db.tables.message_ids
+    with sqlite_db.begin() as conn:
+        conn.execute(ids.update().values(SentAt=utcnow() - timedelta(hours=2), LastStatus="queued"))
+        conn.execute(ids.update().where(ids.c.RPContactID == 1).values(LastStatus="sent"))
+    assert quality.tracked_past_validity(sqlite_db, 1, 60) == 1
