@@ -153,7 +153,7 @@ class Msg:
             "pinned": self.pinned, "svc": self.service_sid, "body": self.body, "media": self.media,
             "seg": self.segments, "t0": self.created, "steps": self.steps,
             "err": self.err, "key": self.key, "reply": list(self.reply) if self.reply else None,
-            "cb": self.status_callback, "acct": self.acct,
+            "cb": self.status_callback, **({"acct": self.acct} if self.acct else {}),
         }
 
     def inbound_row(self) -> list:

@@ -169,3 +169,16 @@ def test_list_lag_and_redacted_bodies(make_sandbox):
     # inbound bodies stay readable (replies and STOPs must be)
     api.sandbox.inbound("+15559600001", SENDER, "STOP")
     assert [m["body"] for m in api.list_all(To=SENDER)] == ["STOP"]
+
+
+def test_accounts_and_bought_numbers_survive_a_restart(main: TwilioHTTP):
+    sub = as_subaccount(main)
+    bought = main.post(f"/2010-04-01/Accounts/{main.account}/IncomingPhoneNumbers.json",
+                       data={"PhoneNumber": "+15017128888"})
+    assert bought.status_code == 201 and bought.json()["phone_number"] == "+15017128888"
+    mine = sub.send("+15559700001", frm="+15017128888")["sid"]
+    main.sandbox.stop()
+    main.sandbox.start()
+    main, sub = TwilioHTTP(main.sandbox), as_subaccount(TwilioHTTP(main.sandbox))
+    assert [m["sid"] for m in sub.list_all()] == [mine] and main.list_all() == []
+    assert main.send("+15559700002", frm="+15017128888")["from"] == "+15017128888"
