@@ -60,6 +60,7 @@ class Channel(_Strict):
     requests_per_second: float | None = Field(None, gt=0)
     retry: RetryConfig = RetryConfig()
     validity_period_s: int = Field(36000, ge=1, le=36000)
+    status_horizon_hours: int = Field(72, ge=1, le=24 * 30)  # statuses read this long after sending
     retrieval_period_days: int = Field(395, ge=1, le=3650)
     records_per_sync: int = Field(10000, ge=1)
     reply_attribution: Literal["latest", "all"] = "latest"

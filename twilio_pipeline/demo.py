@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import requests
 import sqlalchemy as sa
 
 from twilio_pipeline.audience import create_execution, demo_audience
 from twilio_pipeline.channels import ChannelFile
-from twilio_pipeline.db import Database, utcnow
+from twilio_pipeline.db import Database
 from twilio_pipeline.rules.phones import normalise_number
 from twilio_pipeline.settings import Settings
 
@@ -37,13 +37,24 @@ def _admin(base_url: str, auth: tuple[str, str], path: str, **form) -> None:
     resp.raise_for_status()
 
 
+def _sandbox_now(base_url: str, auth: tuple[str, str]) -> datetime:
+    """The sandbox's clock, which earlier demos moved on: replies must be dated on it."""
+    resp = requests.get(f"{base_url}/_sandbox/clock", auth=auth, timeout=30)
+    resp.raise_for_status()
+    return datetime.fromtimestamp(resp.json()["now_epoch"], tz=timezone.utc)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def run_demo(settings: Settings, db: Database, channels: ChannelFile, contacts: int,
              say: Callable[[str], None]) -> int:
     from twilio_pipeline.defs.runner import print_results, run_send, run_sync
     from twilio_pipeline.sandbox.embedded import ensure_embedded_sandbox
 
     channel = channels.channels[0]
-    sandbox = ensure_embedded_sandbox(settings.data_dir)
+    sandbox = ensure_embedded_sandbox(settings.data_dir, senders=[channel.from_number or ""])
     auth = (sandbox.account_sid, sandbox.auth_token)
     say(f"Demo: channel {channel.name!r}, sandbox at {sandbox.base_url}, database {settings.database_url}")
 
@@ -52,14 +63,18 @@ def run_demo(settings: Settings, db: Database, channels: ChannelFile, contacts: 
     opted_out, opted_back_in = valid[:5], valid[5:8]
     sender = channel.from_number or (sandbox.pool_numbers[0] if sandbox.pool_numbers else None)
     if sender:
-        earlier = utcnow() - timedelta(days=30)
+        # Dated minutes ago on the sandbox clock, so the suppression refresh before the send reads them
+        # whatever earlier demos did: replies dated before the sender's watermark are never re-read, and
+        # these STOPs would surface as 21610 refusals instead of Unsubscribed.
+        now = _sandbox_now(sandbox.base_url, auth)
         for number in opted_out + opted_back_in:
             _admin(sandbox.base_url, auth, "inbound", From=number, To=sender, Body="STOP",
-                   DateSent=earlier.isoformat() + "Z")
+                   DateSent=_iso(now - timedelta(minutes=3)))
         for number in opted_back_in:
             _admin(sandbox.base_url, auth, "inbound", From=number, To=sender, Body="start",
-                   DateSent=(earlier + timedelta(days=1)).isoformat() + "Z")
-        say(f"Demo: {len(opted_out)} recipients had replied STOP, {len(opted_back_in)} replied STOP then START")
+                   DateSent=_iso(now - timedelta(minutes=2)))
+        say(f"Demo: {len(opted_out)} recipients replied STOP before this campaign and are not texted "
+            f"(Unsubscribed); {len(opted_back_in)} replied STOP then START and are texted")
 
     execution_id = next_execution_id(db)
     create_execution(db, execution_id, channel.name, DEMO_BODY, audience)

@@ -8,6 +8,7 @@ from datetime import timedelta
 import sqlalchemy as sa
 
 from twilio_pipeline.db import Database, utcnow
+from twilio_pipeline.rules.states import HELD_STATUSES, VALIDITY_GRACE_S
 
 OUTBOUND_PARTS = ("InvalidNumbers", "Duplicates", "Unsubscribed", "NotRendered", "Targeted")
 TARGETED_PARTS = ("Sent", "SendFailed", "Unresolved")
@@ -49,11 +50,15 @@ def inbound_identity_problems(db: Database, execution_id: int) -> list[str]:
 
 
 def tracked_past_validity(db: Database, execution_id: int, validity_s: int) -> int:
+    """SIDs Twilio still held (or never showed) an hour past their validity period and still tracked:
+    the status fetch should have closed them as Expired. A `sent` one is read on until the status
+    horizon on purpose (carriers often send no receipt), so it does not count."""
     ids = db.tables.message_ids
-    cutoff = utcnow() - timedelta(seconds=validity_s)
+    cutoff = utcnow() - timedelta(seconds=validity_s + VALIDITY_GRACE_S)
+    held = sa.or_(ids.c.LastStatus.is_(None), ids.c.LastStatus.in_(sorted(HELD_STATUSES)))
     with db.connect() as conn:
         return conn.execute(sa.select(sa.func.count()).select_from(ids).where(
-            ids.c.ChannelExecutionID == execution_id, ids.c.SentAt < cutoff)).scalar() or 0
+            ids.c.ChannelExecutionID == execution_id, ids.c.SentAt < cutoff, held)).scalar() or 0
 
 
 def states_without_offer_history(db: Database, execution_id: int) -> int:

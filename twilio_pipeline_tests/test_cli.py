@@ -19,6 +19,8 @@ from twilio_pipeline.settings import project_root
 
 pytestmark = pytest.mark.slow
 CHANNEL = "CLI Channel"
+TYPO_CHANNEL = "Typo Channel"
+TYPO_NUMBER = "+15005550060"  # one digit off the account's +15005550006
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +32,8 @@ def cli_env(tmp_path_factory):
     channels = tmp / "channels.yaml"
     channels.write_text(yaml.safe_dump({"channels": [
         {"name": CHANNEL, "from_number": "+15005550006", "keywords": ["MORE"], "price_per_segment": 0.01,
-         "follow_ups": {"MORE": {"body": "Here is more, {{FirstName}}"}}}]}))
+         "follow_ups": {"MORE": {"body": "Here is more, {{FirstName}}"}}},
+        {"name": TYPO_CHANNEL, "from_number": TYPO_NUMBER}]}))
     db_url = f"sqlite:///{tmp / 'cli.db'}"
     with SandboxProcess(tmp / "sandbox", status_delay_ms=50) as sb:
         env = {**os.environ, "DAGSTER_HOME": str(home), "TWILIO_PIPELINE_DATABASE_URL": db_url,
@@ -42,6 +45,7 @@ def cli_env(tmp_path_factory):
                          [(i, f"+1415555{i:04d}", {"FirstName": "Ada"}) for i in range(1, 31)]
                          + [(31, "+1 (415) 555-0001", {"FirstName": "Dup"}), (32, "nope", {"FirstName": "Bad"})])
         create_execution(db, 78, "No Such Channel", "Hi", [(1, "+14155550100", None)])
+        create_execution(db, 79, TYPO_CHANNEL, "Hi", [(1, "+14155550901", None), (2, "+14155550902", None)])
         db.dispose()
         yield {"env": env, "sandbox": sb, "home": home, "db_url": db_url}
 
@@ -122,6 +126,16 @@ def test_bad_input_is_one_line_and_exit_2(cli_env, args, fragment):
     assert fragment in err
     assert "Traceback" not in out + err
 
+
+
+def test_a_from_number_the_account_does_not_own_fails_the_send_before_any_message(cli_env):
+    code, out, err = cli(cli_env["env"], "send", "79")
+    assert code == 2, out + err
+    assert TYPO_NUMBER in out + err and "IncomingPhoneNumbers" in out + err
+    assert "Traceback" not in out + err
+    sb = cli_env["sandbox"]
+    assert sb.messages(to="+14155550901") == [] and sb.messages(to="+14155550902") == []
+    assert "21606" not in sb.stats()["errors_by_code"]  # no create was even tried
 
 
 @pytest.mark.parametrize("execution", ["999", "78"])

@@ -63,7 +63,9 @@ class TwilioResource(dg.ConfigurableResource):
 
             from twilio_pipeline.sandbox.embedded import ensure_embedded_sandbox
 
-            sb = ensure_embedded_sandbox(Path(self.data_dir))
+            # the channel file's numbers are this sandbox account's own, as a real account's would be
+            senders = [c.from_number for c in self.get_channels().channels if c.from_number]
+            sb = ensure_embedded_sandbox(Path(self.data_dir), senders=senders)
             return (TwilioCredentials(sb.account_sid, sb.auth_token),
                     Endpoints(sb.base_url, sb.base_url, sb.base_url))
         creds = TwilioCredentials(self.account_sid, self.auth_token, self.api_key_sid, self.api_key_secret)

@@ -13,7 +13,7 @@ import dagster as dg
 import sqlalchemy as sa
 
 from twilio_pipeline.channels import Channel, ChannelFile
-from twilio_pipeline.cli_errors import EXIT_BUSY, EXIT_FAILED, EXIT_OK, CliError
+from twilio_pipeline.cli_errors import EXIT_BUSY, EXIT_FAILED, EXIT_INPUT, EXIT_OK, CliError
 from twilio_pipeline.db import Database
 from twilio_pipeline.db.database import HOST
 from twilio_pipeline.defs.cli_logger import one_line_console_logger, user_error
@@ -107,6 +107,7 @@ def run_send(settings: Settings, db: Database, channel: Channel, execution_id: i
     """Run the outbound job for an execution the caller has already checked (`load_execution`, which
     the CLI calls before Dagster is even imported)."""
     from twilio_pipeline.outbound import ExecutionBusy
+    from twilio_pipeline.outbound.connectivity import SenderNotOwned
     from twilio_pipeline.outbound.lease import lease_key
 
     holder = db.live_lease_holder(lease_key(execution_id))
@@ -124,6 +125,9 @@ def run_send(settings: Settings, db: Database, channel: Channel, execution_id: i
         if failure.error_class == ExecutionBusy.__name__:
             say(failure.message)
             return EXIT_BUSY
+        if failure.error_class == SenderNotOwned.__name__:  # bad input, found before any message
+            say(failure.message)
+            return EXIT_INPUT
         say(f"Send of execution {execution_id} failed (run {result.run_id}): {failure.message}")
         return EXIT_FAILED
     sent_now = _metadata_value(result, "send", "requests_this_run")

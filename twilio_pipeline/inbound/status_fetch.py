@@ -8,7 +8,9 @@ The guide GETs every message. Here the sender's outbound messages are *listed* b
 What is observed goes to the durable `TwilioSMS_PendingStates` table in one transaction; the state
 load then stores it and retires the SIDs (a SID is only retired in the transaction that stores its
 terminal state). Statuses never move backwards: an observation ranked below the SID's LastStatus is
-dropped. A SID still not final `validity_period_s` after SentAt is closed as Expired.
+dropped. A SID not final is closed by `closing_state`: one still `sent` at `status_horizon_hours`
+stays Sent (carriers often send no receipt); one Twilio still holds an hour after `validity_period_s`,
+or any other at the horizon, is Expired.
 """
 
 from __future__ import annotations
@@ -36,7 +38,15 @@ from twilio_pipeline.inbound.common import (
 )
 from twilio_pipeline.inbound.refresh import SUPPRESSION_MATCH
 from twilio_pipeline.logs import Log
-from twilio_pipeline.rules.states import EXPIRED, STATUS_RANK, TERMINAL_STATUSES, state_name
+from twilio_pipeline.rules.states import (
+    EXPIRED,
+    STATUS_RANK,
+    TERMINAL_STATUSES,
+    VALIDITY_GRACE_S,
+    closing_state,
+    later_status,
+    state_name,
+)
 from twilio_pipeline.twilio import TwilioApiError, TwilioClient
 
 # Twilio's clock and ours differ a little, and DateSent is set when a message leaves the queue.
@@ -82,8 +92,19 @@ class StatusFetchSummary(Summary):
     observed: int = 0
     terminal: int = 0
     expired: int = 0
+    closed_sent: int = 0
     opt_outs_21610: int = 0
     api_calls: int = 0
+
+
+def warn_short_code(channel: Channel, log: Log) -> None:
+    """The guide's limitation 7: Twilio reports no delivery states for short codes (beta)."""
+    sender = channel.from_number or ""
+    if sender.isdigit():
+        log.warning(
+            f"channel {channel.name!r} sends from short code {sender}: Twilio reports no delivery states for "
+            "short codes (beta; the guide's limitation 7), so its messages may stay Queued until they are "
+            "closed as Expired; replies and STOPs are still read")
 
 
 def observed_row(msg: dict, source: str) -> dict | None:
@@ -125,6 +146,7 @@ def fetch_statuses(
     """
     now = utc_now(now)
     mode = channel.status_sync
+    warn_short_code(channel, log)
     summary = StatusFetchSummary(mode=mode, full_window=full_window, executions=len(execution_ids))
     calls_before = client.request_count
     if not execution_ids:
@@ -156,7 +178,8 @@ def fetch_statuses(
         f"status fetch ({mode}{', full window' if full_window else ''}) for {len(execution_ids)} execution(s): "
         f"{summary.tracked} SID(s), {summary.listed} listed, {summary.exported} exported, {summary.matched} matched, "
         f"{summary.fetched} fetched one by one; {summary.observed} new observation(s), {summary.terminal} terminal, "
-        f"{summary.expired} expired; {summary.api_calls} API call(s)"
+        f"{summary.expired} expired, {summary.closed_sent} left Sent at the {channel.status_horizon_hours} h horizon; "
+        f"{summary.api_calls} API call(s)"
     )
     if summary.not_found:
         log.warning(f"{summary.not_found} tracked SID(s) are unknown to Twilio (404); they are kept until they expire")
@@ -339,25 +362,36 @@ def _record(db: Database, conn: Connection, channel: Channel, tracked: sa.Table,
         sa.select(sa.func.count(sa.distinct(t.c.MessageID))).select_from(joined)
         .where(o.c.Status.in_(list(TERMINAL_STATUSES)))).scalar() or 0
 
-    # Expired: past the validity period with no terminal status seen now or before.
-    cutoff = now - timedelta(seconds=channel.validity_period_s)
-    final_seen = sa.select(sa.literal(1)).select_from(o).where(
-        o.c.MessageID == t.c.MessageID, o.c.Status.in_(list(TERMINAL_STATUSES)))
-    stale = conn.execute(
-        sa.select(t.c.ChannelExecutionID, t.c.RPContactID, t.c.MessageID, t.c.SentAt)
-        .where(t.c.SentAt < cutoff, ~final_seen.exists(),
+    # Closures (rules.states.closing_state): SIDs old enough for a rule, with no terminal status seen.
+    validity = timedelta(seconds=channel.validity_period_s)
+    horizon = timedelta(hours=channel.status_horizon_hours)
+    cutoff = now - min(validity + timedelta(seconds=VALIDITY_GRACE_S), horizon)
+    # (the observed staging table holds one row per MessageID)
+    candidates = conn.execute(
+        sa.select(t.c.ChannelExecutionID, t.c.RPContactID, t.c.MessageID, t.c.SentAt, t.c.LastStatus,
+                  o.c.Status.label("Observed"))
+        .select_from(t.outerjoin(o, o.c.MessageID == t.c.MessageID))
+        .where(t.c.SentAt < cutoff,
+               sa.or_(o.c.Status.is_(None), o.c.Status.not_in(list(TERMINAL_STATUSES))),
                sa.or_(t.c.LastStatus.is_(None), t.c.LastStatus.not_in(list(TERMINAL_STATUSES))))
     ).all()
-    expired_rows = [
-        {"ChannelExecutionID": r.ChannelExecutionID, "RPContactID": r.RPContactID, "FulfillmentState": EXPIRED,
-         "EventName": None, "Timestamp": r.SentAt + timedelta(seconds=channel.validity_period_s),
-         "MessageID": r.MessageID, "Terminal": True, "ObservedAt": now}
-        for r in stale
-    ]
-    if expired_rows:
-        db.bulk_insert(conn, pending, expired_rows)
-    summary.expired = len(expired_rows)
-    summary.observed += len(expired_rows)
+    closed_rows = []
+    for r in candidates:
+        status = later_status(r.LastStatus, r.Observed if r.Observed in STATUS_RANK else None)
+        closing = closing_state(status, (now - r.SentAt).total_seconds(), validity.total_seconds(),
+                                horizon.total_seconds())
+        if closing is None:
+            continue
+        # a Sent row usually exists already (the load keeps the first); Expired dates from the rule
+        at = r.SentAt + (validity if closing == EXPIRED and (now - r.SentAt) < horizon else horizon)
+        closed_rows.append({"ChannelExecutionID": r.ChannelExecutionID, "RPContactID": r.RPContactID,
+                            "FulfillmentState": closing, "EventName": None, "Timestamp": at,
+                            "MessageID": r.MessageID, "Terminal": True, "ObservedAt": now})
+    if closed_rows:
+        db.bulk_insert(conn, pending, closed_rows)
+    summary.expired = sum(1 for r in closed_rows if r["FulfillmentState"] == EXPIRED)
+    summary.closed_sent = len(closed_rows) - summary.expired
+    summary.observed += len(closed_rows)
 
     # LastStatus: the highest-ranked status observed, never a step back.
     best = (

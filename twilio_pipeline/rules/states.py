@@ -25,6 +25,11 @@ DELIVERY_STATES = (
 )
 REPLIED = "Replied"
 EXPIRED = "Expired"
+SENT = "Sent"
+# Statuses of a message Twilio still holds: one still in them an hour after its validity period has
+# missed it for good (Twilio fails a message it could not send within ValidityPeriod).
+HELD_STATUSES = frozenset({"accepted", "scheduled", "queued", "sending"})
+VALIDITY_GRACE_S = 3600
 
 
 def is_known_status(status: str | None) -> bool:
@@ -51,4 +56,21 @@ def event_name(status: str, error_code: int | str | None) -> str | None:
     """EventName of a delivery state: the Twilio error code for Failed/Undelivered, else NULL."""
     if status in ("failed", "undelivered") and error_code not in (None, "", 0):
         return str(error_code)
+    return None
+
+
+def closing_state(status: str | None, age_s: float, validity_s: float, horizon_s: float) -> str | None:
+    """The state a message not yet final is closed with, `age_s` after it was sent; None: keep reading.
+
+    `sent` may be final: carriers often send no receipt (US/Canada long-code MMS, some networks),
+    and Twilio says receipts can still come for about 72 h. So a `sent` message is read until the
+    horizon and then stays Sent; it never becomes Expired. Expired is a message Twilio still holds
+    an hour after its validity period, or any other non-final message at the horizon.
+    """
+    if status in TERMINAL_STATUSES:
+        return None
+    if age_s >= horizon_s:
+        return SENT if status == "sent" else EXPIRED
+    if (status is None or status in HELD_STATUSES) and age_s >= validity_s + VALIDITY_GRACE_S:
+        return EXPIRED
     return None

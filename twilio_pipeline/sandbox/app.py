@@ -74,7 +74,8 @@ class SandboxApp:
         self.connections: set[Connection] = set()
         self.rng = random.Random(config.seed)
         self.in_flight = 0
-        self._auth_cache: dict[str, bool] = {}
+        self._auth_cache: dict[str, str] = {}  # Authorization header -> account SID, "" when refused
+        self._subaccount_sids = frozenset(sid for sid, _ in config.subaccounts)
         self._download_key = hashlib.sha256(("download:" + config.auth_token).encode()).digest()
         self._log: list[str] = []
         self._log_second = 0
@@ -127,7 +128,10 @@ class SandboxApp:
             (r(r"^/2010-04-01/Accounts/([^/]+)/Messages/([^/]+)\.json$"), _API,
              {"GET": ("GET Message", self.fetch_message)}),
             (r(r"^/2010-04-01/Accounts/([^/]+)/IncomingPhoneNumbers\.json$"), _API,
-             {"GET": ("GET IncomingPhoneNumbers", self.list_numbers)}),
+             {"GET": ("GET IncomingPhoneNumbers", self.list_numbers),
+              "POST": ("POST IncomingPhoneNumbers", self.provision_number)}),
+            (r(r"^/2010-04-01/Accounts/([^/]+)/SMS/ShortCodes\.json$"), _API,
+             {"GET": ("GET ShortCodes", self.list_short_codes)}),
             (r(r"^/2010-04-01/Accounts/([^/]+)\.json$"), _API,
              {"GET": ("GET Account", self.fetch_account)}),
             (r(r"^/v1/Services$"), _API, {"GET": ("GET Services", self.list_services)}),
@@ -136,6 +140,14 @@ class SandboxApp:
              {"GET": ("GET ServicePhoneNumbers", self.list_service_numbers)}),
             (r(r"^/v1/Services/([^/]+)/PhoneNumbers/([^/]+)$"), _API,
              {"GET": ("GET ServicePhoneNumber", self.fetch_service_number)}),
+            (r(r"^/v1/Services/([^/]+)/ShortCodes$"), _API,
+             {"GET": ("GET ServiceShortCodes", self.list_service_short_codes)}),
+            (r(r"^/v1/Services/([^/]+)/ShortCodes/([^/]+)$"), _API,
+             {"GET": ("GET ServiceShortCode", self.fetch_service_short_code)}),
+            (r(r"^/v1/Services/([^/]+)/AlphaSenders$"), _API,
+             {"GET": ("GET ServiceAlphaSenders", self.list_service_alpha_senders)}),
+            (r(r"^/v1/Services/([^/]+)/AlphaSenders/([^/]+)$"), _API,
+             {"GET": ("GET ServiceAlphaSender", self.fetch_service_alpha_sender)}),
             (r(r"^/v1/Exports/Jobs/([^/]+)$"), _API,
              {"GET": ("GET ExportJob", self.fetch_job), "DELETE": ("DELETE ExportJob", self.delete_job)}),
             (r(r"^/v1/Exports/([^/]+)/Jobs$"), _API,
@@ -301,13 +313,17 @@ class SandboxApp:
                 pass
 
     def _authorized(self, request: Request) -> bool:
+        return self._identity(request) is not None
+
+    def _identity(self, request: Request) -> str | None:
+        """The account SID whose credentials the request carries (an API key is the main account's)."""
         header = request.headers.get("authorization")
         if not header:
-            return False
+            return None
         cached = self._auth_cache.get(header)
         if cached is not None:
-            return cached
-        ok = False
+            return cached or None
+        ok = ""
         scheme, _, encoded = header.partition(" ")
         if scheme.lower() == "basic":
             try:
@@ -315,21 +331,33 @@ class SandboxApp:
             except (ValueError, UnicodeDecodeError):
                 user = password = ""
             cfg = self.config
-            pairs = [(cfg.account_sid, cfg.auth_token)]
+            pairs = [(cfg.account_sid, cfg.auth_token, cfg.account_sid)]
             if cfg.api_key_sid and cfg.api_key_secret:
-                pairs.append((cfg.api_key_sid, cfg.api_key_secret))
-            ok = any(
-                hmac.compare_digest(user.encode(), u.encode()) and hmac.compare_digest(password.encode(), p.encode())
-                for u, p in pairs
-            )
+                pairs.append((cfg.api_key_sid, cfg.api_key_secret, cfg.account_sid))
+            pairs.extend((sid, token, sid) for sid, token in cfg.subaccounts)
+            for u, p, account in pairs:
+                if hmac.compare_digest(user.encode(), u.encode()) and hmac.compare_digest(password.encode(), p.encode()):
+                    ok = account
         if len(self._auth_cache) > 1024:
             self._auth_cache.clear()
         self._auth_cache[header] = ok
-        return ok
+        return ok or None
 
-    def _check_account(self, account_sid: str) -> None:
-        if account_sid != self.config.account_sid:
-            raise unauthorized()
+    def _check_account(self, request: Request, account_sid: str) -> str | None:
+        """The model's account key for the path's account (None: the main one); 401 when the
+        credentials are not that account's (the main account may act for its subaccounts, as on Twilio)."""
+        identity = self._identity(request)
+        main = self.config.account_sid
+        if account_sid == main and identity == main:
+            return None
+        if account_sid in self._subaccount_sids and identity in (account_sid, main):
+            return account_sid
+        raise unauthorized()
+
+    def _account_of(self, request: Request) -> str | None:
+        """The model's account key of the caller (admin endpoints, which have no account in the path)."""
+        identity = self._identity(request)
+        return None if identity == self.config.account_sid else identity
 
     @staticmethod
     def _host_url(request: Request) -> str:
@@ -340,19 +368,19 @@ class SandboxApp:
 
     # -- API 2010-04-01 ------------------------------------------------------------------------
     def create_message(self, request: Request, account_sid: str) -> Response:
-        self._check_account(account_sid)
-        m = self.model.create_message(request.form())
+        acct = self._check_account(request, account_sid)
+        m = self.model.create_message(request.form(), acct)
         return self._json(201, self.model.message_json(m, m.created, initial=True))
 
     def fetch_message(self, request: Request, account_sid: str, sid: str) -> Response:
-        self._check_account(account_sid)
+        acct = self._check_account(request, account_sid)
         m = self.model.messages.get(sid) if MESSAGE_SID.match(sid) else None
-        if m is None:
+        if m is None or m.acct != acct:
             raise not_found(request.path)
         return self._json(200, self.model.message_json(m, self.model.now()))
 
     def list_messages(self, request: Request, account_sid: str) -> Response:
-        self._check_account(account_sid)
+        acct = self._check_account(request, account_sid)
         params = request.params
         to = _phone(params["To"][0]) if params.get("To") else None
         frm = _phone(params["From"][0]) if params.get("From") else None
@@ -380,7 +408,7 @@ class SandboxApp:
         token = params["PageToken"][0] if params.get("PageToken") else None
         now = self.model.now()
         items, more_after, more_before = self.model.list_messages(
-            to, frm, lo, hi, filtered, page_size, token, now)
+            to, frm, lo, hi, filtered, page_size, token, now, acct)
         base = [("To", to)] if to else []
         if frm:
             base.append(("From", frm))
@@ -424,12 +452,12 @@ class SandboxApp:
         return page_size, page, offset
 
     def list_numbers(self, request: Request, account_sid: str) -> Response:
-        self._check_account(account_sid)
+        self._check_account(request, account_sid)
         params = request.params
         wanted = (params.get("PhoneNumber") or [""])[0].replace("*", "").strip()
         wanted = _phone(wanted) if wanted.startswith(" ") else wanted
         friendly = (params.get("FriendlyName") or [""])[0]
-        numbers = [self._incoming_number(n) for n in self.model.pool]
+        numbers = [self._incoming_number(n, account_sid) for n in self.model.owned_numbers]
         numbers = [n for n in numbers if wanted in n["phone_number"]
                    and (not friendly or n["friendly_name"] == friendly)]
         page_size, page, offset = self._offset_page(params, 1000)
@@ -442,8 +470,35 @@ class SandboxApp:
                                f"PT{max(offset - page_size, 0)}" if offset > 0 else None)
         return self._json(200, body)
 
-    def _incoming_number(self, number: str) -> dict:
-        acct = self.config.account_sid
+    def provision_number(self, request: Request, account_sid: str) -> Response:
+        """Buy a number (PhoneNumber=+1...): from then on it sends, as on Twilio."""
+        self._check_account(request, account_sid)
+        number = self.model.provision_number((request.form().get("PhoneNumber") or [None])[0])
+        return self._json(201, self._incoming_number(number, account_sid))
+
+    def list_short_codes(self, request: Request, account_sid: str) -> Response:
+        """The account's short codes (those of the built-in service's pool)."""
+        self._check_account(request, account_sid)
+        params = request.params
+        wanted = (params.get("ShortCode") or [""])[0].strip()
+        created = rfc2822(FIXED_CREATED)
+        codes = [c for c in self.model.short_codes if wanted in c]
+        page_size, page, offset = self._offset_page(params, 1000)
+        base_path = f"/2010-04-01/Accounts/{account_sid}/SMS/ShortCodes"
+        chunk = [{
+            "account_sid": account_sid, "api_version": "2010-04-01", "date_created": created,
+            "date_updated": created, "friendly_name": code, "short_code": code,
+            "sid": _number_sid("SC", code), "sms_fallback_method": "POST", "sms_fallback_url": None,
+            "sms_method": "POST", "sms_url": None, "uri": f"{base_path}/{_number_sid('SC', code)}.json",
+        } for code in codes[offset:offset + page_size]]
+        base = [("ShortCode", wanted)] if wanted else []
+        body = self._page_2010(base_path + ".json", base, page_size, page, params.get("PageToken", [None])[0],
+                               "short_codes", chunk,
+                               f"PT{offset + page_size}" if offset + page_size < len(codes) else None,
+                               f"PT{max(offset - page_size, 0)}" if offset > 0 else None)
+        return self._json(200, body)
+
+    def _incoming_number(self, number: str, acct: str) -> dict:
         sid = _number_sid("PN", number)
         digits = number[2:] if number.startswith("+1") and len(number) == 12 else None
         friendly = f"({digits[:3]}) {digits[3:6]}-{digits[6:]}" if digits else number
@@ -465,7 +520,7 @@ class SandboxApp:
         }
 
     def fetch_account(self, request: Request, account_sid: str) -> Response:
-        self._check_account(account_sid)
+        self._check_account(request, account_sid)
         created = rfc2822(FIXED_CREATED)
         base = f"/2010-04-01/Accounts/{account_sid}"
         # auth_token stays null: the sandbox never echoes a credential, even the caller's own
@@ -562,6 +617,49 @@ class SandboxApp:
                 return self._json(200, self._service_number_json(host, number))
         raise not_found(request.path)
 
+    def _service_sender_json(self, host: str, kind: str, value: str) -> dict:
+        """A ShortCodes or AlphaSenders item, shaped as the Messaging v1 spec has it."""
+        service = self.model.service_sid
+        created = iso8601(FIXED_CREATED)
+        if kind == "short_codes":
+            sid = _number_sid("SC", value)
+            item = {"short_code": value, "country_code": "US", "capabilities": ["SMS", "MMS"]}
+            path = "ShortCodes"
+        else:
+            sid = _number_sid("AI", value)
+            item = {"alpha_sender": value, "capabilities": ["SMS"]}
+            path = "AlphaSenders"
+        return {"account_sid": self.config.account_sid, "service_sid": service, "sid": sid,
+                "date_created": created, "date_updated": created, **item,
+                "url": f"{host}/v1/Services/{service}/{path}/{sid}"}
+
+    def _list_service_senders(self, request: Request, sid: str, kind: str, values: tuple[str, ...],
+                              path: str) -> Response:
+        self._check_service(request, sid)
+        host = self._host_url(request)
+        items = [self._service_sender_json(host, kind, v) for v in values]
+        return self._json(200, self._v1_page(request, f"/v1/Services/{sid}/{path}", kind, items, 1000))
+
+    def _fetch_service_sender(self, request: Request, sid: str, item_sid: str, kind: str,
+                              values: tuple[str, ...], prefix: str) -> Response:
+        self._check_service(request, sid)
+        for value in values:
+            if item_sid in (_number_sid(prefix, value), value):
+                return self._json(200, self._service_sender_json(self._host_url(request), kind, value))
+        raise not_found(request.path)
+
+    def list_service_short_codes(self, request: Request, sid: str) -> Response:
+        return self._list_service_senders(request, sid, "short_codes", self.model.short_codes, "ShortCodes")
+
+    def fetch_service_short_code(self, request: Request, sid: str, item_sid: str) -> Response:
+        return self._fetch_service_sender(request, sid, item_sid, "short_codes", self.model.short_codes, "SC")
+
+    def list_service_alpha_senders(self, request: Request, sid: str) -> Response:
+        return self._list_service_senders(request, sid, "alpha_senders", self.model.alpha_senders, "AlphaSenders")
+
+    def fetch_service_alpha_sender(self, request: Request, sid: str, item_sid: str) -> Response:
+        return self._fetch_service_sender(request, sid, item_sid, "alpha_senders", self.model.alpha_senders, "AI")
+
     # -- Bulk Exports v1 -----------------------------------------------------------------------
     @staticmethod
     def _check_resource(request: Request, resource_type: str) -> None:
@@ -655,13 +753,13 @@ class SandboxApp:
             except json.JSONDecodeError as exc:
                 raise bad_request(20001, f"invalid JSON body: {exc}") from None
             items = data if isinstance(data, list) else [data]
-            msgs = self.model.inject_inbound(items)
+            msgs = self.model.inject_inbound(items, self._account_of(request))
             if isinstance(data, list):
                 return self._json(201, {"created": len(msgs), "sids": [m.sid for m in msgs]})
         else:
             form = request.form()
             item = {k: v[0] for k, v in form.items() if v}
-            msgs = self.model.inject_inbound([item])
+            msgs = self.model.inject_inbound([item], self._account_of(request))
         return self._json(201, self.model.message_json(msgs[0], self.model.now()))
 
     def admin_clock(self, request: Request) -> Response:
@@ -696,4 +794,4 @@ class SandboxApp:
             m = model.messages[sid]
             if (to is None or m.to == to) and (direction is None or m.direction == direction):
                 out.append(model.dump_json(m, now))
-        return self._json(200, {"messages": out})
+        return self._json(200, out)

@@ -20,14 +20,31 @@ from twilio_pipeline.sandbox.credentials import (
     SANDBOX_ACCOUNT_SID,
     SANDBOX_AUTH_TOKEN,
     SANDBOX_MESSAGING_SERVICE_SID,
+    SANDBOX_OWNED_NUMBERS,
     SANDBOX_POOL_NUMBERS,
 )
+from twilio_pipeline.sandbox.rules import is_alpha_sender, is_e164, is_short_code
 from twilio_pipeline.sandbox.server import serve
 
 _ACCOUNT_SID = re.compile(r"^AC[0-9a-fA-F]{32}$")
 _SERVICE_SID = re.compile(r"^MG[0-9a-fA-F]{32}$")
 _API_KEY_SID = re.compile(r"^SK[0-9a-fA-F]{32}$")
-_NUMBER = re.compile(r"^(\+[1-9]\d{6,14}|\d{5,6})$")
+
+
+def _numbers(flag: str, text: str, check, what: str) -> tuple[str, ...]:
+    """A comma-separated flag value as a tuple; ValueError naming the flag and the bad item."""
+    items = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    for item in items:
+        if not check(item):
+            raise ValueError(f"{flag}: {item!r} is not {what}")
+    return items
+
+
+def _subaccount(text: str) -> tuple[str, str]:
+    sid, sep, token = text.partition(":")
+    if not sep or not _ACCOUNT_SID.match(sid.strip()) or not token.strip():
+        raise argparse.ArgumentTypeError("expected SID:TOKEN with SID 'AC' followed by 32 hex digits")
+    return sid.strip(), token.strip()
 
 
 def _rate(text: str) -> float:
@@ -103,6 +120,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="SID of the built-in Messaging Service")
     p.add_argument("--pool-numbers", default=",".join(SANDBOX_POOL_NUMBERS),
                    help="comma-separated sender pool of the built-in Messaging Service")
+    p.add_argument("--owned-numbers", default=",".join(SANDBOX_OWNED_NUMBERS),
+                   help="comma-separated phone numbers the account owns besides the pool numbers, listed by "
+                        "IncomingPhoneNumbers; any other From gets 400 / 21606 (default +15005550006)")
+    p.add_argument("--pool-short-codes", default="",
+                   help="comma-separated short codes of the built-in Messaging Service (its ShortCodes)")
+    p.add_argument("--pool-alpha-senders", default="",
+                   help="comma-separated alphanumeric sender IDs of the built-in service (its AlphaSenders; send only)")
+    p.add_argument("--subaccount", action="append", type=_subaccount, default=[], metavar="SID:TOKEN",
+                   help="another account (repeatable) with the same numbers that sees only its own messages")
+    p.add_argument("--sent-final-rate", type=_rate, default=0.0,
+                   help="share of messages that reach 'sent' and never get a carrier receipt (default 0)")
+    p.add_argument("--list-lag-ms", type=_non_negative, default=0.0,
+                   help="a created message is listed only this long after creation, on the sandbox clock "
+                        "(a fetch by SID finds it at once; default 0)")
+    p.add_argument("--redact-bodies", action="store_true",
+                   help="listings, fetches and exports return outbound bodies as \"\" (Twilio Message Redaction)")
     p.add_argument("--no-access-log", dest="access_log", action="store_false",
                    help="do not log each request (method, path, status, duration; never credentials)")
     return p
@@ -123,12 +156,20 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = 
         raise ValueError("--api-key-sid must be 'SK' followed by 32 hex digits")
     if not _SERVICE_SID.match(args.messaging_service_sid):
         raise ValueError("--messaging-service-sid must be 'MG' followed by 32 hex digits")
-    pool = tuple(n.strip() for n in args.pool_numbers.split(",") if n.strip())
+    pool = _numbers("--pool-numbers", args.pool_numbers, lambda n: is_e164(n) or is_short_code(n),
+                    "an E.164 number or a short code")
     if not pool:
         raise ValueError("--pool-numbers needs at least one number")
-    for number in pool:
-        if not _NUMBER.match(number):
-            raise ValueError(f"--pool-numbers: {number!r} is not an E.164 number or a short code")
+    owned = _numbers("--owned-numbers", args.owned_numbers, lambda n: is_e164(n) or is_short_code(n),
+                     "an E.164 number or a short code")
+    short_codes = _numbers("--pool-short-codes", args.pool_short_codes, is_short_code, "a 5-6 digit short code")
+    alpha = _numbers("--pool-alpha-senders", args.pool_alpha_senders, is_alpha_sender,
+                     "an alphanumeric sender ID (1-11 letters, digits or spaces, at least one letter)")
+    subaccounts = tuple(dict.fromkeys(args.subaccount))
+    if any(sid == account_sid for sid, _ in subaccounts):
+        raise ValueError("--subaccount: a subaccount cannot have the main account's SID")
+    if len({sid for sid, _ in subaccounts}) != len(subaccounts):
+        raise ValueError("--subaccount: each SID once")
     if not 0 <= args.port <= 65535:
         raise ValueError("--port must be between 0 and 65535")
     keywords = tuple(k.strip().upper() for k in args.reply_keywords.split(",") if k.strip())
@@ -144,7 +185,9 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = 
         fault_reset_rate=args.fault_reset_rate, fault_timeout_rate=args.fault_timeout_rate,
         fault_after_create=args.fault_after_create, timeout_s=args.timeout_s,
         messaging_service_sid=args.messaging_service_sid, pool_numbers=pool,
-        access_log=args.access_log,
+        access_log=args.access_log, owned_numbers=owned, pool_short_codes=short_codes,
+        pool_alpha_senders=alpha, subaccounts=subaccounts, sent_final_rate=args.sent_final_rate,
+        list_lag_s=args.list_lag_ms / 1000.0, redact_bodies=args.redact_bodies,
     )
 
 

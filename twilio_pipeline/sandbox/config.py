@@ -9,6 +9,7 @@ from twilio_pipeline.sandbox.credentials import (
     SANDBOX_ACCOUNT_SID,
     SANDBOX_AUTH_TOKEN,
     SANDBOX_MESSAGING_SERVICE_SID,
+    SANDBOX_OWNED_NUMBERS,
     SANDBOX_POOL_NUMBERS,
 )
 
@@ -40,3 +41,11 @@ class SandboxConfig:
     messaging_service_sid: str = SANDBOX_MESSAGING_SERVICE_SID
     pool_numbers: tuple[str, ...] = field(default_factory=lambda: tuple(SANDBOX_POOL_NUMBERS))
     access_log: bool = True
+    # the account's own numbers besides the pool's (a From outside them and the pool is 21606)
+    owned_numbers: tuple[str, ...] = SANDBOX_OWNED_NUMBERS
+    pool_short_codes: tuple[str, ...] = ()
+    pool_alpha_senders: tuple[str, ...] = ()
+    subaccounts: tuple[tuple[str, str], ...] = ()  # (SID, auth token) each
+    sent_final_rate: float = 0.0
+    list_lag_s: float = 0.0  # on the sandbox clock (so POST /_sandbox/clock also ages it)
+    redact_bodies: bool = False

@@ -17,10 +17,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from twilio_pipeline.processes import pid_alive
 from twilio_pipeline.sandbox.credentials import (
     SANDBOX_ACCOUNT_SID,
     SANDBOX_AUTH_TOKEN,
@@ -64,10 +64,24 @@ class EmbeddedSandbox:
 
 
 def _alive(pid: int) -> bool:
+    """True while `pid` runs on this host; a zombie (exited, not reaped) counts as gone.
+
+    The sandbox's own check, not the pipeline's: the sandbox imports nothing outside itself."""
     child = _children.get(pid)
     if child is not None:
         return child.poll() is None
-    return pid_alive(pid)
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def _find(store: Path) -> EmbeddedSandbox | None:
@@ -132,17 +146,24 @@ def _start(data_dir: Path, store: Path, startup_timeout_s: float) -> EmbeddedSan
     raise SandboxError(f"the embedded sandbox did not answer within {startup_timeout_s} s: {_log_tail(log_path)}")
 
 
-def ensure_embedded_sandbox(data_dir: Path, startup_timeout_s: float = 30.0) -> EmbeddedSandbox:
-    """The running sandbox of `data_dir/sandbox/`, started (detached) when there is none."""
+def ensure_embedded_sandbox(data_dir: Path, startup_timeout_s: float = 30.0,
+                            senders: Iterable[str] = ()) -> EmbeddedSandbox:
+    """The running sandbox of `data_dir/sandbox/`, started (detached) when there is none.
+
+    `senders`: phone numbers the channel file sends from. The embedded sandbox plays the user's own
+    account, so it buys them (POST IncomingPhoneNumbers) and they send; any other From still gets 21606.
+    """
     data_dir = Path(data_dir).resolve()
     store = data_dir / STORE_DIR
     store.mkdir(parents=True, exist_ok=True)
     with (data_dir / START_LOCK).open("a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        found = _find(store)
-        if found is not None:
-            return found
-        return _start(data_dir, store, startup_timeout_s)
+        found = _find(store) or _start(data_dir, store, startup_timeout_s)
+    for number in dict.fromkeys(n for n in senders if n and n.startswith("+")):
+        admin_call(found.base_url, found.account_sid, found.auth_token, "POST",
+                   f"/2010-04-01/Accounts/{found.account_sid}/IncomingPhoneNumbers.json",
+                   form={"PhoneNumber": number}, timeout=30)
+    return found
 
 
 def stop_embedded_sandbox(data_dir: Path, timeout_s: float = 15.0) -> bool:

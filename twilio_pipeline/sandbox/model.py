@@ -22,8 +22,6 @@ from bisect import bisect_left, bisect_right, insort
 from collections.abc import Callable, Iterable
 from functools import lru_cache
 
-from twilio_pipeline.rules.keywords import keyword_class, normalise_keyword
-from twilio_pipeline.rules.segments import count_segments, smart_encode
 from twilio_pipeline.sandbox.config import SandboxConfig
 from twilio_pipeline.sandbox.errors import (
     DELIVERY_ERRORS,
@@ -32,10 +30,15 @@ from twilio_pipeline.sandbox.errors import (
     VALIDITY_EXPIRED_CODE,
     bad_request,
 )
+from twilio_pipeline.sandbox.rules import (
+    is_e164,
+    is_short_code,
+    keyword_action,
+    segment_count,
+    smart_encoded,
+)
 from twilio_pipeline.sandbox.timefmt import DAY_S, day_start, iso8601, iso_day, parse_instant, rfc2822
 
-E164 = re.compile(r"^\+[1-9]\d{6,14}$")
-SHORT_CODE = re.compile(r"^\d{5,6}$")
 SERVICE_SID = re.compile(r"^MG[0-9a-fA-F]{32}$")
 MESSAGE_SID = re.compile(r"^(SM|MM)[0-9a-fA-F]{32}$")
 _URL = re.compile(r"^https?://([A-Za-z0-9.-]+)(:\d{1,5})?(/\S*)?$")
@@ -88,19 +91,17 @@ def _pick(options: tuple | list, u: float):
     return options[min(int(u * len(options)), len(options) - 1)]
 
 
-@lru_cache(maxsize=4096)
-def _keyword_kind(body: str) -> str | None:
-    return keyword_class(normalise_keyword(body))
+_keyword_kind = lru_cache(maxsize=4096)(keyword_action)
 
 
 @lru_cache(maxsize=4096)
 def _short_segments(body: str) -> int:
-    return count_segments(body).segments
+    return segment_count(body)
 
 
 def _segments(body: str) -> int:
     """Segments of a body; short bodies (replies, keywords) repeat a lot, so they are cached."""
-    return _short_segments(body) if len(body) <= 160 else count_segments(body).segments
+    return _short_segments(body) if len(body) <= 160 else segment_count(body)
 
 
 _sid_random = random.Random(os.urandom(32))  # unique, not secret: seeded apart from --seed
@@ -115,11 +116,11 @@ class Msg:
 
     __slots__ = (
         "sid", "direction", "to", "frm", "pinned", "service_sid", "body", "media", "segments",
-        "created", "steps", "err", "key", "reply", "status_callback",
+        "created", "steps", "err", "key", "reply", "status_callback", "acct",
     )
 
     def __init__(self, sid, direction, to, frm, pinned, service_sid, body, media, segments,
-                 created, steps, err, key, reply=None, status_callback=None):
+                 created, steps, err, key, reply=None, status_callback=None, acct=None):
         self.sid = sid
         self.direction = direction
         self.to = to
@@ -135,6 +136,7 @@ class Msg:
         self.key = key
         self.reply = reply  # (time, body) of the recipient's reply, outbound only
         self.status_callback = status_callback
+        self.acct = acct  # the account that owns it; None: the main account
 
     def step_at(self, now: float) -> tuple[str, float]:
         current = self.steps[0]
@@ -151,24 +153,27 @@ class Msg:
             "pinned": self.pinned, "svc": self.service_sid, "body": self.body, "media": self.media,
             "seg": self.segments, "t0": self.created, "steps": self.steps,
             "err": self.err, "key": self.key, "reply": list(self.reply) if self.reply else None,
-            "cb": self.status_callback,
+            "cb": self.status_callback, **({"acct": self.acct} if self.acct else {}),
         }
 
     def inbound_row(self) -> list:
         """An inbound message as a compact row: bulk inbound is journaled as one record of rows."""
-        return [self.sid, self.to, self.frm, self.service_sid, self.body, self.segments, self.key]
+        row = [self.sid, self.to, self.frm, self.service_sid, self.body, self.segments, self.key]
+        return row + [self.acct] if self.acct else row
 
     @classmethod
     def from_inbound_row(cls, row: list) -> Msg:
-        sid, to, frm, service, body, seg, t = row
-        return cls(sid, "inbound", to, frm, True, service, body, [], seg, t, (("received", t),), None, t)
+        sid, to, frm, service, body, seg, t = row[:7]
+        acct = row[7] if len(row) > 7 else None
+        return cls(sid, "inbound", to, frm, True, service, body, [], seg, t, (("received", t),), None, t,
+                   acct=acct)
 
     @classmethod
     def from_record(cls, r: dict) -> Msg:
         return cls(
             r["sid"], r["dir"], r["to"], r["from"], r["pinned"], r["svc"], r["body"], r["media"],
             r["seg"], r["t0"], tuple((s, t) for s, t in r["steps"]), r["err"], r["key"],
-            tuple(r["reply"]) if r.get("reply") else None, r.get("cb"),
+            tuple(r["reply"]) if r.get("reply") else None, r.get("cb"), r.get("acct"),
         )
 
 
@@ -212,8 +217,28 @@ class Model:
         self.pool = tuple(config.pool_numbers)
         self.pool_set = frozenset(self.pool)
         self.service_sid = config.messaging_service_sid
+        self.short_codes = tuple(config.pool_short_codes)
+        self.alpha_senders = tuple(config.pool_alpha_senders)
+        self.service_senders = frozenset((*self.pool, *self.short_codes, *self.alpha_senders))
         self.started = time.time()
         self._clear()
+
+    def _set_numbers(self, bought: Iterable[str]) -> None:
+        """The account's phone numbers: the flag's (default +15005550006), the service's pool and any
+        bought since (POST IncomingPhoneNumbers); any other From is 21606, as on Twilio."""
+        self.bought = tuple(dict.fromkeys(bought))
+        self.owned_numbers = tuple(dict.fromkeys((*self.config.owned_numbers, *self.pool, *self.bought)))
+        self.senders = frozenset((*self.owned_numbers, *self.short_codes, *self.alpha_senders))
+
+    def provision_number(self, number: str | None) -> str:
+        """Buy a number for the account (idempotent here: a number already owned stays owned)."""
+        number = _phone(number)
+        if not number or not is_e164(number):
+            raise bad_request(21421, f"PhoneNumber is invalid: {number!r}")
+        if number not in self.owned_numbers:
+            self._set_numbers((*self.bought, number))
+            self.journal({"k": "own", "n": number})
+        return number
 
     # -- state -------------------------------------------------------------------------------
     def _clear(self) -> None:
@@ -223,11 +248,12 @@ class Model:
         self.idx_to: dict[str, list[tuple[float, str]]] = {}
         self.idx_from: dict[str, list[tuple[float, str]]] = {}
         self.created_by_to: dict[str, int] = {}
-        self.blocks: dict[tuple[str, str], tuple[float, bool]] = {}
+        self.blocks: dict[tuple[str | None, str, str], tuple[float, bool]] = {}
         self.pending_replies: list[tuple[float, str]] = []
         self.jobs: dict[str, Job] = {}
         self.day_files: dict[str, dict] = {}
         self.jobs_generated: set[str] = set()
+        self._set_numbers(())
 
     def now(self) -> float:
         return time.time() + self.clock_offset
@@ -260,6 +286,8 @@ class Model:
                 self.jobs[job.sid] = job
             elif kind == "job_del":
                 self.jobs.pop(r["sid"], None)
+            elif kind == "own":
+                self._set_numbers((*self.bought, r["n"]))
             elif kind == "reset":
                 self._clear()
                 bulk = []
@@ -272,6 +300,8 @@ class Model:
     def snapshot_records(self) -> Iterable[dict]:
         """Everything needed to rebuild the state, as records (for compaction)."""
         yield {"k": "clock", "offset": self.clock_offset}
+        for number in self.bought:
+            yield {"k": "own", "n": number}
         for job in self.jobs.values():
             yield job.record()
         rows: list[list] = []
@@ -341,23 +371,24 @@ class Model:
     # -- opt-outs ----------------------------------------------------------------------------
     def _block_keys(self, sender: str) -> list[str]:
         keys = [sender]
-        if sender in self.pool_set:
+        if sender in self.service_senders:
             keys.append(self.service_sid)
         return keys
 
     def _apply_keyword(self, m: Msg) -> None:
-        """An inbound STOP/START changes the block for its sender (and the service of a pool number)."""
+        """An inbound STOP/START changes the block for its sender (and the service of a pool sender),
+        in the account that received it."""
         kind = _keyword_kind(m.body)
         if kind not in ("opt_out", "opt_in"):
             return
         for key in self._block_keys(m.to):
-            previous = self.blocks.get((m.frm, key))
+            previous = self.blocks.get((m.acct, m.frm, key))
             if previous is None or previous[0] <= m.key:
-                self.blocks[(m.frm, key)] = (m.key, kind == "opt_out")
+                self.blocks[(m.acct, m.frm, key)] = (m.key, kind == "opt_out")
 
-    def is_blocked(self, to: str, keys: Iterable[str]) -> bool:
+    def is_blocked(self, to: str, keys: Iterable[str], acct: str | None = None) -> bool:
         for key in keys:
-            state = self.blocks.get((to, key))
+            state = self.blocks.get((acct, to, key))
             if state is not None and state[1]:
                 return True
         return False
@@ -381,13 +412,15 @@ class Model:
                 continue
             body = m.reply[1]
             seg = _segments(body) or 1
-            service = self.service_sid if m.frm in self.pool_set else None
+            service = self.service_sid if m.frm in self.service_senders else None
             self._add(Msg(reply_sid, "inbound", m.frm, m.to, True, service, body, [], seg, t,
-                          (("received", t),), None, t))
+                          (("received", t),), None, t, acct=m.acct))
 
     # -- Messages: create --------------------------------------------------------------------
-    def create_message(self, form: dict[str, list[str]]) -> Msg:
-        """Validate a create request as Twilio does and plan the new message's lifecycle."""
+    def create_message(self, form: dict[str, list[str]], acct: str | None = None) -> Msg:
+        """Validate a create request as Twilio does and plan the new message's lifecycle.
+
+        `acct`: the subaccount that sends (None: the main account)."""
         cfg = self.config
 
         def first(name: str) -> str | None:
@@ -411,15 +444,18 @@ class Model:
             if frm in MAGIC_FROM:
                 code, text = MAGIC_FROM[frm]
                 raise bad_request(code, text.format(frm=frm))
-            if not (E164.match(frm) or SHORT_CODE.match(frm)):
+            if not (is_e164(frm) or is_short_code(frm) or frm in self.alpha_senders):
                 raise bad_request(21212, f"The 'From' number {frm} is not a valid phone number, shortcode, or alphanumeric sender ID.")
         if to in MAGIC_TO:
             code, text = MAGIC_TO[to]
             raise bad_request(code, text.format(to=to))
-        if not E164.match(to):
+        if not is_e164(to):
             raise bad_request(21211, f"The 'To' number {to} is not a valid phone number.")
         if frm and to == frm:
             raise bad_request(21266, f"'To' and 'From' number cannot be the same: {to}")
+        if frm and frm not in self.senders:  # a From this account does not own
+            code, text = MAGIC_FROM["+15005550007"]
+            raise bad_request(code, text.format(frm=frm))
         if not body and not media:
             raise bad_request(21602, "Message body is required.")
         body = body or ""
@@ -455,23 +491,23 @@ class Model:
             if not SCHEDULE_MIN_S <= send_at - now <= SCHEDULE_MAX_S:
                 raise bad_request(35114, "SendAt time must be between 300 seconds and 35 days (3024000 seconds) in the future, inclusive.")
         if first("SmartEncoded") in ("true", "True", "1"):
-            body = smart_encode(body)
+            body = smart_encoded(body)
 
         sender = frm or self.pool[int(hashlib.md5(to.encode()).hexdigest(), 16) % len(self.pool)]
         keys = [service] if service and not frm else self._block_keys(sender)
         if service and frm and service not in keys:
             keys.append(service)
         self.settle(now)
-        if self.is_blocked(to, keys):
+        if self.is_blocked(to, keys, acct):
             raise bad_request(21610, "Attempt to send to unsubscribed recipient")
 
-        seg = count_segments(body).segments or (1 if media else 0)
+        seg = segment_count(body) or (1 if media else 0)
         n = self.created_by_to.get(to, 0)
         u = _uniforms(cfg.seed, to, n)
         steps, err, key, reply = self._plan(now, bool(service), send_at, validity_s, u)
         sid = _new_sid("MM" if media else "SM")
         m = Msg(sid, "outbound-api", to, sender, bool(frm), service, body, media, seg, now,
-                steps, err, key, reply, callback)
+                steps, err, key, reply, callback, acct)
         self._add(m)
         if reply:
             heapq.heappush(self.pending_replies, (reply[0], sid))
@@ -505,6 +541,8 @@ class Model:
             steps.append(("undelivered", t_sent + d))
             return tuple(steps), _pick(UNDELIVERED_CODES, u[1]), t_sent, None
         t_delivered = t_sent + d
+        if u[6] < cfg.sent_final_rate:
+            return tuple(steps), None, t_sent, None  # the carrier never sends a receipt
         steps.append(("delivered", t_delivered))
         reply = None
         if u[2] < cfg.reply_rate:
@@ -516,7 +554,7 @@ class Model:
 
     # -- Messages: inbound -------------------------------------------------------------------
     def inbound_message(self, frm: str | None, to: str | None, body: str | None,
-                        date_sent: str | None, now: float) -> Msg:
+                        date_sent: str | None, now: float, acct: str | None = None) -> Msg:
         frm, to = _phone(frm), _phone(to)
         if not frm:
             raise bad_request(21603, "A 'From' phone number is required.")
@@ -531,11 +569,11 @@ class Model:
             if t > now + 1.0:
                 raise bad_request(20001, "DateSent cannot be in the future of the sandbox clock")
         body = body or ""
-        service = self.service_sid if to in self.pool_set else None
+        service = self.service_sid if to in self.service_senders else None
         return Msg(_new_sid("SM"), "inbound", to, frm, True, service, body, [], _segments(body) or 1, t,
-                   (("received", t),), None, t)
+                   (("received", t),), None, t, acct=acct)
 
-    def inject_inbound(self, items: list[dict]) -> list[Msg]:
+    def inject_inbound(self, items: list[dict], acct: str | None = None) -> list[Msg]:
         """Inbound messages as if recipients had texted the account (one, or a bulk of many)."""
         now = self.now()
         self.settle(now)
@@ -546,6 +584,7 @@ class Model:
             msgs.append(self.inbound_message(
                 item.get("From") or item.get("from"), item.get("To") or item.get("to"),
                 item.get("Body") or item.get("body"), item.get("DateSent") or item.get("date_sent"), now,
+                acct,
             ))
         if len(msgs) == 1:
             self._add(msgs[0])
@@ -557,7 +596,7 @@ class Model:
     def message_json(self, m: Msg, now: float, initial: bool = False) -> dict:
         """The Message resource at `now`; `initial`: as the create response shows it (first status)."""
         status, t_status = m.steps[0] if initial else m.step_at(now)
-        acct = self.config.account_sid
+        acct = m.acct or self.config.account_sid
         hidden = m.direction != "inbound" and not m.pinned and status in _HIDDEN_SENDER
         sent = m.key <= now and not initial
         uri = f"/2010-04-01/Accounts/{acct}/Messages/{m.sid}"
@@ -565,7 +604,7 @@ class Model:
         return {
             "account_sid": acct,
             "api_version": "2010-04-01",
-            "body": m.body,
+            "body": self._shown_body(m, initial),
             "date_created": rfc2822(m.created),
             "date_sent": rfc2822(m.key) if sent else None,
             "date_updated": rfc2822(t_status),
@@ -585,17 +624,24 @@ class Model:
             "uri": uri + ".json",
         }
 
+    def _shown_body(self, m: Msg, initial: bool = False) -> str:
+        """With --redact-bodies an outbound body reads as "" once sent on (Twilio's Message Redaction:
+        the create response still echoes it; listings, fetches and exports do not)."""
+        if self.config.redact_bodies and not initial and m.direction != "inbound":
+            return ""
+        return m.body
+
     def export_record(self, m: Msg, now: float) -> dict:
         """A message as a Bulk Export day file writes it: ISO 8601 dates, no URIs or price unit."""
         status, t_status = m.step_at(now)
         sent = m.key <= now
         return {
             "sid": m.sid,
-            "account_sid": self.config.account_sid,
+            "account_sid": m.acct or self.config.account_sid,
             "messaging_service_sid": m.service_sid,
             "from": m.frm,
             "to": m.to,
-            "body": m.body,
+            "body": self._shown_body(m),
             "status": status,
             "direction": m.direction,
             "num_segments": str(m.segments),
@@ -612,6 +658,7 @@ class Model:
         status, t_status = m.step_at(now)
         return {
             "sid": m.sid,
+            "account_sid": m.acct or self.config.account_sid,
             "direction": m.direction,
             "to": m.to,
             "from": m.frm,
@@ -626,12 +673,13 @@ class Model:
         }
 
     def list_messages(self, to: str | None, frm: str | None, lo: float, hi: float,
-                      date_filtered: bool, page_size: int, token: str | None, now: float
-                      ) -> tuple[list[Msg], bool, bool]:
-        """One page, newest date_sent first: (messages, more after it, more before it).
+                      date_filtered: bool, page_size: int, token: str | None, now: float,
+                      acct: str | None = None) -> tuple[list[Msg], bool, bool]:
+        """One page of `acct`'s messages, newest date_sent first: (messages, more after it, more before it).
 
         A PageToken is `PA<sid>` (the page after that message) or `PB<sid>` (the page before),
-        so a page never shifts when messages arrive while a client is paging.
+        so a page never shifts when messages arrive while a client is paging. With --list-lag-ms
+        an outbound message is left out until it is that old on the sandbox clock.
         """
         if to is not None:
             lst = self.idx_to.get(to, [])
@@ -640,6 +688,15 @@ class Model:
         else:
             lst = self.idx_all
         check_from = frm is not None and to is not None
+        lag = self.config.list_lag_s
+        if check_from or lag > 0 or self.config.subaccounts:
+            born_by = now - lag
+
+            def keep(m: Msg) -> bool:
+                return (m.acct == acct and (not check_from or m.frm == frm)
+                        and (m.direction == "inbound" or m.created <= born_by))
+        else:
+            keep = None
         if date_filtered:
             hi = min(hi, math.nextafter(now, math.inf))
         top = bisect_left(lst, (hi,)) if hi != math.inf else len(lst)
@@ -660,7 +717,7 @@ class Model:
             i = top - 1
             while i >= bottom and len(out) <= page_size:
                 m = messages[lst[i][1]]
-                if not check_from or m.frm == frm:
+                if keep is None or keep(m):
                     out.append(m)
                 i -= 1
             more_after = len(out) > page_size
@@ -668,7 +725,7 @@ class Model:
         i = bottom
         while i < top and len(out) <= page_size:
             m = messages[lst[i][1]]
-            if not check_from or m.frm == frm:
+            if keep is None or keep(m):
                 out.append(m)
             i += 1
         more_before = len(out) > page_size
@@ -730,7 +787,9 @@ class Model:
         lo = day_start(day)
         hi = min(lo + DAY_S, math.nextafter(now, math.inf))
         lst = self.idx_all
-        return [self.messages[sid] for _, sid in lst[bisect_left(lst, (lo,)):bisect_left(lst, (hi,))]]
+        # Bulk Exports serve the main account only: a subaccount's messages never leak into them
+        return [m for m in (self.messages[sid] for _, sid in lst[bisect_left(lst, (lo,)):bisect_left(lst, (hi,))])
+                if m.acct is None]
 
     def _write_day(self, day: str, job: Job, now: float) -> None:
         msgs = self._day_messages(day, now)

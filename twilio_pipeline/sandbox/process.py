@@ -24,7 +24,6 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlencode
 
-import twilio_pipeline
 from twilio_pipeline.sandbox.credentials import (
     SANDBOX_ACCOUNT_SID,
     SANDBOX_AUTH_TOKEN,
@@ -32,7 +31,7 @@ from twilio_pipeline.sandbox.credentials import (
     SANDBOX_POOL_NUMBERS,
 )
 
-_PACKAGE_ROOT = str(Path(twilio_pipeline.__file__).resolve().parent.parent)
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # the directory holding twilio_pipeline/
 
 
 def child_environment() -> dict[str, str]:
@@ -51,6 +50,10 @@ def flag_arguments(flags: dict[str, object]) -> list[str]:
         if value is None:
             continue
         name = "--" + key.replace("_", "-")
+        if key == "subaccount":  # repeatable: SID:TOKEN strings or (SID, TOKEN) pairs
+            for item in [value] if isinstance(value, str) else value:
+                args.extend([name, item if isinstance(item, str) else ":".join(item)])
+            continue
         if isinstance(value, bool):
             if key == "access_log":
                 if not value:
@@ -213,7 +216,7 @@ class SandboxProcess:
 
     def messages(self, to: str | None = None, direction: str | None = None) -> list[dict]:
         query = urlencode({k: v for k, v in (("To", to), ("direction", direction)) if v})
-        return self.request("GET", "/_sandbox/messages" + (f"?{query}" if query else ""))["messages"]
+        return self.request("GET", "/_sandbox/messages" + (f"?{query}" if query else ""))
 
     def inbound(self, from_: str, to: str, body: str, date_sent: str | None = None) -> dict:
         """Inject one inbound message (optionally back-dated, ISO 8601); its Message resource."""

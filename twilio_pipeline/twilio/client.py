@@ -456,6 +456,32 @@ class TwilioClient:
                 )
             url, query = nxt_url, None
 
+    def _iter_2010_list(self, path: str, key: str, params: dict[str, str]) -> Iterator[dict]:
+        """Every item of a 2010-04-01 account list, following next_page_uri."""
+        url: str | None = f"{self._account_path}/{path}"
+        query: dict[str, str] | None = {**params, "PageSize": str(MAX_PAGE_SIZE)}
+        while url:
+            data = self._get_json(url, query, require_list=key)
+            yield from (item for item in data[key] if isinstance(item, dict))
+            nxt = data.get("next_page_uri")
+            if not nxt or not isinstance(nxt, str):
+                return
+            nxt_url = self._rebase(self._api, nxt)
+            if nxt_url == url:
+                raise MalformedResponse(
+                    "Twilio returned the same next_page_uri as the current page", method="GET", url=self._show(url)
+                )
+            url, query = nxt_url, None
+
+    def owns_sender(self, sender: str) -> bool:
+        """Whether the account holds `sender`: an IncomingPhoneNumber, or (5-6 digits) one of its SMS
+        ShortCodes. Filtered by Twilio, so one small page whatever the account's size."""
+        if sender.isdigit():
+            items = self._iter_2010_list("SMS/ShortCodes.json", "short_codes", {"ShortCode": sender})
+            return any(item.get("short_code") == sender for item in items)
+        items = self._iter_2010_list("IncomingPhoneNumbers.json", "incoming_phone_numbers", {"PhoneNumber": sender})
+        return any(item.get("phone_number") == sender for item in items)
+
     def list_service_phone_numbers(self, service_sid: str) -> list[str]:
         """E.164 numbers in a Messaging Service's sender pool (all pages)."""
         url = f"{self._messaging}/v1/Services/{quote(service_sid, safe='')}/PhoneNumbers"

@@ -371,23 +371,59 @@ def test_each_observed_state_is_stored_once(sqlite_db, slow_server, log):
     assert count(db, db.tables.message_ids) == 0
 
 
-def test_expired_closes_sids_that_never_finish(db, slow_server, log):
+def test_expired_closes_sids_still_queued_an_hour_after_their_validity(db, slow_server, log):
     sb = slow_server
     sb.reset()
     with make_client(sb) as client:
         channel = make_channel(validity_period_s=60)
         send_execution(db, client, channel, 1, numbers(5))
         now = sandbox_now(sb)
-        early = sync_channel(db, client, channel, log=log, now=now)
-        assert early.fetch.fetched == 5 and early.fetch.expired == 0
+        early = sync_channel(db, client, channel, log=log, now=now + timedelta(seconds=120))
+        assert early.fetch.fetched == 5 and early.fetch.expired == 0  # past validity, within the hour
         assert count(db, db.tables.message_ids) == 5
-        late = sync_channel(db, client, channel, log=log, now=now + timedelta(seconds=120))
+        late = sync_channel(db, client, channel, log=log, now=now + timedelta(seconds=60 + 3600 + 60))
         assert late.fetch.expired == 5
         assert count(db, db.tables.message_ids) == 0
         results = inbound_results(db, 1)
         assert results == {"Status:queued": 5, "Expired": 5}
         assert db.read_results(1)["Sent"] == 5
-        assert sync_channel(db, client, channel, log=log, now=now + timedelta(seconds=180)).execution_ids == []
+        later = now + timedelta(seconds=60 + 3600 + 120)
+        assert sync_channel(db, client, channel, log=log, now=later).execution_ids == []
+
+
+def test_a_message_left_sent_is_read_until_the_horizon_and_stays_sent(db, log, tmp_path):
+    """Carriers often send no receipt: `sent` may be final, so it is never reported Expired."""
+    with SandboxProcess(tmp_path / "sent-final", status_delay_ms=1000, sent_final_rate=1,
+                        access_log=False) as sb, make_client(sb) as client:
+        channel = make_channel(validity_period_s=60, status_horizon_hours=72)
+        send_execution(db, client, channel, 1, numbers(4))
+        sb.advance_clock(5)
+        first = sync_channel(db, client, channel, log=log, now=sandbox_now(sb))
+        assert first.fetch.expired == 0 and inbound_results(db, 1) == {"Status:sent": 4, "Expired": 0}
+        sb.advance_clock(11 * 3600)  # well past the validity period: still read, not Expired
+        kept = sync_channel(db, client, channel, log=log, now=sandbox_now(sb))
+        assert kept.execution_ids == [1] and kept.fetch.expired == 0 and kept.fetch.closed_sent == 0
+        assert count(db, db.tables.message_ids) == 4
+        sb.advance_clock(72 * 3600)  # the horizon: closed as Sent, no longer read
+        closed = sync_channel(db, client, channel, log=log, now=sandbox_now(sb))
+        assert closed.fetch.expired == 0 and closed.fetch.closed_sent == 4
+        assert count(db, db.tables.message_ids) == 0
+        assert inbound_results(db, 1) == {"Status:sent": 4, "Expired": 0}
+        assert {state for _, _, state, _, _ in state_rows(db, 1)} == {"Queued", "Sent"}
+        assert sync_channel(db, client, channel, log=log, now=sandbox_now(sb)).execution_ids == []
+
+
+def test_closing_state_rules():
+    from twilio_pipeline.rules.states import closing_state
+
+    hour, validity, horizon = 3600, 36000, 72 * 3600
+    assert closing_state("sent", validity + 2 * hour, validity, horizon) is None
+    assert closing_state("sent", horizon, validity, horizon) == "Sent"
+    for held in ("accepted", "scheduled", "queued", "sending", None):
+        assert closing_state(held, validity + hour - 1, validity, horizon) is None
+        assert closing_state(held, validity + hour, validity, horizon) == "Expired"
+    assert closing_state("partially_delivered", horizon, validity, horizon) == "Expired"
+    assert closing_state("delivered", horizon * 2, validity, horizon) is None
 
 
 def test_messaging_service_sync_lists_the_pool(sqlite_db, sb, client, log):
@@ -446,3 +482,26 @@ def test_real_outbound_send_then_sync(db, lossy_server, log):
         assert sync_channel(db, client, channel, log=log, now=sandbox_now(sb)).execution_ids == []
         assert state_rows(db, 7) == rows
     assert_unique_states(db)
+
+
+def test_a_short_code_channel_sync_warns_that_short_codes_get_no_states(sqlite_db, log, tmp_path):
+    """The guide's limitation 7: no delivery states for short codes (beta) - said, not left silent."""
+    with SandboxProcess(tmp_path / "short-code", pool_short_codes="24680", status_delay_ms=50,
+                        access_log=False) as sb, make_client(sb) as client:
+        channel = make_channel("Short", from_number="24680")
+        send_execution(sqlite_db, client, channel, 1, numbers(2))
+        sync_channel(sqlite_db, client, channel, log=log, now=sandbox_now(sb))
+    assert any("short code 24680" in w and "limitation 7" in w for w in log.warnings), log.warnings
+
+
+def test_the_past_validity_check_counts_only_what_twilio_still_holds(sqlite_db, sb, client):
+    """A `sent` SID tracked past its validity is expected (read until the horizon); a queued one is not."""
+    from twilio_pipeline import quality
+    from twilio_pipeline.db import utcnow
+
+    send_execution(sqlite_db, client, make_channel(validity_period_s=60), 1, numbers(2))
+    ids = sqlite_db.tables.message_ids
+    with sqlite_db.begin() as conn:
+        conn.execute(ids.update().values(SentAt=utcnow() - timedelta(hours=2), LastStatus="queued"))
+        conn.execute(ids.update().where(ids.c.RPContactID == 1).values(LastStatus="sent"))
+    assert quality.tracked_past_validity(sqlite_db, 1, 60) == 1

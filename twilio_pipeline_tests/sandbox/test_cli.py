@@ -38,12 +38,33 @@ def test_credentials_come_from_flags_then_environment_then_sandbox_defaults():
 @pytest.mark.parametrize(
     "argv",
     [["--account-sid", "nope"], ["--api-key-sid", "SK" + "1" * 32], ["--pool-numbers", "abc"],
-     ["--failed-rate", "0.7", "--undelivered-rate", "0.7"], ["--messaging-service-sid", "MG1"]],
+     ["--failed-rate", "0.7", "--undelivered-rate", "0.7"], ["--messaging-service-sid", "MG1"],
+     ["--owned-numbers", "+1555"], ["--pool-short-codes", "1234"], ["--pool-alpha-senders", "TOO LONG NAME"],
+     ["--subaccount", f"{SANDBOX_ACCOUNT_SID}:token"]],
 )
 def test_bad_values_exit_2_with_one_line(argv, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("twilio-pipeline sandbox: ")
+
+
+def test_second_round_flags_and_defaults():
+    parse = build_parser().parse_args
+    config = config_from_args(parse([]), environ={})
+    assert config.owned_numbers == ("+15005550006",)
+    assert (config.pool_short_codes, config.pool_alpha_senders, config.subaccounts) == ((), (), ())
+    assert (config.sent_final_rate, config.list_lag_s, config.redact_bodies) == (0, 0, False)
+    sub1, sub2 = "AC" + "1" * 32, "AC" + "2" * 32
+    config = config_from_args(parse([
+        "--owned-numbers", "+15017120001, +15017120002", "--pool-short-codes", "24680",
+        "--pool-alpha-senders", "ACME,Acme Shop", "--subaccount", f"{sub1}:t1", "--subaccount", f"{sub2}:t2",
+        "--sent-final-rate", "0.25", "--list-lag-ms", "1500", "--redact-bodies"]), environ={})
+    assert config.owned_numbers == ("+15017120001", "+15017120002")
+    assert (config.pool_short_codes, config.pool_alpha_senders) == (("24680",), ("ACME", "Acme Shop"))
+    assert config.subaccounts == ((sub1, "t1"), (sub2, "t2"))
+    assert (config.sent_final_rate, config.list_lag_s, config.redact_bodies) == (0.25, 1.5, True)
+    with pytest.raises(SystemExit):
+        parse(["--subaccount", "not-a-pair"])
 
 
 def test_rates_are_checked_by_the_parser():

@@ -101,3 +101,25 @@ def test_a_stale_server_file_is_replaced(data_dir):
     sandbox = ensure_embedded_sandbox(data_dir)
     assert sandbox.pid != 999_999
     assert json.loads((store / "server.json").read_text())["pid"] == sandbox.pid
+
+
+def test_the_channel_files_numbers_are_the_embedded_accounts_own(data_dir):
+    """Sandbox mode plays the user's account: its channel numbers send, any other From is 21606."""
+    number = "+15017129999"
+    sandbox = ensure_embedded_sandbox(data_dir)
+    auth = (sandbox.account_sid, sandbox.auth_token)
+
+    def url(sb, resource: str = "Messages") -> str:
+        return f"{sb.base_url}/2010-04-01/Accounts/{sb.account_sid}/{resource}.json"
+
+    def create(sb) -> requests.Response:
+        return requests.post(url(sb), auth=auth, data={"To": "+15559000002", "From": number, "Body": "x"}, timeout=10)
+
+    assert create(sandbox).json()["code"] == 21606
+    assert ensure_embedded_sandbox(data_dir, senders=[number, "24680"]) == sandbox
+    assert create(sandbox).status_code == 201
+    listed = requests.get(url(sandbox, "IncomingPhoneNumbers"), auth=auth, timeout=10).json()
+    assert number in [n["phone_number"] for n in listed["incoming_phone_numbers"]]
+    stop_embedded_sandbox(data_dir)  # bought numbers survive a restart
+    again = ensure_embedded_sandbox(data_dir)
+    assert again.pid != sandbox.pid and create(again).status_code == 201

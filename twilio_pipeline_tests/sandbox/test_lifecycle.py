@@ -119,13 +119,14 @@ def test_scheduled_messages(stepped: TwilioHTTP):
 def test_stop_blocks_the_sender_until_start(api: TwilioHTTP):
     recipient = "+15554500001"
     api.send(recipient)
-    api.sandbox.inbound(recipient, SENDER, "Stop.")
+    api.sandbox.inbound(recipient, SENDER, " Stop\n")  # the whole body, trimmed, any case
     assert_error(api.create(To=recipient, From=SENDER, Body="x"), 400, 21610)
     # only for that sender
-    api.send(recipient, frm="+15554599999")
-    # a multi-word message is not a keyword
-    api.sandbox.inbound("+15554500002", SENDER, "STOP please")
-    api.send("+15554500002")
+    api.send(recipient, frm=SANDBOX_POOL_NUMBERS[0])
+    # a multi-word message is not a keyword, nor one with punctuation (Twilio documents no stripping)
+    for text in ("STOP please", "please cancel", "stop."):
+        api.sandbox.inbound("+15554500002", SENDER, text)
+        api.send("+15554500002")
     api.sandbox.inbound(recipient, SENDER, "start")
     api.send(recipient)
     for word in ("unsubscribe", "CANCEL", "end", "quit", "Revoke", "OPTOUT", "stopall"):

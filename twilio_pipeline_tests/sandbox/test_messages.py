@@ -86,8 +86,10 @@ def test_send_through_the_messaging_service(api: TwilioHTTP):
     assert via_from["messaging_service_sid"] == SANDBOX_MESSAGING_SERVICE_SID
 
 
-def test_short_code_sender_is_accepted(api: TwilioHTTP):
+def test_a_short_code_of_the_account_sends_and_any_other_gets_21606(make_sandbox):
+    api = TwilioHTTP(make_sandbox(pool_short_codes="12345", status_delay_ms=0))
     assert api.send("+15551230006", frm="12345")["from"] == "12345"
+    assert_error(api.create(To="+15551230006", From="54321", Body="x"), 400, 21606)
 
 
 @pytest.mark.parametrize(
@@ -185,13 +187,13 @@ def test_incoming_phone_numbers_and_account(api: TwilioHTTP):
     assert page.status_code == 200, page.text
     body = page.json()
     assert len(body["incoming_phone_numbers"]) == 1
-    assert body["incoming_phone_numbers"][0]["phone_number"] == SANDBOX_POOL_NUMBERS[0]
+    assert body["incoming_phone_numbers"][0]["phone_number"] == SENDER
     assert body["next_page_uri"]
     numbers = [body["incoming_phone_numbers"][0]["phone_number"]]
     while body["next_page_uri"]:
         body = api.get(body["next_page_uri"]).json()
         numbers += [n["phone_number"] for n in body["incoming_phone_numbers"]]
-    assert numbers == list(SANDBOX_POOL_NUMBERS)
+    assert numbers == [SENDER, *SANDBOX_POOL_NUMBERS]
     account = api.get(f"/2010-04-01/Accounts/{api.account}.json").json()
     assert account["sid"] == api.account and account["status"] == "active"
 

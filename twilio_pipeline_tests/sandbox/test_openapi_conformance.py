@@ -196,6 +196,25 @@ def test_messaging_v1_responses(specs, instant_sandbox):
     check.validate_error(http.get(f"/v1/Services/MG{'0' * 31}1"), 404, 20404)
 
 
+def test_short_codes_and_alpha_senders_responses(specs, make_sandbox):
+    check = Conformance(specs)
+    http = TwilioHTTP(make_sandbox("pools", pool_short_codes="24680,135791", pool_alpha_senders="ACME"))
+    svc = SANDBOX_MESSAGING_SERVICE_SID
+    codes = check.validate("messaging", "/v1/Services/{ServiceSid}/ShortCodes", "get",
+                           http.get(f"/v1/Services/{svc}/ShortCodes", params={"PageSize": 1}), 200)
+    check.validate("messaging", "/v1/Services/{ServiceSid}/ShortCodes", "get", http.get(codes["meta"]["next_page_url"]), 200)
+    check.validate("messaging", "/v1/Services/{ServiceSid}/ShortCodes/{Sid}", "get",
+                   http.get(f"/v1/Services/{svc}/ShortCodes/{codes['short_codes'][0]['sid']}"), 200)
+    alpha = check.validate("messaging", "/v1/Services/{ServiceSid}/AlphaSenders", "get",
+                           http.get(f"/v1/Services/{svc}/AlphaSenders"), 200)
+    check.validate("messaging", "/v1/Services/{ServiceSid}/AlphaSenders/{Sid}", "get",
+                   http.get(f"/v1/Services/{svc}/AlphaSenders/{alpha['alpha_senders'][0]['sid']}"), 200)
+    account = check.validate("api", "/2010-04-01/Accounts/{AccountSid}/SMS/ShortCodes.json", "get",
+                             http.get(f"/2010-04-01/Accounts/{http.account}/SMS/ShortCodes.json"), 200)
+    assert [c["short_code"] for c in account["short_codes"]] == ["24680", "135791"]
+    assert len(check.checked) == 6
+
+
 def test_bulk_exports_responses(specs, stepped: TwilioHTTP):
     check = Conformance(specs)
     http = stepped
