@@ -1,0 +1,216 @@
+"""The automation as deployed: sensors read the database URL from the environment, a failed tick loses no
+sync, executions that cannot be sent say why, and a fresh production deployment starts nothing on its own."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from datetime import timedelta
+
+import dagster as dg
+import pytest
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+from twilio_pipeline.audience import create_execution
+from twilio_pipeline.db import Database, utcnow
+from twilio_pipeline.definitions import defs
+from twilio_pipeline.defs.inbound import INBOUND_ASSETS
+from twilio_pipeline.defs.outbound import OUTBOUND_ASSETS
+from twilio_pipeline.defs.partitions import CHANNEL_TAG, EXECUTION_TAG, execution_partitions
+from twilio_pipeline.defs.resources import DatabaseResource, build_resources
+from twilio_pipeline.defs.sensors import execution_sync_chain, queue_listener, sync_batches
+from twilio_pipeline.outbound.execution import read_execution
+from twilio_pipeline.settings import SettingsError, automation_on, project_root
+
+CHANNEL = "Demo SMS Channel"
+CHANNELS_YAML = f"""channels:
+  - name: {CHANNEL}
+    from_number: "+15005550006"
+"""
+CONTACT = (1, "+14155550100", None)
+
+
+@pytest.fixture
+def env_resources(db_url, tmp_path, monkeypatch):
+    """The code location's own resources, built as definitions.py builds them, with the database URL,
+    the table prefix and the channel file taken from the environment."""
+    channels = tmp_path / "channels.yaml"
+    channels.write_text(CHANNELS_YAML)
+    prefix = f"w{uuid.uuid4().hex[:6]}_"
+    monkeypatch.setenv("TWILIO_PIPELINE_DATABASE_URL", db_url)
+    monkeypatch.setenv("TWILIO_PIPELINE_TABLE_PREFIX", prefix)
+    monkeypatch.setenv("TWILIO_PIPELINE_CHANNELS", str(channels))
+    monkeypatch.setenv("TWILIO_PIPELINE_DATA_DIR", str(tmp_path / "data"))
+    resources = build_resources()
+    assert isinstance(resources["database"].url, dg.EnvVar)  # what the sensor used to receive unresolved
+    db = Database(db_url, prefix=prefix)
+    yield resources, db
+    db.dispose()
+
+
+def _tick(sensor, instance, resources, cursor=None):
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
+        return sensor(context)
+
+
+def _track(db: Database, execution_id: int, n: int = 1) -> None:
+    """Messages of the execution still tracked in Twilio_MessageIDs: the execution has something to sync."""
+    with db.begin() as conn:
+        for i in range(n):
+            conn.execute(db.tables.message_ids.insert().values(
+                MessageID=f"SM{execution_id:08d}{i:024d}", RPContactID=i + 1, ChannelExecutionID=execution_id,
+                Sender="+15005550006", ToNumber=CONTACT[1], SentAt=utcnow(), LastStatus="sent"))
+
+
+def _channel_sync_succeeded(instance) -> dg.DagsterRun:
+    return instance.create_run_for_job(defs.resolve_job_def("channel_sync_job"), status=dg.DagsterRunStatus.SUCCESS)
+
+
+def test_sync_chain_reads_the_database_url_from_the_environment_and_catches_up_after_a_failed_tick(
+        env_resources, monkeypatch):
+    resources, db = env_resources
+    for eid in (5, 6, 7):
+        create_execution(db, eid, CHANNEL, "hi", [CONTACT], status="sent")
+    _track(db, 5)
+    _track(db, 7)
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(execution_partitions.name, ["5", "6", "7"])
+        _channel_sync_succeeded(instance)
+
+        # The tick after the channel sync fails (the database is unreachable for a moment) ...
+        good_url = os.environ["TWILIO_PIPELINE_DATABASE_URL"]
+        monkeypatch.setenv("TWILIO_PIPELINE_DATABASE_URL", "not a database url")
+        with pytest.raises(Exception, match="SQLAlchemy URL"):
+            _tick(execution_sync_chain, instance, build_resources())
+        # ... and the next one (same cursor: the failed tick stored none) still requests the missed syncs.
+        monkeypatch.setenv("TWILIO_PIPELINE_DATABASE_URL", good_url)
+        result = _tick(execution_sync_chain, instance, resources)
+        assert sorted(r.partition_key for r in result.run_requests) == ["5", "7"]
+        assert all(r.tags[EXECUTION_TAG] == r.partition_key and r.tags[CHANNEL_TAG] == CHANNEL
+                   for r in result.run_requests)
+
+        # Nothing new since: the next tick requests nothing.
+        again = _tick(execution_sync_chain, instance, resources, cursor=result.cursor)
+        assert not again.run_requests if isinstance(again, dg.SensorResult) else isinstance(again, dg.SkipReason)
+
+        # The next channel sync: the database decides again (7 has been synced meanwhile, 6 has messages now).
+        with db.begin() as conn:
+            conn.execute(db.tables.message_ids.delete().where(db.tables.message_ids.c.ChannelExecutionID == 7))
+        _track(db, 6)
+        _channel_sync_succeeded(instance)
+        later = _tick(execution_sync_chain, instance, resources, cursor=result.cursor)
+        assert len(later.run_requests) == 1  # 5 and 6 are neighbours: one run covers both
+        request = later.run_requests[0]
+        assert (request.tags[ASSET_PARTITION_RANGE_START_TAG], request.tags[ASSET_PARTITION_RANGE_END_TAG]) == ("5", "6")
+        assert request.tags[CHANNEL_TAG] == CHANNEL
+
+
+def test_sync_batches_cover_neighbours_only_ten_at_most_one_channel_each():
+    keys = [str(i) for i in range(1, 26)] + ["-1", "-2"]
+    eligible = {i: "A" for i in range(1, 24) if i != 4} | {24: "B", -1: "A", -2: "A"}
+    batches = sync_batches(keys, eligible)
+    assert batches == [[1, 2, 3], [5, 6, 7, 8, 9, 10, 11, 12, 13, 14], [15, 16, 17, 18, 19, 20, 21, 22, 23],
+                       [24], [-1, -2]]
+
+
+def test_queue_listener_reads_the_database_url_from_the_environment(env_resources):
+    resources, db = env_resources
+    create_execution(db, 1, CHANNEL, "hi", [CONTACT])
+    with dg.instance_for_test() as instance:
+        result = _tick(queue_listener, instance, resources)
+    assert [r.partition_key for r in result.run_requests] == ["1"]
+
+
+def test_an_execution_that_cannot_be_sent_is_failed_with_the_reason_and_the_listener_says_so(env_resources):
+    resources, db = env_resources
+    create_execution(db, 12, CHANNEL, "hi", [])  # no recipients
+    create_execution(db, 13, CHANNEL, "later", [CONTACT], send_after=utcnow() + timedelta(hours=2))
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(execution_partitions.name, ["12"])
+        result = dg.materialize(OUTBOUND_ASSETS, partition_key="12", instance=instance,
+                                resources=resources, raise_on_error=False)
+        assert not result.success
+        row = read_execution(db, 12)
+        assert row.status == "failed"
+        assert "no recipients" in row.status_reason
+
+        skip = _tick(queue_listener, instance, resources)
+    assert isinstance(skip, dg.SkipReason)
+    message = skip.skip_message
+    assert "waiting for SendAfter until " in message and ": 1 execution" in message
+    assert "1 execution failed: 12 (execution 12 has no recipients" in message
+    assert "already has a run" not in message
+
+
+def test_a_bad_execution_in_a_multi_partition_sync_run_is_recorded_and_skipped(env_resources):
+    resources, db = env_resources
+    create_execution(db, 21, CHANNEL, "hi", [CONTACT], status="sent")
+    create_execution(db, 22, CHANNEL, "hi", [])  # no recipients: cannot be sent, nor synced
+    create_execution(db, 23, CHANNEL, "hi", [CONTACT], status="sent")
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(execution_partitions.name, ["21", "22", "23"])
+        result = dg.materialize(
+            INBOUND_ASSETS, selection=["status_fetch", "state_bulk_load", "aggregate_results"],
+            instance=instance, resources=resources, raise_on_error=False,
+            tags={ASSET_PARTITION_RANGE_START_TAG: "21", ASSET_PARTITION_RANGE_END_TAG: "23"})
+        assert result.success
+        materialized = {(m.asset_key.to_user_string(), m.partition)
+                        for m in result.get_asset_materialization_events()
+                        for m in [m.event_specific_data.materialization]}
+        for asset in ("status_fetch", "state_bulk_load", "aggregate_results"):
+            assert {(asset, "21"), (asset, "23")} <= materialized
+    assert read_execution(db, 22).status == "failed"
+    assert "no recipients" in read_execution(db, 22).status_reason
+    assert read_execution(db, 21).status == "sent" and read_execution(db, 23).status == "sent"
+
+
+def test_automation_default_follows_the_environment():
+    assert automation_on({}) is True  # sandbox mode
+    assert automation_on({"TWILIO_ACCOUNT_SID": "AC" + "0" * 32}) is False
+    assert automation_on({"TWILIO_ACME_ACCOUNT_SID": "AC" + "0" * 32}) is False
+    assert automation_on({"TWILIO_ACCOUNT_SID": "AC" + "0" * 32, "TWILIO_PIPELINE_AUTOMATION": "on"}) is True
+    assert automation_on({"TWILIO_PIPELINE_AUTOMATION": "off"}) is False
+    with pytest.raises(SettingsError, match="TWILIO_PIPELINE_AUTOMATION must be 'on' or 'off'"):
+        automation_on({"TWILIO_PIPELINE_AUTOMATION": "yes"})
+
+
+STATUSES = """
+import json
+from twilio_pipeline.definitions import defs
+print(json.dumps({**{s.name: s.default_status.value for s in defs.sensors},
+                  **{s.name: s.default_status.value for s in defs.schedules}}))
+"""
+
+
+@pytest.mark.parametrize("automation, expected", [(None, "STOPPED"), ("on", "RUNNING")])
+def test_a_code_location_with_a_twilio_account_starts_nothing_until_automation_is_on(automation, expected):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TWILIO_")}
+    env.update(TWILIO_ACCOUNT_SID="AC" + "1" * 32, TWILIO_AUTH_TOKEN="secret")
+    if automation:
+        env["TWILIO_PIPELINE_AUTOMATION"] = automation
+    proc = subprocess.run([sys.executable, "-c", STATUSES], capture_output=True, text=True, env=env,
+                          cwd=project_root(), timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    statuses = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(statuses) == {"queue_listener", "execution_sync_chain", "channel_sync_schedule",
+                             "daily_suppression_refresh"}
+    assert set(statuses.values()) == {expected}
+
+
+def test_sandbox_mode_runs_automation_by_default():
+    assert {s.default_status for s in defs.sensors} == {dg.DefaultSensorStatus.RUNNING}
+    assert {s.default_status for s in defs.schedules} == {dg.DefaultScheduleStatus.RUNNING}
+
+
+def test_one_database_per_process_and_url(tmp_path):
+    url = f"sqlite:///{tmp_path / 'one.db'}"
+    a, b = DatabaseResource(url=url), DatabaseResource(url=url)
+    assert a.get_database() is b.get_database()
+    assert DatabaseResource(url=url, table_prefix="x_").get_database() is not a.get_database()
+    a.get_database().dispose()
+
+
+
