@@ -12,7 +12,10 @@ from datetime import timedelta
 
 import dagster as dg
 import pytest
+import yaml
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+from dagster._core.test_utils import create_run_for_test, in_process_test_workspace
+from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 
 from twilio_pipeline.audience import create_execution
 from twilio_pipeline.db import Database, utcnow
@@ -21,6 +24,7 @@ from twilio_pipeline.defs.inbound import INBOUND_ASSETS
 from twilio_pipeline.defs.outbound import OUTBOUND_ASSETS
 from twilio_pipeline.defs.partitions import CHANNEL_TAG, EXECUTION_TAG, execution_partitions
 from twilio_pipeline.defs.resources import DatabaseResource, build_resources
+from twilio_pipeline.defs.run_coordinator import ExecutionRunCoordinator, RunRefused
 from twilio_pipeline.defs.sensors import execution_sync_chain, queue_listener, sync_batches
 from twilio_pipeline.outbound.execution import read_execution
 from twilio_pipeline.settings import SettingsError, automation_on, project_root
@@ -214,3 +218,61 @@ def test_one_database_per_process_and_url(tmp_path):
 
 
 
+
+
+@pytest.fixture
+def repo_instance(tmp_path):
+    """An instance configured by the repo's dagster.yaml (the one `make ui` uses), storage in tmp_path, and
+    the code location loaded as the webserver loads it."""
+    config = yaml.safe_load((project_root() / "dagster.yaml").read_text())
+    origin = LoadableTargetOrigin(executable_path=sys.executable, module_name="twilio_pipeline.definitions",
+                                  working_directory=str(project_root()))
+    with dg.instance_for_test(overrides=config, temp_dir=str(tmp_path)) as instance, \
+            in_process_test_workspace(instance, origin) as workspace:
+        yield instance, workspace
+
+
+def _launch(instance, workspace, job_name: str, tags: dict) -> dg.DagsterRun:
+    """What the webserver does for "Materialize" (and the daemons for a backfill or a sensor): create the
+    run from the code location's job, then submit it to the instance's run coordinator."""
+    entry = next(iter(workspace.get_code_location_entries().values()))
+    remote_job = entry.code_location.get_repository("__repository__").get_full_job(job_name)
+    run = create_run_for_test(instance, job_name=job_name, tags=tags,
+                              remote_job_origin=remote_job.get_remote_origin(),
+                              job_code_origin=remote_job.get_python_origin())
+    instance.submit_run(run.run_id, workspace)
+    return instance.get_run_by_id(run.run_id)
+
+
+def test_a_run_launched_from_the_ui_gets_the_execution_and_channel_tags_before_it_is_queued(
+        env_resources, repo_instance):
+    _resources, db = env_resources
+    create_execution(db, 31, CHANNEL, "hi", [CONTACT])
+    instance, workspace = repo_instance
+    assert isinstance(instance.run_coordinator, ExecutionRunCoordinator)
+    queue = instance.get_concurrency_config().run_queue_config
+    assert queue.should_block_op_concurrency_limited_runs
+    instance.add_dynamic_partitions(execution_partitions.name, ["31"])
+    # What the UI's "Materialize" creates: the partition tag only.
+    run = _launch(instance, workspace, "outbound_job", {"dagster/partition": "31"})
+    assert run.status == dg.DagsterRunStatus.QUEUED
+    assert run.tags[EXECUTION_TAG] == "31" and run.tags[CHANNEL_TAG] == CHANNEL
+    # Filtering by execution finds it, and the pool is known to the queue before the first step claims.
+    assert [r.run_id for r in instance.get_runs(filters=dg.RunsFilter(tags={EXECUTION_TAG: "31"}))] == [run.run_id]
+    assert "twilio_api" in instance.event_log_storage.get_concurrency_keys()
+
+
+def test_a_partition_that_names_no_execution_is_refused_before_any_run_starts(env_resources, repo_instance):
+    _resources, db = env_resources
+    create_execution(db, 41, CHANNEL, "hi", [CONTACT])
+    instance, workspace = repo_instance
+    instance.add_dynamic_partitions(execution_partitions.name, ["41", "4242"])  # "Add partition" in the UI
+    with pytest.raises(RunRefused) as refused:
+        _launch(instance, workspace, "outbound_job", {"dagster/partition": "4242"})
+    line = ("Partition '4242' names no execution in SMS_ChannelExecutions (a partition key is a "
+            "ChannelExecutionID): run refused")
+    assert str(refused.value) == line
+    run = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/partition": "4242"}))[0]
+    assert run.status == dg.DagsterRunStatus.FAILURE  # never queued, never started
+    assert not any(r.event_log_entry.step_key for r in instance.get_records_for_run(run.run_id).records)
+    assert instance.get_dynamic_partitions(execution_partitions.name) == ["41"]  # no red partition left behind
