@@ -9,6 +9,7 @@ import dagster as dg
 
 from twilio_pipeline import quality
 from twilio_pipeline.channels import Channel
+from twilio_pipeline.defs.partition_order import add_in_order
 from twilio_pipeline.defs.partitions import TWILIO_POOL, execution_partitions
 from twilio_pipeline.defs.resources import DatabaseResource, TwilioResource
 from twilio_pipeline.defs.steps import (
@@ -99,7 +100,7 @@ def keyword_parse(context: dg.AssetExecutionContext, config: KeywordParseConfig,
                     totals[k] += v
         follow_up_ids += create_follow_ups(db, channel, log=context.log)
     if follow_up_ids:
-        context.instance.add_dynamic_partitions(execution_partitions.name, [str(i) for i in follow_up_ids])
+        add_in_order(context.instance, [str(i) for i in follow_up_ids])
     totals["follow_up_executions"] = len(follow_up_ids)
     return dg.MaterializeResult(metadata={**metadata(dict(totals)), "channels": len(selected)})
 

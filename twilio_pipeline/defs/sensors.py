@@ -13,6 +13,7 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 
 from twilio_pipeline.defs.automation import default_sensor_status
 from twilio_pipeline.defs.jobs import channel_sync_job, execution_sync_job, outbound_job
+from twilio_pipeline.defs.partition_order import ordered_add_requests
 from twilio_pipeline.defs.partitions import (
     CHANNEL_TAG,
     EXECUTION_TAG,
@@ -66,9 +67,6 @@ def queue_listener(context: dg.SensorEvaluationContext, database: DatabaseResour
     ready = [(eid, channel) for eid, channel in ready if eid not in with_run]
     if not ready:
         return dg.SkipReason(queue_skip_reason(db, with_run))
-    keys = [str(eid) for eid, _ in ready]
-    known = set(context.instance.get_dynamic_partitions(execution_partitions.name))
-    new_keys = [k for k in keys if k not in known]
     requests = [
         dg.RunRequest(run_key=f"send-execution-{eid}", partition_key=str(eid),
                       tags={EXECUTION_TAG: str(eid), CHANNEL_TAG: channel, MODE_TAG: twilio.mode_tag})
@@ -76,7 +74,7 @@ def queue_listener(context: dg.SensorEvaluationContext, database: DatabaseResour
     ]
     return dg.SensorResult(
         run_requests=requests,
-        dynamic_partitions_requests=[execution_partitions.build_add_request(new_keys)] if new_keys else [],
+        dynamic_partitions_requests=ordered_add_requests(context.instance, [str(eid) for eid, _ in ready]),
         cursor=str(max(eid for eid, _ in ready)),
     )
 

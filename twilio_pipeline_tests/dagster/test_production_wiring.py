@@ -22,6 +22,7 @@ from twilio_pipeline.db import Database, utcnow
 from twilio_pipeline.definitions import defs
 from twilio_pipeline.defs.inbound import INBOUND_ASSETS
 from twilio_pipeline.defs.outbound import OUTBOUND_ASSETS
+from twilio_pipeline.defs.partition_order import add_in_order, placement
 from twilio_pipeline.defs.partitions import CHANNEL_TAG, EXECUTION_TAG, execution_partitions
 from twilio_pipeline.defs.resources import DatabaseResource, build_resources
 from twilio_pipeline.defs.run_coordinator import ExecutionRunCoordinator, RunRefused
@@ -276,3 +277,31 @@ def test_a_partition_that_names_no_execution_is_refused_before_any_run_starts(en
     assert run.status == dg.DagsterRunStatus.FAILURE  # never queued, never started
     assert not any(r.event_log_entry.step_key for r in instance.get_records_for_run(run.run_id).records)
     assert instance.get_dynamic_partitions(execution_partitions.name) == ["41"]  # no red partition left behind
+
+
+def test_partitions_list_upstream_executions_by_id_then_follow_ups():
+    assert placement(["1", "2", "-1", "-2"], ["3"]) == (["-1", "-2"], ["3", "-1", "-2"])
+    assert placement(["1", "2", "-1"], ["-2", "2"]) == ([], ["-2"])
+    assert placement(["1", "3"], ["2"]) == (["3"], ["2", "3"])
+    with dg.instance_for_test() as instance:
+        # The order they arrive in: sends, follow-ups made by channel syncs, a late upstream ID.
+        for key in ("1", "2", "-1", "4", "-2", "3", "5"):
+            add_in_order(instance, [key])
+        assert instance.get_dynamic_partitions(execution_partitions.name) == ["1", "2", "3", "4", "5", "-1", "-2"]
+
+        # A partition whose run is queued or running is never moved under it: the new key goes last for now.
+        instance.create_run_for_job(defs.resolve_job_def("outbound_job"), tags={"dagster/partition": "-1"},
+                                    status=dg.DagsterRunStatus.STARTED)
+        add_in_order(instance, ["6"])
+        assert instance.get_dynamic_partitions(execution_partitions.name)[-3:] == ["-1", "-2", "6"]
+
+
+def test_the_queue_listener_adds_a_new_execution_before_the_follow_ups(env_resources):
+    resources, db = env_resources
+    create_execution(db, 2, CHANNEL, "hi", [CONTACT])
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(execution_partitions.name, ["1", "-1"])
+        result = _tick(queue_listener, instance, resources)
+    delete, add = result.dynamic_partitions_requests
+    assert isinstance(delete, dg.DeleteDynamicPartitionsRequest) and list(delete.partition_keys) == ["-1"]
+    assert list(add.partition_keys) == ["2", "-1"]
