@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import dagster as dg
 from dagster._core.run_coordinator import QueuedRunCoordinator, SubmitRunContext
-from dagster._core.storage.tags import PARTITION_NAME_TAG
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+    PARTITION_NAME_TAG,
+)
 
 from twilio_pipeline.defs.partitions import CHANNEL_TAG, EXECUTION_TAG, TWILIO_POOL, execution_partitions
 
@@ -25,6 +29,8 @@ def execution_tags(instance: dg.DagsterInstance, run: dg.DagsterRun, lookup) -> 
     """The tags a run about one execution lacks ({} for any other run); RunRefused when its partition
     names no execution. `lookup(execution_id)` returns the execution's channel name or None."""
     key = run.tags.get(PARTITION_NAME_TAG)
+    if key is None and ASSET_PARTITION_RANGE_START_TAG in run.tags:
+        return _range_tags(instance, run, lookup)
     if key is None or (EXECUTION_TAG in run.tags and CHANNEL_TAG in run.tags):
         return {}
     if not instance.has_dynamic_partition(execution_partitions.name, key):
@@ -34,6 +40,20 @@ def execution_tags(instance: dg.DagsterInstance, run: dg.DagsterRun, lookup) -> 
         raise RunRefused(f"Partition {key!r} names no execution in SMS_ChannelExecutions (a partition key is a "
                          "ChannelExecutionID): run refused")
     return {EXECUTION_TAG: key, CHANNEL_TAG: channel}
+
+
+def _range_tags(instance: dg.DagsterInstance, run: dg.DagsterRun, lookup) -> dict[str, str]:
+    """A run over a range of executions (a backfill with its backfill policy) gets the channel tag when all
+    of them are of one channel; an execution in it that cannot be synced is skipped by the run itself."""
+    if CHANNEL_TAG in run.tags:
+        return {}
+    keys = list(instance.get_dynamic_partitions(execution_partitions.name))
+    start, end = run.tags[ASSET_PARTITION_RANGE_START_TAG], run.tags.get(ASSET_PARTITION_RANGE_END_TAG)
+    if start not in keys or end not in keys:
+        return {}
+    selected = keys[keys.index(start):keys.index(end) + 1]
+    channels = {lookup(int(k)) for k in selected if k.lstrip("-").isdigit()} - {None}
+    return {CHANNEL_TAG: channels.pop()} if len(channels) == 1 else {}
 
 
 def _lookup_channel(execution_id: int) -> str | None:
@@ -74,7 +94,8 @@ class ExecutionRunCoordinator(QueuedRunCoordinator):
         if self._pool_ready:
             return
         storage = self._instance.event_log_storage
-        if storage.supports_global_concurrency_limits and TWILIO_POOL not in storage.get_concurrency_keys():
+        if (self._instance.global_op_concurrency_default_limit is not None
+                and TWILIO_POOL not in storage.get_concurrency_keys()):
             storage.initialize_concurrency_limit_to_default(TWILIO_POOL)
         self._pool_ready = True
 
@@ -90,7 +111,8 @@ class ExecutionRunCoordinator(QueuedRunCoordinator):
                 pass
             raise
         except Exception as exc:  # the database unreachable or misconfigured: say so in one line
-            raise RunRefused(f"Could not look up execution {run.tags.get(PARTITION_NAME_TAG)!r} before queueing "
+            what = run.tags.get(PARTITION_NAME_TAG) or run.tags.get(ASSET_PARTITION_RANGE_START_TAG)
+            raise RunRefused(f"Could not look up execution {what!r} before queueing "
                              f"the run: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
         if tags:
             self._instance.add_run_tags(run.run_id, tags)

@@ -261,6 +261,12 @@ def test_a_run_launched_from_the_ui_gets_the_execution_and_channel_tags_before_i
     # Filtering by execution finds it, and the pool is known to the queue before the first step claims.
     assert [r.run_id for r in instance.get_runs(filters=dg.RunsFilter(tags={EXECUTION_TAG: "31"}))] == [run.run_id]
     assert "twilio_api" in instance.event_log_storage.get_concurrency_keys()
+    # A backfill run over a range of one channel's executions gets the channel tag.
+    create_execution(db, 32, CHANNEL, "hi", [CONTACT])
+    instance.add_dynamic_partitions(execution_partitions.name, ["32"])
+    ranged = _launch(instance, workspace, "execution_sync_job",
+                     {ASSET_PARTITION_RANGE_START_TAG: "31", ASSET_PARTITION_RANGE_END_TAG: "32"})
+    assert ranged.status == dg.DagsterRunStatus.QUEUED and ranged.tags[CHANNEL_TAG] == CHANNEL
 
 
 def test_a_partition_that_names_no_execution_is_refused_before_any_run_starts(env_resources, repo_instance):
