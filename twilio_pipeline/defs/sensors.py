@@ -29,8 +29,13 @@ SYNC_BATCH = 10
 CLI_TAG = "twilio_pipeline/cli"
 
 
-def _has_run(instance: dg.DagsterInstance, execution_id: int) -> bool:
-    return bool(instance.get_run_records(filters=dg.RunsFilter(tags={EXECUTION_TAG: str(execution_id)}), limit=1))
+def _last_run(instance: dg.DagsterInstance, execution_id: int) -> dg.DagsterRun | None:
+    records = instance.get_run_records(filters=dg.RunsFilter(tags={EXECUTION_TAG: str(execution_id)}), limit=1)
+    return records[0].dagster_run if records else None
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
 
 
 def _listing(items: list[tuple[int, str | None]], limit: int = 5) -> str:
@@ -38,19 +43,26 @@ def _listing(items: list[tuple[int, str | None]], limit: int = 5) -> str:
     return shown + (", …" if len(items) > limit else "")
 
 
-def queue_skip_reason(db, waiting_with_run: list[int]) -> str:
-    """What is true of the queue when the listener starts nothing: executions whose run is on its way,
-    executions waiting for their SendAfter, executions that failed (with their reasons)."""
+def queue_skip_reason(db, with_run: dict[int, dg.DagsterRun]) -> str:
+    """What is true of the queue when the listener starts nothing: ready executions whose run is on its way
+    or ended without sending them (left to a person), executions waiting for their SendAfter, executions
+    that failed (with their reasons)."""
     overview = queue_overview(db)
     parts = []
-    if waiting_with_run:
-        parts.append(f"{len(waiting_with_run)} ready executions already have a run: {_listing([(e, None) for e in waiting_with_run])}")
+    active = [eid for eid, run in with_run.items() if not run.is_finished]
+    ended = [(eid, f"run {run.run_id[:8]} {run.status.value.lower()}") for eid, run in with_run.items()
+             if run.is_finished]
+    if active:
+        parts.append(f"{_count(len(active), 'ready execution')} with a run queued or in progress: "
+                     f"{_listing([(e, None) for e in active])}")
+    if ended:
+        parts.append(f"{_count(len(ended), 'ready execution')} whose run ended without sending (re-run it or "
+                     f"send it from the CLI): {_listing(ended)}")
     if overview.waiting:
         parts.append(f"waiting for SendAfter until {overview.next_send_after:%Y-%m-%dT%H:%MZ}: "
-                     f"{overview.waiting} execution{'s' if overview.waiting != 1 else ''}")
+                     f"{_count(overview.waiting, 'execution')}")
     if overview.failed:
-        parts.append(f"{overview.failed} execution{'s' if overview.failed != 1 else ''} failed: "
-                     f"{_listing(overview.failed_examples)}")
+        parts.append(f"{_count(overview.failed, 'execution')} failed: {_listing(overview.failed_examples)}")
     return "; ".join(parts) or "no execution is ready to send"
 
 
@@ -63,7 +75,7 @@ def queue_listener(context: dg.SensorEvaluationContext, database: DatabaseResour
     ready = ready_executions(db, limit=TICK_LIMIT)
     # An execution that already has a run (queued, running, or one that failed before marking it) is left
     # to that run or to a person: the sensor never launches a second send of it, whatever its cursor.
-    with_run = [eid for eid, _ in ready if _has_run(context.instance, eid)]
+    with_run = {eid: run for eid, _ in ready if (run := _last_run(context.instance, eid)) is not None}
     ready = [(eid, channel) for eid, channel in ready if eid not in with_run]
     if not ready:
         return dg.SkipReason(queue_skip_reason(db, with_run))

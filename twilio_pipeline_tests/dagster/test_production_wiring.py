@@ -142,12 +142,21 @@ def test_an_execution_that_cannot_be_sent_is_failed_with_the_reason_and_the_list
         assert row.status == "failed"
         assert "no recipients" in row.status_reason
 
+        # Two ready executions the listener leaves alone: one whose run is on its way, one whose run ended.
+        create_execution(db, 14, CHANNEL, "hi", [CONTACT])
+        create_execution(db, 15, CHANNEL, "hi", [CONTACT])
+        job = defs.resolve_job_def("outbound_job")
+        instance.create_run_for_job(job, tags={EXECUTION_TAG: "14"}, status=dg.DagsterRunStatus.STARTED)
+        ended = instance.create_run_for_job(job, tags={EXECUTION_TAG: "15"}, status=dg.DagsterRunStatus.FAILURE)
+
         skip = _tick(queue_listener, instance, resources)
     assert isinstance(skip, dg.SkipReason)
     message = skip.skip_message
-    assert "waiting for SendAfter until " in message and ": 1 execution" in message
+    send_after = read_execution(db, 13).send_after
+    assert f"waiting for SendAfter until {send_after:%Y-%m-%dT%H:%MZ}: 1 execution;" in message
     assert "1 execution failed: 12 (execution 12 has no recipients" in message
-    assert "already has a run" not in message
+    assert "1 ready execution with a run queued or in progress: 14" in message
+    assert f"1 ready execution whose run ended without sending (re-run it or send it from the CLI): 15 (run {ended.run_id[:8]} failure)" in message
 
 
 def test_a_bad_execution_in_a_multi_partition_sync_run_is_recorded_and_skipped(env_resources):
