@@ -42,8 +42,8 @@ def _is_backfill(context) -> bool:
 
 def _by_channel(context, database: DatabaseResource, twilio: TwilioResource) -> dict[str, tuple[Channel, list[int]]]:
     """The run's executions by channel. In a run over several partitions (a backfill, a batched chain run) an
-    execution that cannot be synced is recorded and skipped, so the others are still synced and stay green;
-    a run of that one execution alone fails with the reason."""
+    execution that cannot be synced is recorded (Status `failed` with the reason, unless it was sent) and
+    skipped, so the others are still synced and stay green; a run of that one execution alone fails."""
     db = database.get_database()
     groups: dict[str, tuple[Channel, list[int]]] = {}
     ids: dict[str, list[int]] = defaultdict(list)
@@ -54,9 +54,9 @@ def _by_channel(context, database: DatabaseResource, twilio: TwilioResource) -> 
             channel = channel_of(db, twilio, eid)
         except (ValueError, dg.Failure) as exc:
             reason = exc.description if isinstance(exc, dg.Failure) else f"partition {key!r} is not an execution ID"
+            recorded = isinstance(exc, dg.Failure) and record_unsendable(db, eid, reason)
             if len(keys) == 1:
                 raise dg.Failure(description=reason, allow_retries=False) from None
-            recorded = isinstance(exc, dg.Failure) and record_unsendable(db, eid, reason)
             context.log.warning(f"Skipped execution {key}: {reason}" + (" (Status failed)" if recorded else ""))
             continue
         groups.setdefault(channel.name, (channel, ids[channel.name]))
