@@ -176,6 +176,12 @@ def test_a_bad_execution_in_a_multi_partition_sync_run_is_recorded_and_skipped(e
                         for m in [m.event_specific_data.materialization]}
         for asset in ("status_fetch", "state_bulk_load", "aggregate_results"):
             assert {(asset, "21"), (asset, "23")} <= materialized
+
+        # A run started without the run queue (`dagster asset materialize`, a script) is tagged by its steps.
+        single = dg.materialize(INBOUND_ASSETS, selection=["status_fetch"], partition_key="21", instance=instance,
+                                resources=resources)
+        tags = instance.get_run_by_id(single.run_id).tags
+        assert tags[EXECUTION_TAG] == "21" and tags[CHANNEL_TAG] == CHANNEL
     assert read_execution(db, 22).status == "failed"
     assert "no recipients" in read_execution(db, 22).status_reason
     assert read_execution(db, 21).status == "sent" and read_execution(db, 23).status == "sent"
