@@ -43,8 +43,7 @@ CHANNELS_YAML = f"""channels:
 CONTACT = (1, "+14155550100", None)
 
 
-@pytest.fixture
-def env_resources(db_url, tmp_path, monkeypatch):
+def _env_resources(db_url, tmp_path, monkeypatch):
     """The code location's own resources, built as definitions.py builds them, with the database URL,
     the table prefix and the channel file taken from the environment."""
     channels = tmp_path / "channels.yaml"
@@ -59,6 +58,18 @@ def env_resources(db_url, tmp_path, monkeypatch):
     db = Database(db_url, prefix=prefix)
     yield resources, db
     db.dispose()
+
+
+@pytest.fixture
+def env_resources(db_url, tmp_path, monkeypatch):
+    """On SQLite and PostgreSQL."""
+    yield from _env_resources(db_url, tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def sqlite_env_resources(tmp_path, monkeypatch):
+    """The run queue's behaviour does not depend on the pipeline database's backend: SQLite only."""
+    yield from _env_resources(f"sqlite:///{tmp_path / 'pipeline.db'}", tmp_path, monkeypatch)
 
 
 def _tick(sensor, instance, resources, cursor=None):
@@ -273,8 +284,8 @@ def _launch(instance, process_context, job_name: str, tags: dict) -> dg.DagsterR
 
 
 def test_a_run_launched_from_the_ui_gets_the_execution_and_channel_tags_before_it_is_queued(
-        env_resources, repo_instance):
-    _resources, db = env_resources
+        sqlite_env_resources, repo_instance):
+    _resources, db = sqlite_env_resources
     create_execution(db, 31, CHANNEL, "hi", [CONTACT])
     instance, workspace = repo_instance
     assert isinstance(instance.run_coordinator, ExecutionRunCoordinator)
@@ -296,8 +307,8 @@ def test_a_run_launched_from_the_ui_gets_the_execution_and_channel_tags_before_i
     assert ranged.status == dg.DagsterRunStatus.QUEUED and ranged.tags[CHANNEL_TAG] == CHANNEL
 
 
-def test_a_partition_that_names_no_execution_is_refused_before_any_run_starts(env_resources, repo_instance):
-    _resources, db = env_resources
+def test_a_partition_that_names_no_execution_is_refused_before_any_run_starts(sqlite_env_resources, repo_instance):
+    _resources, db = sqlite_env_resources
     create_execution(db, 41, CHANNEL, "hi", [CONTACT])
     instance, workspace = repo_instance
     instance.add_dynamic_partitions(execution_partitions.name, ["41", "4242"])  # "Add partition" in the UI
@@ -340,10 +351,10 @@ def test_the_queue_listener_adds_a_new_execution_before_the_follow_ups(env_resou
 
 
 def test_the_run_queue_starts_no_more_sends_than_twilio_api_slots_and_one_run_per_execution(
-        env_resources, repo_instance):
+        sqlite_env_resources, repo_instance):
     """22 ready executions used to start 6-7 runs at once, each holding a process while it waited for one
     of the 4 `twilio_api` slots; a double launch of one execution started twice."""
-    _resources, db = env_resources
+    _resources, db = sqlite_env_resources
     instance, process_context = repo_instance
     ids = list(range(51, 61))
     for eid in ids:
