@@ -312,11 +312,15 @@ def test_a_partition_that_names_no_execution_is_refused_before_any_run_starts(sq
     create_execution(db, 41, CHANNEL, "hi", [CONTACT])
     instance, workspace = repo_instance
     instance.add_dynamic_partitions(execution_partitions.name, ["41", "4242"])  # "Add partition" in the UI
+    # Inside a backfill the run is queued and fails on its own (the asset finds no execution): the backfill
+    # daemon would stop the whole backfill on a refusal.
+    in_backfill = _launch(instance, workspace, "outbound_job", {"dagster/partition": "4242", "dagster/backfill": "b1"})
+    assert in_backfill.status == dg.DagsterRunStatus.QUEUED
     refused = _launch(instance, workspace, "outbound_job", {"dagster/partition": "4242"})
     line = ("Partition '4242' names no execution in SMS_ChannelExecutions (a partition key is a "
             "ChannelExecutionID): run refused")
     assert refused.strip().splitlines() == [f"{RunRefused.__module__}.RunRefused: {line}"]
-    run = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/partition": "4242"}))[0]
+    run = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/partition": "4242"}))[0]  # the latest
     assert run.status == dg.DagsterRunStatus.FAILURE  # never queued, never started
     assert not instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.STEP_START).records
     assert instance.get_dynamic_partitions(execution_partitions.name) == ["41"]  # no red partition left behind
