@@ -182,7 +182,7 @@ def state_bulk_load(context: dg.AssetExecutionContext, database: DatabaseResourc
         dg.AssetCheckSpec("delivery_rate", asset="aggregate_results",
                           description=f"At least {DELIVERY_RATE_THRESHOLD:.0%} of finished messages delivered"),
     ],
-    description="Inbound results (Status:<status>, Expired, Reply:<KEYWORD>) recomputed from the stored states "
+    description="Inbound results (`Status:<status>`, `Expired`, `Reply:<KEYWORD>`) recomputed from the stored states "
                 "into op_ChannelExecutionResults, keeping the outbound ones; recomputing twice gives the same rows.",
 )
 def aggregate_results(context: dg.AssetExecutionContext, database: DatabaseResource, twilio: TwilioResource):

@@ -4,6 +4,7 @@ sensors and schedules the docs promise."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -27,6 +28,17 @@ def test_asset_graph_has_the_cards_groups():
     assert {k for k, g in groups.items() if g == "inbound"} == INBOUND
     for key in graph.get_all_asset_keys():
         assert graph.get(key).description, f"{key} has no description"
+
+
+def test_descriptions_render_their_placeholders_on_the_asset_page():
+    """The UI renders descriptions as Markdown: a bare `<status>` is swallowed as an HTML tag, so every
+    placeholder in angle brackets must sit inside a code span."""
+    graph = defs.resolve_asset_graph()
+    texts = [graph.get(key).description or "" for key in graph.get_all_asset_keys()]
+    texts += [job.description or "" for job in defs.resolve_all_job_defs()]
+    for text in texts:
+        outside_code = re.sub(r"`[^`]*`", "", text)
+        assert not re.search(r"<[A-Za-z][^>]*>", outside_code), f"markup swallowed by the UI in: {text!r}"
 
 
 def test_checks_jobs_sensors_schedules_are_there():
