@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 from twilio_pipeline.db import Database, utcnow
 
-OUTBOUND_PARTS = ("InvalidNumbers", "Duplicates", "Unsubscribed", "NotRendered", "Targeted")
+OUTBOUND_PARTS = ("InvalidNumbers", "Duplicates", "Unsubscribed", "NotRendered", "Targeted", "Pending")
 TARGETED_PARTS = ("Sent", "SendFailed", "Unresolved")
 
 
