@@ -109,16 +109,19 @@ def cmd_sandbox(argv: Sequence[str]) -> int:
 
 def cmd_send(args) -> int:
     from twilio_pipeline.channels import ChannelConfigError
-    from twilio_pipeline.outbound import OutboundInputError, load_execution
+    from twilio_pipeline.outbound import OutboundInputError, load_execution, send_refusal
 
     with _context() as (settings, db, channels):
         try:  # bad input is answered before Dagster is even imported (seconds sooner)
-            _row, channel = load_execution(db, channels, args.execution_id)
+            row, channel = load_execution(db, channels, args.execution_id)
         except (OutboundInputError, ChannelConfigError) as exc:
             raise CliError(str(exc)) from None
+        refusal = send_refusal(row, force=args.force)
+        if refusal:
+            raise CliError(refusal)
         from twilio_pipeline.defs.runner import run_send
 
-        return run_send(settings, db, channel, args.execution_id, say=_say)
+        return run_send(settings, db, channel, args.execution_id, say=_say, force=args.force)
 
 
 def cmd_sync(args) -> int:
@@ -171,8 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("init-db", help="create the tables (idempotent)")
     sub.add_parser("sandbox", help="run the Twilio-compatible sandbox in the foreground", add_help=False)
-    p = sub.add_parser("send", help="send one channel execution")
+    p = sub.add_parser("send", help="send one channel execution (Status ready, sending, failed or sent)")
     p.add_argument("execution_id", type=_execution_id, metavar="EXECUTION_ID")
+    p.add_argument("--force", action="store_true",
+                   help="send even if its Status is another (cancelled, draft, ...) or its SendAfter is ahead")
     p = sub.add_parser("sync", help="run the channel sync")
     p.add_argument("--channel", metavar="NAME", help="only this channel")
     p = sub.add_parser("results", help="print an execution's results")
@@ -187,6 +192,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] == "sandbox":
         return cmd_sandbox(argv[1:])
     args = build_parser().parse_args(argv)
+    from twilio_pipeline.signals import record_signals, stop_signal
+
+    record_signals()  # SIGTERM cleans up like Ctrl-C, and the StatusReason can name the signal
     _prepare_dagster_home()
     handlers = {"init-db": cmd_init_db, "send": cmd_send, "sync": cmd_sync, "results": cmd_results,
                 "demo": cmd_demo}
@@ -196,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return exc.code
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(f"interrupted by {stop_signal() or 'SIGINT'}", file=sys.stderr, flush=True)
         return EXIT_FAILED
 
 

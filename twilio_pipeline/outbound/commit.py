@@ -12,7 +12,14 @@ import sqlalchemy as sa
 
 from twilio_pipeline.channels import Channel
 from twilio_pipeline.db import Database, utcnow
-from twilio_pipeline.outbound.execution import STATUS_FAILED, STATUS_SENT, set_status
+from twilio_pipeline.outbound.execution import (
+    PIPELINE_STATUSES,
+    STATUS_FAILED,
+    STATUS_SENT,
+    mark_failed,
+    read_execution,
+    set_status,
+)
 from twilio_pipeline.outbound.interaction_log import InteractionLog
 from twilio_pipeline.outbound.lease import execution_lease
 from twilio_pipeline.outbound.ledger import (
@@ -55,8 +62,9 @@ class OutboundResults:
 
 
 def compute_results(db: Database, channel: Channel, execution_id: int) -> dict[str, int | float]:
-    """CONTRACT.md's outbound results from the ledger. `Pending` (ours) counts planned rows no run has
-    sent yet; it is 0 after a complete send, when the contract's identities hold exactly."""
+    """CONTRACT.md's outbound results from the ledger. `Pending` counts planned rows no run has requested
+    yet (an interrupted or cancelled send): CountBeforeDedup = InvalidNumbers + Duplicates + Unsubscribed +
+    NotRendered + Targeted + Pending."""
     c = ledger_counts(db, execution_id)
     p, s = c.people, c.seeds
     unresolved = p.get(AMBIGUOUS) + p.get(INFLIGHT)
@@ -125,13 +133,36 @@ def commit_execution(db: Database, channel: Channel, execution_id: int, *, run_i
             problems.append(f"{results['Pending']} recipient(s) not sent yet (the send did not finish)")
         status = STATUS_FAILED if problems else STATUS_SENT
         reason = "; ".join(problems) or None
-        set_status(db, execution_id, status, reason)
+        # Conditional: an upstream's `cancelled` (or any status of its own) written during the send stays.
+        if not set_status(db, execution_id, status, reason, only_from=PIPELINE_STATUSES):
+            row = read_execution(db, execution_id)
+            status, reason = (row.status, row.status_reason) if row else (status, reason)
+            log.info(f"execution {execution_id}: Status {status!r} set by the upstream is kept")
         db.drop_orphan_staging()
         ilog.final_counts(int(results["Sent"]), int(results["InvalidNumbers"]), int(results["Unsubscribed"]),
                           int(results["SeedsSent"]), int(results["InvalidSeeds"]), int(results["UnsubscribedSeeds"]))
-        if reason:
+        if status == STATUS_FAILED and reason:
             ilog.warning(f"execution {execution_id} marked failed: {reason}")
         out = OutboundResults(execution_id, channel.name, status, reason, results, first, failed)
         out.interaction_log = ilog.text()
         log.info(f"execution {execution_id}: results written at {utcnow():%Y-%m-%d %H:%M:%S} UTC, status {status}")
         return out
+
+
+def record_interruption(db: Database, channel: Channel, execution_id: int, *, cause: str, phase: str) -> str:
+    """After SIGTERM, SIGINT or a Dagster run termination: the results as the ledger stands (what was never
+    requested counts as `Pending`) and Status `failed` with a reason starting `interrupted` (unless the
+    upstream set a status of its own). Returns the reason. A later send resumes from the ledger."""
+    execution_id = int(execution_id)
+    results = compute_results(db, channel, execution_id)
+    requested, pending = int(results["Targeted"]), int(results["Pending"])
+    if results["CountBeforeDedup"]:
+        with db.begin() as conn:
+            db.write_results(conn, execution_id, results)
+    if requested or pending:
+        progress = f"{requested} of {requested + pending} recipients requested"
+    else:
+        progress = "no recipient requested yet"
+    reason = f"interrupted by {cause} during {phase}; {progress}; a later send resumes"
+    mark_failed(db, execution_id, reason)
+    return reason

@@ -9,7 +9,8 @@ from datetime import datetime
 import sqlalchemy as sa
 
 from twilio_pipeline.channels import Channel, ChannelConfigError, ChannelFile
-from twilio_pipeline.db import Database
+from twilio_pipeline.db import Database, utcnow
+from twilio_pipeline.db.database import to_naive_utc
 from twilio_pipeline.outbound.errors import OutboundInputError
 from twilio_pipeline.rules.phones import validate_sender
 
@@ -17,6 +18,13 @@ STATUS_READY = "ready"
 STATUS_SENDING = "sending"
 STATUS_SENT = "sent"
 STATUS_FAILED = "failed"
+STATUS_CANCELLED = "cancelled"
+# What a send may start from without --force: a fresh execution, an interrupted run to resume, a retry,
+# and `sent` (the re-run finds nothing new to send, or only contacts added since).
+SENDABLE = (STATUS_READY, STATUS_SENDING, STATUS_FAILED, STATUS_SENT)
+# The statuses the pipeline moves. Anything else (`cancelled`, `draft`, ...) is the upstream's decision:
+# the end of a send, a failure or an interruption never overwrites it.
+PIPELINE_STATUSES = SENDABLE
 _SERVICE_SID = re.compile(r"MG[0-9a-fA-F]{32}")
 
 
@@ -93,17 +101,46 @@ def load_execution(db: Database, channels: ChannelFile, execution_id: int) -> tu
     return row, channel
 
 
-def set_status(db: Database, execution_id: int, status: str, reason: str | None = None) -> None:
-    """Move SMS_ChannelExecutions.Status (the upstream's view of the send); the reason is cleared unless given."""
+def send_refusal(row: ExecutionRow, *, force: bool = False, now: datetime | None = None) -> str | None:
+    """Why this execution must not be sent now (one line naming its Status or SendAfter), or None.
+
+    The same rule for the CLI and every Dagster run: a `cancelled` or `draft` execution, or one whose
+    SendAfter is still ahead, is never texted unless the caller explicitly forces it.
+    """
+    if force:
+        return None
+    if row.status not in SENDABLE:
+        return (f"execution {row.execution_id} has Status {row.status!r}: only "
+                f"{', '.join(repr(s) for s in SENDABLE)} are sent (use --force, or force: true in the run "
+                "config, to send it anyway)")
+    send_after = to_naive_utc(row.send_after)
+    if send_after is not None and send_after > (now or utcnow()):
+        return (f"execution {row.execution_id} has SendAfter {send_after:%Y-%m-%d %H:%M:%S} UTC, still in "
+                "the future (use --force, or force: true in the run config, to send it now)")
+    return None
+
+
+def set_status(db: Database, execution_id: int, status: str, reason: str | None = None, *,
+               only_from: tuple[str, ...] | None = None) -> bool:
+    """Move SMS_ChannelExecutions.Status (the upstream's view of the send); the reason is cleared unless given.
+
+    `only_from`: move it only from one of these statuses (one conditional UPDATE, so an upstream's
+    `cancelled` written at the same moment is never overwritten). Returns whether the row was updated.
+    """
     ex = db.tables.executions
+    cond = [ex.c.ChannelExecutionID == int(execution_id)]
+    if only_from is not None:
+        cond.append(ex.c.Status.in_(list(only_from)))
     with db.begin() as conn:
-        conn.execute(ex.update().where(ex.c.ChannelExecutionID == int(execution_id))
-                     .values(Status=status, StatusReason=reason[:4000] if reason else None))
+        res = conn.execute(ex.update().where(*cond)
+                           .values(Status=status, StatusReason=reason[:4000] if reason else None))
+    return (res.rowcount or 0) > 0
 
 
-def mark_failed(db: Database, execution_id: int, reason: str) -> None:
-    """Status `failed` with the reason (credentials rejected, unresolved messages, a crash ...)."""
-    set_status(db, execution_id, STATUS_FAILED, reason)
+def mark_failed(db: Database, execution_id: int, reason: str) -> bool:
+    """Status `failed` with the reason (credentials rejected, unresolved messages, a crash ...), unless the
+    upstream has set a status of its own (e.g. `cancelled`) meanwhile."""
+    return set_status(db, execution_id, STATUS_FAILED, reason, only_from=PIPELINE_STATUSES)
 
 
 def execution_channel_sender(channel: Channel) -> dict[str, str]:
@@ -114,6 +151,7 @@ def execution_channel_sender(channel: Channel) -> dict[str, str]:
 
 
 __all__ = [
-    "ExecutionRow", "STATUS_FAILED", "STATUS_READY", "STATUS_SENDING", "STATUS_SENT", "load_execution",
-    "execution_channel_sender", "mark_failed", "read_execution", "sender_problem", "set_status",
+    "ExecutionRow", "PIPELINE_STATUSES", "SENDABLE", "STATUS_CANCELLED", "STATUS_FAILED", "STATUS_READY",
+    "STATUS_SENDING", "STATUS_SENT", "execution_channel_sender", "load_execution", "mark_failed", "read_execution",
+    "send_refusal", "sender_problem", "set_status",
 ]

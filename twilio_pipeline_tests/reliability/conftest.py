@@ -329,7 +329,8 @@ def assert_sid_by_sid(db: Database, sb: SandboxProcess, execution_id: int, eligi
 
 
 def assert_identities(results: Mapping[str, float]) -> None:
-    parts = sum(results[k] for k in ("InvalidNumbers", "Duplicates", "Unsubscribed", "NotRendered", "Targeted"))
+    parts = sum(results[k] for k in ("InvalidNumbers", "Duplicates", "Unsubscribed", "NotRendered", "Targeted",
+                                    "Pending"))
     assert results["CountBeforeDedup"] == parts, results
     assert results["Targeted"] == results["Sent"] + results["SendFailed"] + results["Unresolved"], results
 
