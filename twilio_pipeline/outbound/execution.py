@@ -17,6 +17,7 @@ STATUS_READY = "ready"
 STATUS_SENDING = "sending"
 STATUS_SENT = "sent"
 STATUS_FAILED = "failed"
+STATUS_CANCELLED = "cancelled"
 _SERVICE_SID = re.compile(r"MG[0-9a-fA-F]{32}")
 
 
@@ -94,10 +95,15 @@ def load_execution(db: Database, channels: ChannelFile, execution_id: int) -> tu
 
 
 def set_status(db: Database, execution_id: int, status: str, reason: str | None = None) -> None:
-    """Move SMS_ChannelExecutions.Status (the upstream's view of the send); the reason is cleared unless given."""
+    """Move SMS_ChannelExecutions.Status (the upstream's view of the send); the reason is cleared unless given.
+
+    A run's outcome (`sent`, `failed`) never replaces `cancelled`: the upstream's cancel stands."""
     ex = db.tables.executions
+    cond = [ex.c.ChannelExecutionID == int(execution_id)]
+    if status in (STATUS_SENT, STATUS_FAILED):
+        cond.append(ex.c.Status != STATUS_CANCELLED)
     with db.begin() as conn:
-        conn.execute(ex.update().where(ex.c.ChannelExecutionID == int(execution_id))
+        conn.execute(ex.update().where(*cond)
                      .values(Status=status, StatusReason=reason[:4000] if reason else None))
 
 
