@@ -317,8 +317,8 @@ class Database:
         time taken before it waited (PostgreSQL's now() is the transaction's start, so clock_timestamp())."""
         secs = float(offset_s)
         if self.dialect == "postgresql":
-            now = sa.literal_column("(clock_timestamp() AT TIME ZONE 'UTC')", sa.DateTime)
-            return now + sa.literal(secs, sa.Float) * sa.literal_column("interval '1 second'", sa.Interval)
+            now = sa.func.timezone(sa.literal("UTC"), sa.func.clock_timestamp(), type_=sa.DateTime)
+            return sa.type_coerce(now + sa.func.make_interval(0, 0, 0, 0, 0, 0, secs, type_=sa.Interval), sa.DateTime)
         if self.dialect == "sqlite":  # the text format SQLAlchemy stores (microseconds), so it compares
             text = sa.func.strftime("%Y-%m-%d %H:%M:%f", "now", sa.literal(f"{secs:+.3f} seconds")).op("||")("000")
             return sa.type_coerce(text, sa.DateTime)
