@@ -66,6 +66,7 @@ class Dispatcher:
         unsent: list[Item] = []
         unsent_lock = threading.Lock()
         base, client, writer, lease = self._base, self.client, self.writer, self.lease
+        proceed = None if lease is None else (lambda: lease.may_send(stop))  # before each retry, too
 
         def worker(slot: int) -> None:
             while True:
@@ -81,11 +82,12 @@ class Dispatcher:
                 params["To"] = item.to
                 params["Body"] = item.body
                 try:
-                    result = client.create_message(params)
+                    result = client.create_message(params, proceed)
                 except TwilioApiError as exc:  # throttle budget spent, unreachable, credentials rejected:
                     with unsent_lock:          # Twilio did not take this request
                         unsent.append(item)
-                        errors.append(exc)
+                        if not (lease is not None and (lease.lost.is_set() or lease.cancelled.is_set())):
+                            errors.append(exc)  # else the lease's own reason is raised
                     stop.set()
                     continue
                 except BaseException as exc:  # noqa: BLE001 - the item stays inflight (reconciled next run)

@@ -250,3 +250,21 @@ def test_cancel_stops_a_running_send_within_30_s_and_status_stays_cancelled(db, 
     # The rest of the pipeline does not overwrite the upstream's cancel with `sent` / `failed`.
     commit_execution(db, channel, EXECUTION, run_id=run_id(), log=ListLog())
     assert read_execution(db, EXECUTION).status == "cancelled"
+
+
+@pytest.mark.timeout(120)
+def test_cancel_also_stops_a_request_that_twilio_keeps_throttling(db, make_sandbox):
+    """The lease gates every attempt, retries included: a send whose requests Twilio answers 429 stops at
+    the cancel instead of retrying until the channel's 60 s throttle budget is spent."""
+    sb = make_sandbox(fault_429_rate=1.0)
+    channel = _planned(db, 20, max_concurrency=2)
+    send = _Run(db, client_for(sb, channel), channel)
+    started = time.monotonic()
+    send.start()
+    _wait_for(lambda: sb.stats()["responses_by_status"].get("429", 0) >= 4, 30, "throttled requests")
+    set_status(db, EXECUTION, "cancelled")
+    send.finish(90)
+    assert send.error is None and send.summary.cancelled, (send.error, send.summary)
+    assert time.monotonic() - started < 15, "the throttled request was retried after the cancel"
+    assert [r["Outcome"] for r in ledger_rows(db, EXECUTION)] == ["planned"] * 20
+    assert sum(outbound_created(sb).values()) == 0
