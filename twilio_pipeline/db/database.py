@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from twilio_pipeline.db.schema import Tables, build_tables
-from twilio_pipeline.processes import pid_alive
+from twilio_pipeline.processes import pid_alive, pid_started_after
 
 HOST = socket.gethostname()
 STAGING_ORPHAN_AGE = timedelta(hours=6)
@@ -53,6 +53,12 @@ class LeaseHolder:
     host: str
     pid: int
     expires_at: datetime
+    acquired_at: datetime | None = None
+
+
+def _holder_alive(pid: int, acquired_at: datetime | None) -> bool:
+    """A lease holder on this host is alive while its pid runs and was not reused since it took the lease."""
+    return pid_alive(pid) and not (acquired_at is not None and pid_started_after(pid, acquired_at))
 
 
 def normalise_url(url: str | sa.URL) -> sa.URL:
@@ -355,11 +361,12 @@ class Database:
                         conn.execute(leases.insert().values(LeaseKey=key, FencingToken=1, **mine))
                         return 1, None
                     local = row["Host"] == self.host
-                    alive = local and pid_alive(row["Pid"])
+                    alive = local and _holder_alive(row["Pid"], row["AcquiredAt"])
                     stale = (row["Owner"] == owner or (local and not alive)
                              or (row["ExpiresAt"] < now and not alive))
                     if not stale:
-                        return None, LeaseHolder(row["Owner"], row["Host"], row["Pid"], row["ExpiresAt"])
+                        return None, LeaseHolder(row["Owner"], row["Host"], row["Pid"], row["ExpiresAt"],
+                                                 row["AcquiredAt"])
                     token = int(row["FencingToken"] or 0) + 1
                     updated = conn.execute(
                         leases.update()
@@ -411,7 +418,7 @@ class Database:
         if holder is None:
             return None
         if holder.host == self.host:
-            return holder if pid_alive(holder.pid) else None
+            return holder if _holder_alive(holder.pid, holder.acquired_at) else None
         with self.engine.connect() as conn:
             now = conn.execute(sa.select(self.clock())).scalar()
         return None if holder.expires_at < now else holder
@@ -422,7 +429,7 @@ class Database:
             row = conn.execute(sa.select(leases).where(leases.c.LeaseKey == key)).mappings().first()
         if row is None:
             return None
-        return LeaseHolder(row["Owner"], row["Host"], row["Pid"], row["ExpiresAt"])
+        return LeaseHolder(row["Owner"], row["Host"], row["Pid"], row["ExpiresAt"], row["AcquiredAt"])
 
     # ---- watermarks ---------------------------------------------------------------------------
     def get_watermark(self, conn: Connection, sender: str) -> datetime | None:

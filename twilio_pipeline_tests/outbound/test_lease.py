@@ -145,3 +145,16 @@ def _stalled(db):
         finally:
             raw.execute("COMMIT")
             raw.close()
+
+
+def test_a_holder_whose_pid_was_reused_since_it_took_the_lease_is_taken_over(db):
+    """A SIGKILLed run whose pid now belongs to a newer process (it started after the lease was taken)
+    must not block the execution forever."""
+    now = utcnow()
+    with db.begin() as conn:
+        conn.execute(db.tables.leases.insert().values(
+            LeaseKey="outbound:3", Owner="killed-long-ago", Host=HOST, Pid=os.getpid(),
+            AcquiredAt=now - timedelta(days=30), ExpiresAt=now - timedelta(days=30)))
+    assert busy_holder(db, 3) is None
+    with execution_lease(db, 3, "run-B"):
+        assert db.lease_holder("outbound:3").owner == "run-B"
