@@ -330,7 +330,7 @@ class Database:
             return sa.type_coerce(text, sa.DateTime)
         if self.dialect in ("mysql", "mariadb"):
             return sa.type_coerce(sa.func.timestampadd(sa.text("MICROSECOND"), int(secs * 1e6),
-                                                       sa.func.utc_timestamp(6)), sa.DateTime)
+                                                       sa.func.utc_timestamp(sa.literal_column("6"))), sa.DateTime)
         if self.dialect == "mssql":
             return sa.type_coerce(sa.func.dateadd(sa.text("millisecond"), int(secs * 1000),
                                                   sa.func.sysutcdatetime()), sa.DateTime)
