@@ -125,12 +125,13 @@ def commit_execution(db: Database, channel: Channel, execution_id: int, *, run_i
             problems.append(f"{results['Pending']} recipient(s) not sent yet (the send did not finish)")
         status = STATUS_FAILED if problems else STATUS_SENT
         reason = "; ".join(problems) or None
-        set_status(db, execution_id, status, reason)
+        status = set_status(db, execution_id, status, reason) or status  # `cancelled` upstream stays
         db.drop_orphan_staging()
         ilog.final_counts(int(results["Sent"]), int(results["InvalidNumbers"]), int(results["Unsubscribed"]),
                           int(results["SeedsSent"]), int(results["InvalidSeeds"]), int(results["UnsubscribedSeeds"]))
         if reason:
-            ilog.warning(f"execution {execution_id} marked failed: {reason}")
+            ilog.warning(f"execution {execution_id} {'marked failed' if status == STATUS_FAILED else 'stays ' + status}: "
+                         f"{reason}")
         out = OutboundResults(execution_id, channel.name, status, reason, results, first, failed)
         out.interaction_log = ilog.text()
         log.info(f"execution {execution_id}: results written at {utcnow():%Y-%m-%d %H:%M:%S} UTC, status {status}")

@@ -94,10 +94,11 @@ def load_execution(db: Database, channels: ChannelFile, execution_id: int) -> tu
     return row, channel
 
 
-def set_status(db: Database, execution_id: int, status: str, reason: str | None = None) -> None:
+def set_status(db: Database, execution_id: int, status: str, reason: str | None = None) -> str | None:
     """Move SMS_ChannelExecutions.Status (the upstream's view of the send); the reason is cleared unless given.
 
-    A run's outcome (`sent`, `failed`) never replaces `cancelled`: the upstream's cancel stands."""
+    A run's outcome (`sent`, `failed`) never replaces `cancelled`: the upstream's cancel stands. Returns the
+    Status the execution has now."""
     ex = db.tables.executions
     cond = [ex.c.ChannelExecutionID == int(execution_id)]
     if status in (STATUS_SENT, STATUS_FAILED):
@@ -105,6 +106,7 @@ def set_status(db: Database, execution_id: int, status: str, reason: str | None 
     with db.begin() as conn:
         conn.execute(ex.update().where(*cond)
                      .values(Status=status, StatusReason=reason[:4000] if reason else None))
+        return conn.execute(sa.select(ex.c.Status).where(ex.c.ChannelExecutionID == int(execution_id))).scalar()
 
 
 def mark_failed(db: Database, execution_id: int, reason: str) -> None:

@@ -248,7 +248,7 @@ def test_cancel_stops_a_running_send_within_30_s_and_status_stays_cancelled(db, 
     assert outcomes.count("sent") == requested
     assert outcomes.count("planned") == 200 - requested, "what was not requested stays planned (Pending)"
     # The rest of the pipeline does not overwrite the upstream's cancel with `sent` / `failed`.
-    commit_execution(db, channel, EXECUTION, run_id=run_id(), log=ListLog())
+    assert commit_execution(db, channel, EXECUTION, run_id=run_id(), log=ListLog()).status == "cancelled"
     assert read_execution(db, EXECUTION).status == "cancelled"
 
 
