@@ -90,8 +90,8 @@ class ExecutionLease:
             self._expire_if_overdue()
             if self.lost.is_set():
                 return False
-            with self._renewed:
-                self._renewed.wait(timeout=min(0.05, max(self.send_deadline + self.ttl_s - now, 0.001)))
+            with self._renewed:  # woken by a renewal, a loss or a cancel; the timeout covers `stop`
+                self._renewed.wait(timeout=0.05)
 
     # --- heartbeat --------------------------------------------------------------------------------
     def _lose(self, reason: str) -> None:
