@@ -93,7 +93,7 @@ class Database:
         self.engine: Engine = self._make_engine(echo)
         self._created = False
         self.upgraded: list[str] = []  # what create_all added to tables of an earlier release
-        self.host = HOST  # who this process is in the leases table (a test may stand in for another host)
+        self.host = HOST  # who this process is in the leases table
         if create:
             self.create_all()
 
