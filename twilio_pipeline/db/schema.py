@@ -157,6 +157,9 @@ def build_tables(schema: str | None = None, prefix: str = "") -> Tables:
         sa.Column("Pid", sa.Integer, nullable=False),
         sa.Column("AcquiredAt", sa.DateTime, nullable=False),
         sa.Column("ExpiresAt", sa.DateTime, nullable=False),
+        # Raised by every take-over: ledger claims and writes check it, so a run that lost the lease is
+        # fenced out. Nullable so tables of an earlier release get it on open.
+        sa.Column("FencingToken", sa.BigInteger, nullable=True),
     )
     staging_registry = sa.Table(
         f"{p}TwilioSMS_StagingTables", md,

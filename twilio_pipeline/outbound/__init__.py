@@ -3,7 +3,7 @@ reconciliation, commit of states and results. No Dagster here; the assets call t
 
 from twilio_pipeline.outbound.commit import OutboundResults, commit_execution, compute_results, record_interruption
 from twilio_pipeline.outbound.connectivity import check_connectivity
-from twilio_pipeline.outbound.errors import ExecutionBusy, LeaseLost, OutboundInputError
+from twilio_pipeline.outbound.errors import ExecutionBusy, ExecutionCancelled, LeaseLost, OutboundInputError
 from twilio_pipeline.outbound.execution import (
     STATUS_CANCELLED,
     STATUS_FAILED,
@@ -25,7 +25,7 @@ from twilio_pipeline.outbound.plan import PlanSummary, plan_execution
 from twilio_pipeline.outbound.send import SendSummary, drain_check, send_execution
 
 __all__ = [
-    "ExecutionBusy", "ExecutionLease", "ExecutionRow", "InteractionLog", "LeaseLost", "LedgerCounts",
+    "ExecutionBusy", "ExecutionCancelled", "ExecutionLease", "ExecutionRow", "InteractionLog", "LeaseLost", "LedgerCounts",
     "OutboundInputError", "OutboundResults", "OutboundRun", "PlanSummary", "STATUS_FAILED", "STATUS_READY",
     "STATUS_SENDING", "STATUS_SENT", "SendSummary", "busy_holder", "check_connectivity",
     "client_for_channel", "commit_execution", "compute_results", "drain_check", "execution_lease",

@@ -13,11 +13,9 @@ import sqlalchemy as sa
 from twilio_pipeline.channels import Channel
 from twilio_pipeline.db import Database, utcnow
 from twilio_pipeline.outbound.execution import (
-    PIPELINE_STATUSES,
     STATUS_FAILED,
     STATUS_SENT,
     mark_failed,
-    read_execution,
     set_status,
 )
 from twilio_pipeline.outbound.interaction_log import InteractionLog
@@ -134,15 +132,16 @@ def commit_execution(db: Database, channel: Channel, execution_id: int, *, run_i
         status = STATUS_FAILED if problems else STATUS_SENT
         reason = "; ".join(problems) or None
         # Conditional: an upstream's `cancelled` (or any status of its own) written during the send stays.
-        if not set_status(db, execution_id, status, reason, only_from=PIPELINE_STATUSES):
-            row = read_execution(db, execution_id)
-            status, reason = (row.status, row.status_reason) if row else (status, reason)
-            log.info(f"execution {execution_id}: Status {status!r} set by the upstream is kept")
+        stored = set_status(db, execution_id, status, reason)
+        if stored != status:
+            log.info(f"execution {execution_id}: Status {stored!r} set by the upstream is kept")
+            status = stored or status
         db.drop_orphan_staging()
         ilog.final_counts(int(results["Sent"]), int(results["InvalidNumbers"]), int(results["Unsubscribed"]),
                           int(results["SeedsSent"]), int(results["InvalidSeeds"]), int(results["UnsubscribedSeeds"]))
-        if status == STATUS_FAILED and reason:
-            ilog.warning(f"execution {execution_id} marked failed: {reason}")
+        if reason:
+            ilog.warning(f"execution {execution_id} {'marked failed' if status == STATUS_FAILED else 'stays ' + status}: "
+                         f"{reason}")
         out = OutboundResults(execution_id, channel.name, status, reason, results, first, failed)
         out.interaction_log = ilog.text()
         log.info(f"execution {execution_id}: results written at {utcnow():%Y-%m-%d %H:%M:%S} UTC, status {status}")

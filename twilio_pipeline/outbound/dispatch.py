@@ -4,8 +4,11 @@ Workers only call `client.create_message` and hand the result to the writer's qu
 work, no rendering, no logging per message (the CPU budget is ~1 ms per request, the bare loop's).
 The client bounds what is in flight (adaptive limiter, token bucket, 429/21611 back-off); the pool
 only keeps `max_concurrency` threads busy. The main thread claims ahead, reports progress and is
-where a stop (callback error, worker error, lost lease, writer failure) is handled: requests under
-way finish and are recorded, Items not yet requested go back to where they were claimed from.
+where a stop (callback error, worker error, lost lease, cancel, writer failure) is handled: requests
+under way finish and are recorded, Items not yet requested go back to where they were claimed from -
+except when the lease is lost: then they stay in flight (the database may be stalled, and the run that
+takes over reconciles them). Every request first asks the lease (`may_send`): past its send deadline
+the worker waits for a renewal instead of draining what it already claimed.
 """
 
 from __future__ import annotations
@@ -62,14 +65,16 @@ class Dispatcher:
         errors: list[BaseException] = []
         unsent: list[Item] = []
         unsent_lock = threading.Lock()
-        base, client, writer = self._base, self.client, self.writer
+        base, client, writer, lease = self._base, self.client, self.writer, self.lease
+        proceed = None if lease is None else (lambda: lease.may_send(stop))  # before each retry, too
 
         def worker(slot: int) -> None:
             while True:
                 item = work.get()
                 if item is _STOP:
                     return
-                if stop.is_set():
+                if stop.is_set() or (lease is not None and not lease.may_send(stop)):
+                    stop.set()
                     with unsent_lock:
                         unsent.append(item)
                     continue
@@ -77,11 +82,12 @@ class Dispatcher:
                 params["To"] = item.to
                 params["Body"] = item.body
                 try:
-                    result = client.create_message(params)
+                    result = client.create_message(params, proceed)
                 except TwilioApiError as exc:  # throttle budget spent, unreachable, credentials rejected:
                     with unsent_lock:          # Twilio did not take this request
                         unsent.append(item)
-                        errors.append(exc)
+                        if not (lease is not None and (lease.lost.is_set() or lease.cancelled.is_set())):
+                            errors.append(exc)  # else the lease's own reason is raised
                     stop.set()
                     continue
                 except BaseException as exc:  # noqa: BLE001 - the item stays inflight (reconciled next run)
@@ -152,14 +158,22 @@ class Dispatcher:
         except BaseException as exc:
             stop.set()
             errors.insert(0, exc)
+        if stop.is_set() and not errors and self.lease is not None:
+            try:  # a worker stopped because the lease said so (lost, cancelled): say why
+                self.lease.check()
+            except BaseException as exc:  # noqa: BLE001 - re-raised below
+                errors.append(exc)
         with unsent_lock:
             unsent.extend(batch[pos:])  # claimed, never queued
         if stop.is_set() or errors:
             self._drain(work, threads, unsent, unsent_lock)
         stats.requested = sum(done)
         stats.elapsed_s = time.monotonic() - started
-        if unsent:
+        if unsent and not (self.lease is not None and self.lease.lost.is_set()):
             stats.released = self.claims.release(unsent)
+        elif unsent:
+            self.log.warning(f"{len(unsent)} claimed message(s) were not requested and stay in flight: the run "
+                             "that takes the execution over checks them at Twilio before sending anything")
         if errors:
             raise errors[0]
         return stats

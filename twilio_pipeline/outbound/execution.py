@@ -121,26 +121,28 @@ def send_refusal(row: ExecutionRow, *, force: bool = False, now: datetime | None
 
 
 def set_status(db: Database, execution_id: int, status: str, reason: str | None = None, *,
-               only_from: tuple[str, ...] | None = None) -> bool:
+               only_from: tuple[str, ...] | None = None) -> str | None:
     """Move SMS_ChannelExecutions.Status (the upstream's view of the send); the reason is cleared unless given.
 
-    `only_from`: move it only from one of these statuses (one conditional UPDATE, so an upstream's
-    `cancelled` written at the same moment is never overwritten). Returns whether the row was updated.
+    `only_from`: move it only from one of these statuses, in one conditional UPDATE, so an upstream's
+    `cancelled` (or any status of its own) written at the same moment is never overwritten. A run's outcome
+    (`sent`, `failed`) is always conditional on PIPELINE_STATUSES. Returns the Status the execution has now.
     """
+    if only_from is None and status in (STATUS_SENT, STATUS_FAILED):
+        only_from = PIPELINE_STATUSES
     ex = db.tables.executions
     cond = [ex.c.ChannelExecutionID == int(execution_id)]
     if only_from is not None:
         cond.append(ex.c.Status.in_(list(only_from)))
     with db.begin() as conn:
-        res = conn.execute(ex.update().where(*cond)
-                           .values(Status=status, StatusReason=reason[:4000] if reason else None))
-    return (res.rowcount or 0) > 0
+        conn.execute(ex.update().where(*cond).values(Status=status, StatusReason=reason[:4000] if reason else None))
+        return conn.execute(sa.select(ex.c.Status).where(ex.c.ChannelExecutionID == int(execution_id))).scalar()
 
 
 def mark_failed(db: Database, execution_id: int, reason: str) -> bool:
     """Status `failed` with the reason (credentials rejected, unresolved messages, a crash ...), unless the
     upstream has set a status of its own (e.g. `cancelled`) meanwhile."""
-    return set_status(db, execution_id, STATUS_FAILED, reason, only_from=PIPELINE_STATUSES)
+    return set_status(db, execution_id, STATUS_FAILED, reason) == STATUS_FAILED
 
 
 def execution_channel_sender(channel: Channel) -> dict[str, str]:

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from twilio_pipeline.channels import Channel, ChannelFile
-from twilio_pipeline.db import Database, utcnow
-from twilio_pipeline.db.database import HOST, LeaseHolder
+from twilio_pipeline.db import Database
+from twilio_pipeline.db.database import LeaseHolder
 from twilio_pipeline.outbound.commit import OutboundResults, commit_execution
 from twilio_pipeline.outbound.connectivity import check_connectivity
 from twilio_pipeline.outbound.dispatch import Progress
@@ -17,7 +17,6 @@ from twilio_pipeline.outbound.interaction_log import InteractionLog
 from twilio_pipeline.outbound.lease import execution_lease, lease_key
 from twilio_pipeline.outbound.plan import PlanSummary, plan_execution
 from twilio_pipeline.outbound.send import SendSummary, send_execution
-from twilio_pipeline.processes import pid_alive
 from twilio_pipeline.twilio import CredentialsRejected, Endpoints, RetrySettings, TwilioClient, TwilioCredentials
 
 
@@ -44,13 +43,8 @@ def client_for_channel(credentials: TwilioCredentials, channel: Channel, endpoin
 
 
 def busy_holder(db: Database, execution_id: int) -> LeaseHolder | None:
-    """The live run holding the execution's lease, or None (expired leases and dead local pids are free)."""
-    holder = db.lease_holder(lease_key(execution_id))
-    if holder is None or holder.expires_at < utcnow():
-        return None
-    if holder.host == HOST and not pid_alive(holder.pid):
-        return None
-    return holder
+    """The live run holding the execution's lease, or None (dead local pids and expired remote leases are free)."""
+    return db.live_lease_holder(lease_key(execution_id))
 
 
 def run_outbound(db: Database, client, channels: ChannelFile, execution_id: int, *, run_id: str, log,

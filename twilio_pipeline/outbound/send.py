@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from twilio_pipeline.channels import Channel
 from twilio_pipeline.db import Database
 from twilio_pipeline.outbound.dispatch import Dispatcher, Progress
-from twilio_pipeline.outbound.errors import OutboundInputError
+from twilio_pipeline.outbound.errors import ExecutionCancelled, OutboundInputError
 from twilio_pipeline.outbound.execution import read_execution
 from twilio_pipeline.outbound.interaction_log import InteractionLog
 from twilio_pipeline.outbound.lease import execution_lease
@@ -57,6 +57,7 @@ class SendSummary(StepSummary):
     nothing_to_send: bool = False
     error_codes: str = ""
     interaction_log: str = ""
+    cancelled: bool = False
 
 
 def drain_check(client, channel: Channel, segments: int, log) -> tuple[float, str]:
@@ -102,7 +103,7 @@ def send_execution(db: Database, client, channel: Channel, execution_id: int, *,
         db.drop_orphan_staging()
         with db.staging_table("send", OutcomeWriter.staging_columns()) as stg:
             writer = OutcomeWriter(db, channel, execution_id, run_id, stg)
-            claims = Claims(db, execution_id, run_id)
+            claims = Claims(db, execution_id, run_id, lease=lease)
             dispatcher = Dispatcher(client, channel, writer, claims, media_url=row.media_url, log=log,
                                     progress=progress, lease=lease)
             reconciler = Reconciler(db, client, channel, execution_id, writer=writer, claims=claims,
@@ -113,6 +114,9 @@ def send_execution(db: Database, client, channel: Channel, execution_id: int, *,
             try:
                 _send(db, client, channel, execution_id, claims, dispatcher, reconciler, writer, ilog, summary,
                       log, claim_batch)
+            except ExecutionCancelled as exc:  # not a failure: the upstream asked; the rest stays planned
+                summary.cancelled = True
+                ilog.warning(str(exc))
             finally:
                 writer.close()
     _summarise(db, client, execution_id, writer, reconciler, ilog, summary, requests_before, throttled_before)

@@ -372,8 +372,12 @@ class TwilioClient:
         data = self._get_json(url, {"PageSize": "1"}, require_list="incoming_phone_numbers", probe=True)
         return len(data["incoming_phone_numbers"])
 
-    def create_message(self, params: Mapping[str, str | Sequence[str]]) -> CreateResult:
-        """POST Messages. Per-recipient refusals and ambiguous outcomes are results, not exceptions."""
+    def create_message(self, params: Mapping[str, str | Sequence[str]],
+                       proceed: Callable[[], bool] | None = None) -> CreateResult:
+        """POST Messages. Per-recipient refusals and ambiguous outcomes are results, not exceptions.
+
+        `proceed` is asked before each retry (only failures that created nothing are retried): False
+        ends the request with TwilioUnavailable, nothing sent - the sender's lease gates every request."""
         started = datetime.now(timezone.utc)
         try:
             return self._create_once(params, started, 1)
@@ -382,6 +386,9 @@ class TwilioClient:
         attempts = [1]
 
         def attempt() -> CreateResult:
+            if proceed is not None and not proceed():
+                raise TwilioUnavailable("not retried: the sender stopped sending", method="POST",
+                                        url=self._show(self._messages_url), attempts=attempts[0])
             attempts[0] += 1
             return self._create_once(params, started, attempts[0])
 

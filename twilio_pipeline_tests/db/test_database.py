@@ -151,10 +151,10 @@ def test_lease_is_exclusive_and_a_dead_or_expired_holder_is_replaced(db):
     assert db.acquire_lease("send:1", "run-a") is None  # re-entrant for its owner
     db.release_lease("send:1", "run-a")
     assert db.acquire_lease("send:1", "run-b") is None
-    # expired
+    # expired: on another host (a live holder on this host is never taken over: see test_lease.py)
     leases = db.tables.leases
     with db.begin() as conn:
-        conn.execute(leases.update().values(ExpiresAt=utcnow() - timedelta(seconds=1)))
+        conn.execute(leases.update().values(Host="another-host", ExpiresAt=utcnow() - timedelta(seconds=1)))
     assert db.acquire_lease("send:1", "run-c") is None
     # dead process on this host
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
