@@ -214,6 +214,10 @@ class Database:
         columns = list(rows[0].keys())
         encoded = [_pg_column(table.c[c].type if c in table.c else None, [row.get(c) for row in rows])
                    for c in columns]
+        for name, values in zip(columns, encoded):  # PostgreSQL text holds no NUL: one line, not a driver error
+            if "\x00" in "".join(values):
+                raise ValueError(f"cannot store a NUL character in {table.name}.{name} (PostgreSQL text cannot "
+                                 "hold one); the value must be refused before it is written")
         buf = io.StringIO("\n".join(map("\t".join, zip(*encoded))) + "\n")
         del encoded
         qualified = self._quoted_name(table)

@@ -27,6 +27,7 @@ from twilio_pipeline.outbound.ledger import (
     SUPPRESSED,
     ledger_counts,
 )
+from twilio_pipeline.outbound.plan import repeated_rows
 from twilio_pipeline.rules.states import STATUS_RANK, state_name
 
 STATE_MATCH = ["ChannelExecutionID", "RPContactID", "FulfillmentState"]
@@ -59,13 +60,14 @@ def compute_results(db: Database, channel: Channel, execution_id: int) -> dict[s
     sent yet; it is 0 after a complete send, when the contract's identities hold exactly."""
     c = ledger_counts(db, execution_id)
     p, s = c.people, c.seeds
+    repeated = repeated_rows(db, execution_id)  # rows repeating a contact: Duplicates without a ledger row
     unresolved = p.get(AMBIGUOUS) + p.get(INFLIGHT)
     targeted = p.get(SENT) + p.get(REFUSED) + unresolved
     segments = p.segments.get(SENT, 0)
     results: dict[str, int | float] = {
-        "CountBeforeDedup": p.total,
+        "CountBeforeDedup": p.total + repeated,
         "InvalidNumbers": p.get(INVALID),
-        "Duplicates": p.get(DUPLICATE),
+        "Duplicates": p.get(DUPLICATE) + repeated,
         "Unsubscribed": p.get(SUPPRESSED),
         "NotRendered": p.get(NOT_RENDERED),
         "Targeted": targeted,

@@ -13,8 +13,11 @@ the execution's ledger counts as a duplicate (the earlier row was decided, perha
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pandas as pd
@@ -25,7 +28,13 @@ from phonenumbers import PhoneNumber
 from twilio_pipeline.channels import Channel
 from twilio_pipeline.db import Database, utcnow
 from twilio_pipeline.outbound.errors import OutboundInputError
-from twilio_pipeline.outbound.execution import STATUS_SENDING, read_execution, sender_problem, set_status
+from twilio_pipeline.outbound.execution import (
+    STATUS_SENDING,
+    mark_failed,
+    read_execution,
+    sender_problem,
+    set_status,
+)
 from twilio_pipeline.outbound.interaction_log import InteractionLog
 from twilio_pipeline.outbound.ledger import (
     DUPLICATE,
@@ -38,7 +47,15 @@ from twilio_pipeline.outbound.ledger import (
 )
 from twilio_pipeline.outbound.summary import StepSummary
 from twilio_pipeline.rules.phones import PhoneResult, normalise_number
-from twilio_pipeline.rules.render import Rendered, merge_fields, parse_attributes, render_body
+from twilio_pipeline.rules.render import (
+    Rendered,
+    media_url_problem,
+    merge_fields,
+    parse_attributes,
+    render_body,
+    template_problem,
+    text_problem,
+)
 from twilio_pipeline.rules.segments import count_segments
 
 CHUNK_ROWS = 20_000
@@ -155,35 +172,149 @@ def _contacts_query(db: Database, execution_id: int, with_attributes: bool) -> s
             .order_by(oh.c.RPContactID))
 
 
-def _chunk_rows(frame: pd.DataFrame, renderer: _Renderer, region: str | None, last_id: int | None
-                ) -> tuple[list[dict], int | None]:
-    """One chunk of contacts -> staging rows (repeated RPContactIDs keep their first row)."""
-    frame = frame.drop_duplicates("RPContactID", keep="first")
-    ids = frame["RPContactID"].astype("int64").tolist()
-    addresses = frame["AddressKey"].astype(object).tolist()
-    attributes = frame["Attributes"].astype(object).tolist() if "Attributes" in frame else [None] * len(ids)
-    numbers: dict = {}
-    rows = []
-    for rid, raw, attrs in zip(ids, addresses, attributes):
-        if rid == last_id:
-            continue
-        raw = None if _missing(raw) else str(raw)
-        result = numbers.get(raw)
+def _stored(text: str) -> str:
+    """A value as recorded in the ledger: NUL, other controls and lone surrogates become U+FFFD (no
+    database stores a NUL in text, and SQLite cannot encode a surrogate)."""
+    return _UNSTORABLE.sub("\ufffd", text)
+
+
+_UNSTORABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+
+
+class _Contacts:
+    """Turns the audience, read in RPContactID order, into staging rows: one per RPContactID.
+
+    Rows sharing an RPContactID are adjacent; the rows of the last ID of a chunk wait for the next chunk,
+    so the choice never depends on where a chunk ends. The kept row is the first in this order
+    (README "Dedupe"): a valid number before an invalid one, then the lowest AddressKey, then the lowest
+    Attributes (code-point order, NULL last); the others are Duplicates, counted by `repeated_rows`.
+    """
+
+    def __init__(self, renderer: _Renderer, region: str | None):
+        self.renderer = renderer
+        self.region = region
+        self.numbers: dict = {}
+        self.carry: list[tuple[int, str | None, object]] = []
+        self.repeats = 0
+
+    def _number(self, raw: str | None) -> PhoneResult:
+        result = self.numbers.get(raw)
         if result is None:
-            result = numbers[raw] = _parse_number(raw, region)
-        row = {"RPContactID": rid, "IsSeed": False, "AddressKey": raw[:_ADDRESS_MAX] if raw is not None else None,
+            if len(self.numbers) > 200_000:
+                self.numbers.clear()
+            problem = text_problem(raw, "the number") if raw is not None else None
+            result = PhoneResult(None, problem) if problem else _parse_number(raw, self.region)
+            self.numbers[raw] = result
+        return result
+
+    def _key(self, row: tuple[int, str | None, object]):
+        _rid, raw, attrs = row
+        return (self._number(raw).e164 is None, raw is None, raw or "", _missing(attrs),
+                "" if _missing(attrs) else str(attrs))
+
+    def chunk(self, frame: pd.DataFrame | None) -> list[dict]:
+        """One chunk of contacts (None: the end of the audience) -> staging rows."""
+        pending = self.carry
+        if frame is not None:
+            ids = frame["RPContactID"].astype("int64").tolist()
+            addresses = frame["AddressKey"].astype(object).tolist()
+            attributes = (frame["Attributes"].astype(object).tolist() if "Attributes" in frame
+                          else [None] * len(ids))
+            pending = pending + [(rid, None if _missing(raw) else str(raw), attrs)
+                                 for rid, raw, attrs in zip(ids, addresses, attributes)]
+        if frame is not None and pending:
+            last = pending[-1][0]
+            cut = len(pending)
+            while cut > 0 and pending[cut - 1][0] == last:
+                cut -= 1
+            pending, self.carry = pending[:cut], pending[cut:]
+        else:
+            self.carry = []
+        rows = []
+        i = 0
+        while i < len(pending):
+            j = i + 1
+            while j < len(pending) and pending[j][0] == pending[i][0]:
+                j += 1
+            kept = pending[i] if j == i + 1 else min(pending[i:j], key=self._key)
+            self.repeats += j - i - 1
+            rows.append(self._row(*kept))
+            i = j
+        return rows
+
+    def _row(self, rid: int, raw: str | None, attrs) -> dict:
+        result = self._number(raw)
+        row = {"RPContactID": rid, "IsSeed": False,
+               "AddressKey": _stored(raw[:_ADDRESS_MAX]) if raw is not None else None,
                "ToNumber": result.e164, "Body": None, "Segments": None, "Encoding": None, "Reason": None}
         if result.e164 is None:
-            row["Reason"] = f"invalid number: {result.reason}"[:_REASON_MAX]
+            row["Reason"] = _stored(f"invalid number: {result.reason}"[:_REASON_MAX])
         else:
-            rendered = renderer.render(attrs)
+            rendered = self.renderer.render(attrs)
             if rendered.body is None:
-                row["Reason"] = f"not rendered: {rendered.reason}"[:_REASON_MAX]
+                row["Reason"] = _stored(f"not rendered: {rendered.reason}"[:_REASON_MAX])
             else:
                 row["Body"] = rendered.body
-                row["Segments"], row["Encoding"] = renderer.segments(rid, rendered.body)
-        rows.append(row)
-    return rows, (ids[-1] if ids else last_id)
+                row["Segments"], row["Encoding"] = self.renderer.segments(rid, rendered.body)
+        return row
+
+
+def repeated_rows(db: Database, execution_id: int) -> int:
+    """OfferHistorySG rows that repeat an RPContactID of the execution: each is a Duplicate (the ledger
+    holds one row per contact), so that every input row counts once in CountBeforeDedup."""
+    oh = db.tables.offer_history
+    q = (sa.select(sa.func.count() - sa.func.count(sa.distinct(oh.c.RPContactID)))
+         .where(oh.c.ChannelExecutionID == int(execution_id)))
+    with db.connect() as conn:
+        return int(conn.execute(q).scalar() or 0)
+
+
+def execution_problem(template: str | None, media_url: str | None) -> str | None:
+    """Why the execution's MessageBody or MediaUrl cannot be sent to anyone, or None."""
+    return template_problem(template) or media_url_problem(media_url)
+
+
+@contextmanager
+def _text_decoding(db: Database, conn, lenient: bool):
+    """On SQLite, `lenient` reads invalid UTF-8 as lone surrogates (then refused per recipient) instead of
+    failing the whole read; it costs ~2.5x per text value, so it is only the retry after such a failure."""
+    if not lenient or db.dialect != "sqlite":
+        yield
+        return
+    raw = conn.connection.dbapi_connection
+    before = raw.text_factory
+    raw.text_factory = _LENIENT_UTF8
+    try:
+        yield
+    finally:
+        raw.text_factory = before
+
+
+_LENIENT_UTF8 = functools.partial(bytes.decode, encoding="utf-8", errors="surrogateescape")
+
+
+def _stage_contacts(db: Database, stg: sa.Table, query: sa.Select, renderer: _Renderer, region: str | None,
+                    chunk_rows: int) -> tuple[int, int]:
+    """Stream the unplanned contacts into staging; returns (rows staged, rows repeating an RPContactID)."""
+    for lenient in (False, True):
+        contacts = _Contacts(renderer, region)
+        staged = 0
+        try:
+            with db.connect() as read_conn, _text_decoding(db, read_conn, lenient):
+                read_conn = read_conn.execution_options(stream_results=True, max_row_buffer=chunk_rows)
+                for frame in itertools.chain(pd.read_sql(query, read_conn, chunksize=chunk_rows), [None]):
+                    rows = contacts.chunk(frame)
+                    del frame
+                    if rows:
+                        with db.begin() as conn:
+                            staged += db.bulk_insert(conn, stg, rows)
+            return staged, contacts.repeats
+        except Exception as exc:
+            if lenient or "Could not decode to UTF-8" not in str(exc):
+                raise
+            with db.begin() as conn:  # start again, reading invalid UTF-8 as something we can refuse
+                conn.execute(stg.delete())
+    raise AssertionError("unreachable")
 
 
 def _seed_rows(channel: Channel, renderer: _Renderer, ilog: InteractionLog) -> list[dict]:
@@ -274,6 +405,11 @@ def plan_execution(db: Database, channel: Channel, execution_id: int, *, run_id:
     row = read_execution(db, execution_id)
     if row is None:
         raise OutboundInputError(f"execution {execution_id} does not exist in SMS_ChannelExecutions")
+    problem = execution_problem(row.message_body, row.media_url)
+    if problem:  # nobody could get a sensible text: the execution fails, nobody is planned
+        reason = f"execution {execution_id}: {problem}"
+        mark_failed(db, execution_id, reason)
+        raise OutboundInputError(reason)
     ilog = InteractionLog(log, channel.name)
     db.drop_orphan_staging()
     set_status(db, execution_id, STATUS_SENDING)
@@ -283,16 +419,7 @@ def plan_execution(db: Database, channel: Channel, execution_id: int, *, run_id:
     newly_suppressed = _suppress_planned(db, channel, execution_id)
     query = _contacts_query(db, execution_id, with_attributes=bool(renderer.fields))
     with db.staging_table("plan", _staging_columns()) as stg:
-        staged = 0
-        with db.connect() as read_conn:
-            read_conn = read_conn.execution_options(stream_results=True, max_row_buffer=chunk_rows)
-            last_id = None
-            for frame in pd.read_sql(query, read_conn, chunksize=chunk_rows):
-                rows, last_id = _chunk_rows(frame, renderer, channel.default_region, last_id)
-                del frame
-                if rows:
-                    with db.begin() as conn:
-                        staged += db.bulk_insert(conn, stg, rows)
+        staged, repeats = _stage_contacts(db, stg, query, renderer, channel.default_region, chunk_rows)
         seeds = _seed_rows(channel, renderer, ilog)
         if seeds:
             with db.begin() as conn:
@@ -305,10 +432,11 @@ def plan_execution(db: Database, channel: Channel, execution_id: int, *, run_id:
 
     counts = ledger_counts(db, execution_id)
     people, seed = counts.people, counts.seeds
+    repeated = repeated_rows(db, execution_id)
     summary = PlanSummary(
         execution_id=execution_id, channel=channel.name,
-        count_before_dedup=people.total, count_after_dedup=people.total - people.get(DUPLICATE),
-        duplicates=people.get(DUPLICATE), invalid_numbers=people.get(INVALID),
+        count_before_dedup=people.total + repeated, count_after_dedup=people.total - people.get(DUPLICATE),
+        duplicates=people.get(DUPLICATE) + repeated, invalid_numbers=people.get(INVALID),
         unsubscribed=people.get(SUPPRESSED), not_rendered=people.get(NOT_RENDERED),
         to_send=people.get(PLANNED), already_attempted=people.attempted,
         seeds=seed.total, seeds_to_send=seed.get(PLANNED), invalid_seeds=seed.get(INVALID),
@@ -322,10 +450,14 @@ def plan_execution(db: Database, channel: Channel, execution_id: int, *, run_id:
             f"{summary.ucs2_messages} message(s) go out in UCS-2 (70 characters per segment instead of 160): "
             f"e.g. RPContactID {rid}'s has {ch!r} (U+{ord(ch):04X}), which GSM-7 cannot carry"
         )
+    if repeats:
+        ilog.warning(f"{repeats} row(s) repeat an RPContactID already in the audience: counted as Duplicates; "
+                     "per contact the row kept has a valid number, then the lowest AddressKey, then Attributes")
     if newly_suppressed:
         ilog.info(f"{newly_suppressed} planned recipient(s) opted out since the plan was made and are not sent")
     if summary.not_rendered:
-        ilog.warning(f"{summary.not_rendered} recipient(s) not rendered (missing merge field, empty or over-long body)")
+        ilog.warning(f"{summary.not_rendered} recipient(s) not rendered (missing or unusable merge field, invalid "
+                     "characters, empty or over-long body)")
     ilog.committing_offer_history()
     summary.interaction_log = ilog.text()
     return summary
