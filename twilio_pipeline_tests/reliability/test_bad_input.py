@@ -45,6 +45,8 @@ class Case:
     attributes: str | None  # OfferHistorySG.Attributes as stored (JSON text or NULL)
     outcome: str            # the ledger Outcome the recipient must end with
     detail: str             # the E.164 it is sent to (sent), else a fragment of the recorded reason
+    body: str | None = None  # the exact text the phone must get (sent cases that check it)
+    sqlite_only: bool = False  # a value PostgreSQL cannot even store (a NUL in text): the upstream never has it
 
 
 def _msg(text: str) -> str:
@@ -91,12 +93,82 @@ REGION = [
     Case("another country's national format", "020 7946 0958", OK, "invalid", "too long"),
     Case("international number with default_region", "+44 20 7946 0959", OK, "sent", "+442079460959"),
 ]
+# Issue 13: hostile recipients for the template "{{Msg}}" - each a counted, recorded outcome, never a
+# crashed execution, never a NUL texted.
+HOSTILE = [
+    Case("NUL escaped in a value (PostgreSQL COPY aborted the execution)", "+14155550151",
+         '{"Msg": "Hi\\u0000there"}', "not_rendered", "contains a NUL character"),
+    Case("NUL stored in Attributes", "+14155550152", '{"Msg": "Hi\x00there"}', "not_rendered",
+         "Attributes contains a NUL character", sqlite_only=True),
+    Case("NUL stored in AddressKey", "+1415555\x000153", OK, "invalid", "contains a NUL character", sqlite_only=True),
+    Case("bell character in a value", "+14155550154", '{"Msg": "Ding\\u0007"}', "not_rendered",
+         "control character U+0007"),
+    Case("bell character in AddressKey", "+1415555\x070155", OK, "invalid", "control character U+0007",
+         sqlite_only=True),
+    Case("Attributes a JSON string", "+14155550156", '"Hello"', "not_rendered", "not a JSON object"),
+    Case("Attributes a JSON number", "+14155550157", "42", "not_rendered", "not a JSON object"),
+    Case("Attributes 100,000 arrays deep", "+14155550158", '{"Msg": ' + "[" * 100_000 + "]" * 100_000 + "}",
+         "not_rendered", "nested too deeply"),
+    Case("Attributes of 1.2 MB", "+14155550159", _msg("x" * 1_200_000), "not_rendered",
+         "Attributes is 1200011 characters, over 1000000"),
+    Case("NaN is not JSON", "+14155550160", '{"Msg": NaN}', "not_rendered", "not valid JSON"),
+    Case("2,000 emoji", "+14155550161", _msg("\U0001F600" * 2000), "not_rendered", "2000 characters"),
+    Case("a value of only whitespace", "+14155550162", _msg(" \t \n "), "not_rendered", "body is empty"),
+    Case("CRLF in a value", "+14155550163", _msg("Line one\r\nLine two"), "sent", "+14155550163",
+         body="Line one\r\nLine two"),
+    Case("RTL text with a right-to-left mark", "+14155550164", _msg("\u200fمرحبا بكم"), "sent", "+14155550164",
+         body="\u200fمرحبا بكم"),
+    Case("backslash-N text is not NULL", "+14155550165", _msg("\\N"), "sent", "+14155550165", body="\\N"),
+    Case("right-to-left mark in AddressKey", "\u200f+14155550166", OK, "invalid", "not digits"),
+    Case("full-width digits", "+１４１５５５５０１６７", OK, "sent", "+14155550167"),
+    Case("Arabic-Indic digits", "+١٤١٥٥٥٥٠١٦٨", OK, "sent", "+14155550168"),
+    Case("full-width duplicate of an ASCII number", "+１４１５５５５０１６３", OK, "duplicate", "duplicate of RPContactID"),
+    Case("tel: URI", "tel:+1-415-555-0169", OK, "invalid", "contains letters"),
+    Case("40 digits", "1" * 40, OK, "invalid", "too long"),
+    Case("CRLF around AddressKey", "+14155550170\r\n", OK, "sent", "+14155550170"),
+    Case("an extension", "+1 415 555 0171;ext=12", OK, "invalid", "contains letters"),
+    Case("SQL in a value, quoted and commented", "+14155550172", _msg("x' OR '1'='1'; --\t\\"), "sent",
+         "+14155550172", body="x' OR '1'='1'; --\t\\"),
+]
+# Merge-field names of Unicode letters, digits and _ . - ; values rendered as the person wrote them.
+MERGE_TEMPLATE = "Bonjour {{Prénom}} ({{ 1st }}, {{first.name}}, {{first-name}}): {{Amount}} {{Flag}}"
+
+
+def _merge(amount: str = "10.50", flag: str = "true", prenom: str = '"Ada"', key: str = "Prénom") -> str:
+    return (f'{{"{key}": {prenom}, "1st": "A", "first.name": "Lovelace", "first-name": "L", '
+            f'"Amount": {amount}, "Flag": {flag}}}')
+
+
+def _said(amount: str = "10.50", flag: str = "true", prenom: str = "Ada") -> str:
+    return f"Bonjour {prenom} (A, Lovelace, L): {amount} {flag}"
+
+
+MERGE = [
+    Case("a JSON number keeps its digits", "+14155550181", _merge(), "sent", "+14155550181", body=_said()),
+    Case("an integer beyond a float", "+14155550182", _merge("12345678901234567890"), "sent", "+14155550182",
+         body=_said("12345678901234567890")),
+    Case("an exponent", "+14155550183", _merge("1.5E3"), "sent", "+14155550183", body=_said("1.5E3")),
+    Case("negative zero", "+14155550184", _merge("-0.0", "false"), "sent", "+14155550184",
+         body=_said("-0.0", "false")),
+    Case("a number written as a string", "+14155550185", _merge('"0010.50"'), "sent", "+14155550185",
+         body=_said("0010.50")),
+    Case("a decomposed é in the key", "+14155550186", _merge(key="Pre\u0301nom"), "sent", "+14155550186",
+         body=_said()),
+    Case("a value holding another merge field", "+14155550187", _merge(prenom='"{{Amount}}"'), "sent",
+         "+14155550187", body=_said(prenom="{{Amount}}")),
+    Case("an object", "+14155550188", _merge('{"a": 1}'), "not_rendered", "merge field Amount is a JSON object"),
+    Case("an array", "+14155550189", _merge("[1, 2]"), "not_rendered", "merge field Amount is a JSON array"),
+    Case("null", "+14155550190", _merge("null"), "not_rendered", "merge field Amount is NULL"),
+    Case("a lone surrogate escape", "+14155550191", _merge(prenom='"\\udc80"'), "not_rendered",
+         "invalid Unicode"),
+]
 GOOD = 10  # ordinary recipients between the bad ones: none of them may be affected
 
 
-def _create(db, execution_id: int, channel_name: str, cases: list[Case], good_start: int) -> dict[int, Case]:
+def _create(db, execution_id: int, channel_name: str, cases: list[Case], good_start: int,
+            template: str = "{{Msg}}", good_attributes: str = _msg("Your offer")) -> dict[int, Case]:
     """The execution with each case and GOOD ordinary recipients interleaved; RPContactID -> Case."""
-    create_execution(db, execution_id, channel_name, "{{Msg}}", [])
+    create_execution(db, execution_id, channel_name, template, [])
     rows, by_id, rid = [], {}, 0
     good = iter(range(good_start, good_start + GOOD * 10))
     for i, case in enumerate(cases):
@@ -107,43 +179,55 @@ def _create(db, execution_id: int, channel_name: str, cases: list[Case], good_st
         if i % 3 == 0 and len([c for c in by_id.values() if c.what == "good"]) < GOOD:
             rid += 1
             number = f"+1628555{next(good):04d}"
-            by_id[rid] = Case("good", number, _msg("Your offer"), "sent", number)
+            by_id[rid] = Case("good", number, good_attributes, "sent", number)
             rows.append({"RPContactID": rid, "ChannelExecutionID": execution_id, "AddressKey": number,
-                         "Attributes": _msg("Your offer")})
+                         "Attributes": good_attributes})
     with db.begin() as conn:
         db.bulk_insert(conn, db.tables.offer_history, rows)
     return by_id
+
+
+def _client(sb, chans, name: str):
+    return client_for_channel(TwilioCredentials(sb.account_sid, sb.auth_token), chans.get(name),
+                              Endpoints(sb.base_url, sb.base_url, sb.base_url))
+
+
+def _send_and_check(db, sb, chans, eid: int, name: str, expected: dict[int, Case], texted: dict[str, int]) -> None:
+    """Send the execution the way production does (connectivity, refresh, plan, send, commit); every case
+    ends with its outcome and reason (or exact text at the sandbox), and the results add up."""
+    with _client(sb, chans, name) as client:
+        run = run_outbound(db, client, chans, eid, run_id=f"run-{uuid.uuid4().hex[:8]}", log=ListLog(), settle_s=0.1)
+    rows = {r["RPContactID"]: r for r in ledger(db, eid)}
+    bodies = {m["sid"]: m["body"] for m in sb.messages(direction="outbound-api")}
+    for rid, case in expected.items():
+        row = rows[rid]
+        assert row["Outcome"] == case.outcome, (case.what, row["Outcome"], row["Reason"])
+        if case.outcome == "sent":
+            assert row["ToNumber"] == case.detail and row["MessageSID"], (case.what, row)
+            texted[case.detail] = texted.get(case.detail, 0) + 1
+            if case.body is not None:
+                assert bodies[row["MessageSID"]] == case.body, (case.what, bodies[row["MessageSID"]])
+        else:
+            assert case.detail in (row["Reason"] or ""), (case.what, row["Reason"])
+            assert row["MessageSID"] is None
+    assert not any("\x00" in (b or "") for b in bodies.values()), "a NUL was texted"
+    r = run.results.results
+    assert_identities(r)
+    outcomes = [c.outcome for c in expected.values()]
+    assert (r["CountBeforeDedup"], r["InvalidNumbers"], r["NotRendered"], r["Duplicates"], r["Sent"],
+            r["SendFailed"]) == (len(outcomes), outcomes.count("invalid"), outcomes.count("not_rendered"),
+                                 outcomes.count("duplicate"), outcomes.count("sent"), 0)
+    assert run.results.status == "sent"
 
 
 def test_bad_numbers_and_bodies_are_recorded_per_recipient_and_affect_nobody_else(db, make_sandbox):
     sb = make_sandbox()
     specs = [channel("Plain SMS", max_concurrency=8), channel("US Region SMS", max_concurrency=8, default_region="US")]
     chans = parse_channels({"channels": specs})
-    log = ListLog()
     expected = {10: _create(db, 10, "Plain SMS", PLAIN, 100), 11: _create(db, 11, "US Region SMS", REGION, 200)}
     texted: dict[str, int] = {}
     for eid, name in ((10, "Plain SMS"), (11, "US Region SMS")):
-        client = client_for_channel(TwilioCredentials(sb.account_sid, sb.auth_token), chans.get(name),
-                                    Endpoints(sb.base_url, sb.base_url, sb.base_url))
-        with client:
-            run = run_outbound(db, client, chans, eid, run_id=f"run-{uuid.uuid4().hex[:8]}", log=log, settle_s=0.1)
-        rows = {r["RPContactID"]: r for r in ledger(db, eid)}
-        for rid, case in expected[eid].items():
-            row = rows[rid]
-            assert row["Outcome"] == case.outcome, (case.what, row["Outcome"], row["Reason"])
-            if case.outcome == "sent":
-                assert row["ToNumber"] == case.detail and row["MessageSID"], (case.what, row)
-                texted[case.detail] = texted.get(case.detail, 0) + 1
-            else:
-                assert case.detail in (row["Reason"] or ""), (case.what, row["Reason"])
-                assert row["MessageSID"] is None
-        r = run.results.results
-        assert_identities(r)
-        outcomes = [c.outcome for c in expected[eid].values()]
-        assert (r["InvalidNumbers"], r["NotRendered"], r["Duplicates"], r["Sent"], r["SendFailed"]) == (
-            outcomes.count("invalid"), outcomes.count("not_rendered"), outcomes.count("duplicate"),
-            outcomes.count("sent"), 0)
-        assert run.results.status == "sent"
+        _send_and_check(db, sb, chans, eid, name, expected[eid], texted)
     ucs2 = next(r for r in ledger(db, 10) if r["ToNumber"] == "+14155550114")
     assert ucs2["Encoding"] == "UCS-2" and ucs2["Segments"] == 1
     long_body = next(r for r in ledger(db, 10) if r["ToNumber"] == "+14155550113")
@@ -157,6 +241,25 @@ def test_bad_numbers_and_bodies_are_recorded_per_recipient_and_affect_nobody_els
     assert bodies["+14155550122"] == "'); DELETE FROM TwilioSMS_SendLedger; --"
     with db.connect() as conn:  # the SQL text did nothing but travel as data
         assert conn.execute(sa.select(sa.func.count()).select_from(db.tables.offer_history)).scalar() > 0
+
+
+def test_hostile_recipients_are_refused_or_texted_as_written_and_affect_nobody_else(db, make_sandbox):
+    """NUL, control characters and invalid Unicode anywhere in a recipient's row, odd Attributes, odd
+    numbers, and merge fields of Unicode names with JSON values: each recipient gets its own counted,
+    recorded outcome (or exactly the text a person would expect), the execution is sent for everyone
+    else, and no NUL reaches Twilio - on SQLite and PostgreSQL alike."""
+    sb = make_sandbox()
+    chans = parse_channels({"channels": [channel("Hostile SMS", max_concurrency=8)]})
+    hostile = [c for c in HOSTILE if db.dialect == "sqlite" or not c.sqlite_only]
+    expected = {
+        30: _create(db, 30, "Hostile SMS", hostile, 300),
+        31: _create(db, 31, "Hostile SMS", MERGE, 400, template=MERGE_TEMPLATE, good_attributes=_merge()),
+    }
+    texted: dict[str, int] = {}
+    for eid in (30, 31):
+        _send_and_check(db, sb, chans, eid, "Hostile SMS", expected[eid], texted)
+    assert sb.stats()["messages_created_by_to"] == texted
+    assert all(n == 1 for n in texted.values())
 
 
 # ---- channel file and execution errors through the real CLI -------------------------------------------
