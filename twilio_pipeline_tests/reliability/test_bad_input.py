@@ -25,7 +25,14 @@ from twilio_pipeline.channels import parse_channels
 from twilio_pipeline.db.database import to_naive_utc
 from twilio_pipeline.inbound import fetch_statuses, load_states, parse_keywords, refresh_inbound, suppressed_numbers
 from twilio_pipeline.logs import ListLog
-from twilio_pipeline.outbound import client_for_channel, commit_execution, plan_execution, run_outbound, send_execution
+from twilio_pipeline.outbound import (
+    OutboundInputError,
+    client_for_channel,
+    commit_execution,
+    plan_execution,
+    run_outbound,
+    send_execution,
+)
 from twilio_pipeline.twilio import Endpoints, RetrySettings, TwilioClient, TwilioCredentials, parse_twilio_date
 from twilio_pipeline_tests.reliability.conftest import (
     SENDER,
@@ -260,6 +267,124 @@ def test_hostile_recipients_are_refused_or_texted_as_written_and_affect_nobody_e
         _send_and_check(db, sb, chans, eid, "Hostile SMS", expected[eid], texted)
     assert sb.stats()["messages_created_by_to"] == texted
     assert all(n == 1 for n in texted.values())
+
+
+# Rows of one execution, in the order the upstream wrote them: (RPContactID, AddressKey).
+REPEATED = [
+    (1, "+14155550302"), (1, "+14155550301"),       # same contact, two numbers: the lowest AddressKey is kept
+    (2, "not a number"), (2, "+14155550303"),       # a valid number is kept before an invalid one
+    (3, "+14155550304"), (3, "+14155550304"),       # the same row twice
+    (4, "+1 415 555 0301"),                         # contact 1's kept number: a Duplicate of contact 1
+    (5, "+14155550302"),                            # contact 1's other number: not a duplicate, sent
+    (6, None), (6, None),                           # an invalid contact, twice
+    (0, "+14155550306"), (-7, "+14155550307"), (2**63 - 1, "+14155550308"),  # any BIGINT is a contact key
+]
+KEPT = {1: "+14155550301", 2: "+14155550303", 3: "+14155550304", 5: "+14155550302", 0: "+14155550306",
+        -7: "+14155550307", 2**63 - 1: "+14155550308"}
+
+
+def test_a_repeated_contact_counts_once_per_row_and_keeps_the_same_row_whatever_the_order(db, make_sandbox):
+    """Dedupe on RPContactID first, then on the number: every OfferHistorySG row counts once in
+    CountBeforeDedup; a second row of a contact is a Duplicate whatever its number; the row kept does not
+    depend on the order rows were written or where a read chunk ends (README "Dedupe")."""
+    sb = make_sandbox()
+    chans = parse_channels({"channels": [channel("Dedupe SMS", max_concurrency=8)]})
+    orders = {40: REPEATED, 41: REPEATED[::-1], 42: REPEATED[3:] + REPEATED[:3]}
+    for eid, rows in orders.items():
+        create_execution(db, eid, "Dedupe SMS", "Hi {{Name}}", [])
+        with db.begin() as conn:
+            db.bulk_insert(conn, db.tables.offer_history, [
+                {"RPContactID": rid, "ChannelExecutionID": eid, "AddressKey": a, "Attributes": json.dumps({"Name": "x"})}
+                for rid, a in rows])
+    # One execution planned a row at a time: contacts straddle every chunk boundary.
+    plan_execution(db, chans.get("Dedupe SMS"), 42, run_id="plan-1-row", log=ListLog(), chunk_rows=1)
+    for eid in orders:
+        with _client(sb, chans, "Dedupe SMS") as client:
+            run = run_outbound(db, client, chans, eid, run_id=f"run-{eid}", log=ListLog(), settle_s=0.1)
+        rows = {r["RPContactID"]: r for r in ledger(db, eid)}
+        assert {rid: r["ToNumber"] for rid, r in rows.items() if r["Outcome"] == "sent"} == KEPT, eid
+        assert rows[4]["Outcome"] == "duplicate" and rows[4]["Reason"] == "duplicate of RPContactID 1"
+        assert rows[6]["Outcome"] == "invalid"
+        r = run.results.results
+        assert_identities(r)
+        assert (r["CountBeforeDedup"], r["Duplicates"], r["InvalidNumbers"], r["Sent"]) == (13, 5, 1, 7), (eid, r)
+        assert run.plan.count_before_dedup == 13 and run.plan.duplicates == 5
+    again = plan_execution(db, chans.get("Dedupe SMS"), 40, run_id="replan", log=ListLog())
+    assert (again.count_before_dedup, again.duplicates, again.newly_planned) == (13, 5, 0)
+
+
+EXECUTION_LEVEL = [
+    # (what, MessageBody, MediaUrl, fragment of the one-line StatusReason, PostgreSQL can store it)
+    ("unbalanced merge braces", "Hi {{Name}, your offer", None, "{{ that is not a merge field", True),
+    ("empty merge field", "Hi {{ }}", None, "{{ that is not a merge field", True),
+    ("merge field of punctuation", "Hi {{Na@me}}", None, "{{ that is not a merge field", True),
+    ("stray closing braces", "Hi }} there", None, "}} that is not a merge field", True),
+    ("NUL in MessageBody", "Hi\x00 there", None, "MessageBody contains a NUL character", False),
+    ("escape character in MessageBody", "Hi \x1b[31mred", None, "control character U+001B", False),
+    ("javascript: MediaUrl", "Hi", "javascript:alert(1)", "not an http(s) URL", True),
+    ("ftp MediaUrl", "Hi", "ftp://example.com/a.png", "not an http(s) URL", True),
+    ("MediaUrl with a space", "Hi", "https://example.com/a b.png", "not an http(s) URL", True),
+    ("MediaUrl of 10 KB", "Hi", "https://example.com/" + "a" * 10_000, "over 1000", False),
+]
+
+
+def test_a_bad_message_body_or_media_url_fails_the_execution_in_one_line(db, make_sandbox):
+    """A MessageBody or MediaUrl nobody could sensibly get: the execution is `failed` with one line saying
+    why, nobody is planned and nothing is sent (a `{{Name}` used to be texted literally to everyone)."""
+    sb = make_sandbox()
+    chans = parse_channels({"channels": [channel("Exec SMS")]})
+    cases = [c for c in EXECUTION_LEVEL if db.dialect == "sqlite" or c[4]]
+    for eid, (what, body, media, fragment, _) in enumerate(cases, start=50):
+        create_execution(db, eid, "Exec SMS", body, [(1, "+14155550401", {"Name": "Ada"})], media_url=media)
+        with _client(sb, chans, "Exec SMS") as client, pytest.raises(OutboundInputError) as err:
+            run_outbound(db, client, chans, eid, run_id=f"run-{eid}", log=ListLog(), settle_s=0.1)
+        message = str(err.value)
+        assert fragment in message and "\n" not in message and len(message) <= 300, (what, message)
+        ex = db.tables.executions
+        with db.connect() as conn:
+            status, reason = conn.execute(sa.select(ex.c.Status, ex.c.StatusReason)
+                                          .where(ex.c.ChannelExecutionID == eid)).one()
+        assert (status, reason) == ("failed", message), what
+        assert ledger(db, eid) == [], what
+    assert sb.stats()["messages_outbound"] == 0
+
+
+def test_the_copy_encoder_refuses_a_nul_in_one_line(db):
+    """PostgreSQL text cannot hold a NUL: should one ever reach the bulk load, the error names the table and
+    column in one line instead of the driver's "invalid byte sequence"; SQLite stores it as given."""
+    oh = db.tables.offer_history
+    row = {"RPContactID": 1, "ChannelExecutionID": 1, "AddressKey": "+1415\x00", "Attributes": None}
+    with db.begin() as conn:
+        if db.dialect == "postgresql":
+            with pytest.raises(ValueError, match=r"cannot store a NUL character in \S*OfferHistorySG\.AddressKey"):
+                db.bulk_insert(conn, oh, [row])
+        else:
+            assert db.bulk_insert(conn, oh, [row]) == 1
+
+
+def test_invalid_utf8_stored_in_sqlite_is_refused_per_recipient(sqlite_db, make_sandbox):
+    """Bytes that are not UTF-8 in a recipient's AddressKey or Attributes (another tool wrote them into
+    SQLite; PostgreSQL refuses them on insert) make that recipient invalid / NotRendered instead of
+    failing the whole audience read."""
+    db = sqlite_db
+    sb = make_sandbox()
+    chans = parse_channels({"channels": [channel("Bytes SMS")]})
+    create_execution(db, 60, "Bytes SMS", "Hi {{Name}}", [
+        (1, "+14155550501", {"Name": "Ada"}), (2, "+14155550502", {"Name": "Bob"}),
+        (3, "+14155550503", {"Name": "Cy"})])
+    oh = db.tables.offer_history
+    with db.begin() as conn:
+        conn.exec_driver_sql(f"UPDATE {oh.name} SET AddressKey = CAST(X'2B31343135FF' AS TEXT) WHERE RPContactID = 2")
+        conn.exec_driver_sql(f"UPDATE {oh.name} SET Attributes = CAST(X'7B224E616D65223A2022C3227D' AS TEXT) "
+                             "WHERE RPContactID = 3")
+    with _client(sb, chans, "Bytes SMS") as client:
+        run = run_outbound(db, client, chans, 60, run_id="run-60", log=ListLog(), settle_s=0.1)
+    rows = {r["RPContactID"]: r for r in ledger(db, 60)}
+    assert rows[1]["Outcome"] == "sent"
+    assert rows[2]["Outcome"] == "invalid" and "invalid Unicode" in rows[2]["Reason"], rows[2]
+    assert rows[2]["AddressKey"] == "+1415\ufffd"
+    assert rows[3]["Outcome"] == "not_rendered" and "invalid Unicode" in rows[3]["Reason"], rows[3]
+    assert_identities(run.results.results)
 
 
 # ---- channel file and execution errors through the real CLI -------------------------------------------
