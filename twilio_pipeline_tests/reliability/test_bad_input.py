@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import threading
+import time
+import tracemalloc
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -21,7 +23,7 @@ import pytest
 import sqlalchemy as sa
 
 from twilio_pipeline.audience import create_execution
-from twilio_pipeline.channels import parse_channels
+from twilio_pipeline.channels import ChannelConfigError, load_channels, parse_channels
 from twilio_pipeline.db.database import to_naive_utc
 from twilio_pipeline.inbound import fetch_statuses, load_states, parse_keywords, refresh_inbound, suppressed_numbers
 from twilio_pipeline.logs import ListLog
@@ -408,6 +410,25 @@ CHANNEL_FILES = [
     ("unknown region", GOOD_CHANNEL + "    default_region: XX\n", "key 'default_region'"),
     ("no channels key", None, "needs a top-level key 'channels' holding a list of channels"),
     ("empty channel list", "", "key 'channels'"),
+    # issue 13: hostile channel files
+    ("repeated key", GOOD_CHANNEL + "    name: Other\n", "key 'name' is repeated at line 4"),
+    ("tab indentation", "  - name: Demo\n\tfrom_number: '+15005550006'\n", "is not valid YAML at line 3"),
+    ("NUL in a name", '  - name: "De\\0mo"\n    from_number: "+15005550006"\n', "contains a NUL character"),
+    ("escape character in a seed", GOOD_CHANNEL + '    seeds: ["+1415555\\e0100"]\n', "control character U+001B"),
+    ("names differing in case", GOOD_CHANNEL + GOOD_CHANNEL.replace("Demo", "DEMO"),
+     "channel names 'Demo' and 'DEMO' differ only in case or Unicode form"),
+    ("names differing in Unicode form", GOOD_CHANNEL.replace("Demo", "Caf\u00e9") +
+     GOOD_CHANNEL.replace("Demo", "Cafe\u0301"), "differ only in case or Unicode form"),
+    ("a 10,000-character name", GOOD_CHANNEL.replace("Demo", "N" * 10_000), "at most 200 characters"),
+    ("200 unknown keys", GOOD_CHANNEL + "".join(f"    key_{i}: {i}\n" for i in range(200)), "more problem(s)"),
+    ("300 channels with a 300-character keyword each", "".join(
+        GOOD_CHANNEL.replace("Demo", f"D{i}") + f"    keywords: [{'K' * 300}]\n" for i in range(300)),
+     "must be one word of letters or digits"),
+    ("javascript: media in a follow-up", GOOD_CHANNEL + "    keywords: [OFFER]\n"
+     "    follow_ups: {OFFER: {body: hi, media_url: 'javascript:alert(1)'}}\n", "not an http(s) URL"),
+    ("a YAML bomb", "".join(f"  - &{c} [" + ",".join([f"*{p}"] * 9) + "]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+     .replace("  - &b", "  - &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n  - &b", 1) + "  - *i\n",
+     "expands to more than 100000 values (YAML aliases); refused"),
 ]
 
 
@@ -443,10 +464,45 @@ def in_process_cli(make_cli, monkeypatch, capsys):
 def test_bad_channel_file_is_one_clear_line(in_process_cli, what, body, fragment):
     in_process_cli.cli.write_channels("- just a list\n" if body is None else "channels:\n" + body if body else
                                       "channels: []\n")
+    started = time.monotonic()
     code, err = in_process_cli("send", "1")
     assert code == 2 and len(err) == 1 and err[0].startswith("error: "), (what, code, err)
     assert fragment in err[0], (fragment, err[0])
     assert "; channel file: key 'channels'" not in err[0], f"a second, misleading problem reported: {err[0]}"
+    assert len(err[0]) <= len("error: ") + 300, (what, len(err[0]), err[0][:400])
+    assert time.monotonic() - started < 5, f"{what}: {time.monotonic() - started:.1f} s"
+
+
+def _write_bytes(cli, data: bytes) -> None:
+    cli.channels_path.write_bytes(data)
+
+
+def test_channel_file_bytes_size_and_expansion_are_bounded(in_process_cli):
+    """A byte-order mark is fine; bytes that are not UTF-8 and a file over 1 MiB are one clear line; a
+    YAML bomb is refused in milliseconds with bounded memory (it took 18 s, 1.6 GB and a 312 MB line)."""
+    cli = in_process_cli.cli
+    good = ("channels:\n" + GOOD_CHANNEL).encode()
+    _write_bytes(cli, b"\xef\xbb\xbf" + good)
+    code, err = in_process_cli("send", "1")
+    assert code == 2 and err == ["error: execution 1 does not exist in SMS_ChannelExecutions"], err
+    for data, fragment in ((good.replace(b"Demo", b"D\xe9mo"), "is not UTF-8 text (byte 0xe9 at offset 21)"),
+                           (good + b"# " + b"x" * (1 << 20) + b"\n", "is over 1024 KiB; refused")):
+        _write_bytes(cli, data)
+        code, err = in_process_cli("send", "1")
+        assert code == 2 and len(err) == 1 and fragment in err[0] and len(err[0]) <= 307, err
+    bomb = "a: &a [" + ",".join(['"lol"'] * 9) + "]\n" + "".join(
+        f"{c}: &{c} [" + ",".join([f"*{p}"] * 9) + "]\n" for p, c in zip("abcdefghijkl", "bcdefghijklm"))
+    cli.write_channels(bomb + "channels:\n  - name: *m\n    from_number: '+15005550006'\n")
+    tracemalloc.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(ChannelConfigError) as err:
+            load_channels(cli.channels_path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert time.monotonic() - started < 1 and peak < 20 * 2**20, (time.monotonic() - started, peak)
+    assert "expands to more than 100000 values" in str(err.value) and len(str(err.value)) <= 300
 
 
 def test_execution_without_recipients_is_one_clear_line(in_process_cli):
