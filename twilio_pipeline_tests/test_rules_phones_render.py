@@ -3,7 +3,7 @@
 import pytest
 
 from twilio_pipeline.rules.phones import drain_capacity, normalise_number, sender_kind, validate_sender
-from twilio_pipeline.rules.render import parse_attributes, render_body
+from twilio_pipeline.rules.render import merge_fields, parse_attributes, render_body, template_problem
 from twilio_pipeline.rules.states import event_name, later_status, state_name
 
 
@@ -64,3 +64,16 @@ def test_statuses_never_move_back_and_map_to_contract_states():
     assert later_status(None, "queued") == "queued"
     assert state_name("partially_delivered") == "PartiallyDelivered" and state_name("canceled") == "Canceled"
     assert event_name("failed", 30007) == "30007" and event_name("delivered", None) is None
+
+
+def test_merge_field_names_are_unicode_words_and_values_are_texted_as_written():
+    assert merge_fields("{{Prénom}} {{1st}} {{first.name}} {{ first-name }} {{Na@me}} {{}}") == [
+        "Prénom", "1st", "first.name", "first-name"]
+    attrs, problem = parse_attributes('{"A": 10.50, "B": true, "C": false, "D": 12345678901234567890, "E": {}}')
+    assert problem is None
+    assert render_body("{{A}} {{B}} {{C}} {{D}}", attrs).body == "10.50 true false 12345678901234567890"
+    assert render_body("{{E}}", attrs).reason == "merge field E is a JSON object, not text"
+    assert render_body("{{Prénom}}", {"Pre\u0301nom": "Zoé"}).body == "Zoé"
+    assert "NUL" in render_body("{{A}}", {"A": "x\x00y"}).reason
+    assert parse_attributes('{"A": Infinity}')[1] == "Attributes is not valid JSON"
+    assert template_problem("Hi {{Name}") and template_problem("Hi {{Name}}") is None

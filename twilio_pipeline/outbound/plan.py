@@ -1,7 +1,9 @@
 """Step 3: dedupe and validation of an execution's audience into the send ledger (the plan).
 
-The contacts are read in chunks (pandas `read_sql`), numbers normalised per distinct spelling, bodies
-rendered and their segments counted in Python; each chunk goes into a staging table. Everything that
+The contacts are read in chunks (pandas `read_sql`) in RPContactID order, one row kept per contact
+(`_Contacts`: deterministic, the others counted as Duplicates), numbers normalised per distinct spelling,
+bodies rendered and their segments counted in Python; each chunk goes into a staging table. NUL, control
+characters and invalid Unicode are refused here, per recipient, so the bulk load never receives them. Everything that
 needs the whole audience - duplicates (lowest RPContactID wins), numbers already in the ledger,
 suppression - is then one INSERT ... SELECT in the database, so memory stays bounded by the chunk
 size whatever the audience size.
