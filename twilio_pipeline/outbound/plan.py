@@ -319,12 +319,26 @@ def _stage_contacts(db: Database, stg: sa.Table, query: sa.Select, renderer: _Re
     raise AssertionError("unreachable")
 
 
+SEED_ID_BASE = -(2**62)  # seeds are ledger rows SEED_ID_BASE - 1, - 2, ...: any real contact key stays free
+
+
+def _has_seed_rows(db: Database, execution_id: int) -> bool:
+    led = db.tables.ledger
+    with db.connect() as conn:
+        return conn.execute(sa.select(sa.literal(1)).where(
+            led.c.ChannelExecutionID == execution_id, led.c.IsSeed == sa.true()).limit(1)).first() is not None
+
+
 def _seed_rows(channel: Channel, renderer: _Renderer, ilog: InteractionLog) -> list[dict]:
-    """Seeds as ledger rows -1, -2, ... in channel order; a seed listed twice is sent once."""
+    """Seeds as ledger rows SEED_ID_BASE - 1, - 2, ... in channel order; a seed listed twice is sent once.
+
+    Far below any contact key an upstream uses, so a contact with a negative RPContactID (-1 as "unknown"
+    is common) never collides with a seed. An execution planned before used -1, -2, ...: its seeds are
+    never staged again (plan_execution checks), so they are not sent twice."""
     rows, seen = [], set()
     for i, raw in enumerate(channel.seeds, start=1):
         result = _parse_number(raw, channel.default_region)
-        row = {"RPContactID": -i, "IsSeed": True, "AddressKey": str(raw)[:_ADDRESS_MAX], "ToNumber": result.e164,
+        row = {"RPContactID": SEED_ID_BASE - i, "IsSeed": True, "AddressKey": str(raw)[:_ADDRESS_MAX], "ToNumber": result.e164,
                "Body": None, "Segments": None, "Encoding": None, "Reason": None}
         if result.e164 is None:
             row["Reason"] = f"invalid seed number: {result.reason}"[:_REASON_MAX]
@@ -338,7 +352,7 @@ def _seed_rows(channel: Channel, renderer: _Renderer, ilog: InteractionLog) -> l
                 row["Reason"] = f"not rendered: {rendered.reason}"[:_REASON_MAX]
             else:
                 row["Body"] = rendered.body
-                row["Segments"], row["Encoding"] = renderer.segments(-i, rendered.body)
+                row["Segments"], row["Encoding"] = renderer.segments(SEED_ID_BASE - i, rendered.body)
         rows.append(row)
     return rows
 
@@ -422,7 +436,7 @@ def plan_execution(db: Database, channel: Channel, execution_id: int, *, run_id:
     query = _contacts_query(db, execution_id, with_attributes=bool(renderer.fields))
     with db.staging_table("plan", _staging_columns()) as stg:
         staged, repeats = _stage_contacts(db, stg, query, renderer, channel.default_region, chunk_rows)
-        seeds = _seed_rows(channel, renderer, ilog)
+        seeds = [] if _has_seed_rows(db, execution_id) else _seed_rows(channel, renderer, ilog)
         if seeds:
             with db.begin() as conn:
                 db.bulk_insert(conn, stg, seeds)
@@ -448,9 +462,10 @@ def plan_execution(db: Database, channel: Channel, execution_id: int, *, run_id:
     ilog.counts_before_after(summary.count_before_dedup, summary.duplicates)
     if summary.ucs2_messages and renderer.ucs2_example:
         rid, ch = renderer.ucs2_example
+        who = f"seed {SEED_ID_BASE - rid}" if rid < SEED_ID_BASE else f"RPContactID {rid}"
         ilog.warning(
             f"{summary.ucs2_messages} message(s) go out in UCS-2 (70 characters per segment instead of 160): "
-            f"e.g. RPContactID {rid}'s has {ch!r} (U+{ord(ch):04X}), which GSM-7 cannot carry"
+            f"e.g. {who}'s has {ch!r} (U+{ord(ch):04X}), which GSM-7 cannot carry"
         )
     if repeats:
         ilog.warning(f"{repeats} row(s) repeat an RPContactID already in the audience: counted as Duplicates; "

@@ -280,9 +280,10 @@ REPEATED = [
     (5, "+14155550302"),                            # contact 1's other number: not a duplicate, sent
     (6, None), (6, None),                           # an invalid contact, twice
     (0, "+14155550306"), (-7, "+14155550307"), (2**63 - 1, "+14155550308"),  # any BIGINT is a contact key
+    (-1, "+14155550309"),                           # -1 (an upstream's "unknown") next to the channel's seed
 ]
 KEPT = {1: "+14155550301", 2: "+14155550303", 3: "+14155550304", 5: "+14155550302", 0: "+14155550306",
-        -7: "+14155550307", 2**63 - 1: "+14155550308"}
+        -7: "+14155550307", 2**63 - 1: "+14155550308", -1: "+14155550309"}
 
 
 def test_a_repeated_contact_counts_once_per_row_and_keeps_the_same_row_whatever_the_order(db, make_sandbox):
@@ -290,7 +291,7 @@ def test_a_repeated_contact_counts_once_per_row_and_keeps_the_same_row_whatever_
     CountBeforeDedup; a second row of a contact is a Duplicate whatever its number; the row kept does not
     depend on the order rows were written or where a read chunk ends (README "Dedupe")."""
     sb = make_sandbox()
-    chans = parse_channels({"channels": [channel("Dedupe SMS", max_concurrency=8)]})
+    chans = parse_channels({"channels": [channel("Dedupe SMS", max_concurrency=8, seeds=["+14155550399"])]})
     orders = {40: REPEATED, 41: REPEATED[::-1], 42: REPEATED[3:] + REPEATED[:3]}
     for eid, rows in orders.items():
         create_execution(db, eid, "Dedupe SMS", "Hi {{Name}}", [])
@@ -304,15 +305,17 @@ def test_a_repeated_contact_counts_once_per_row_and_keeps_the_same_row_whatever_
         with _client(sb, chans, "Dedupe SMS") as client:
             run = run_outbound(db, client, chans, eid, run_id=f"run-{eid}", log=ListLog(), settle_s=0.1)
         rows = {r["RPContactID"]: r for r in ledger(db, eid)}
-        assert {rid: r["ToNumber"] for rid, r in rows.items() if r["Outcome"] == "sent"} == KEPT, eid
+        assert {rid: r["ToNumber"] for rid, r in rows.items() if r["Outcome"] == "sent" and not r["IsSeed"]} == KEPT
+        assert [r["ToNumber"] for r in rows.values() if r["IsSeed"] and r["Outcome"] == "sent"] == ["+14155550399"]
         assert rows[4]["Outcome"] == "duplicate" and rows[4]["Reason"] == "duplicate of RPContactID 1"
         assert rows[6]["Outcome"] == "invalid"
         r = run.results.results
         assert_identities(r)
-        assert (r["CountBeforeDedup"], r["Duplicates"], r["InvalidNumbers"], r["Sent"]) == (13, 5, 1, 7), (eid, r)
-        assert run.plan.count_before_dedup == 13 and run.plan.duplicates == 5
+        assert (r["CountBeforeDedup"], r["Duplicates"], r["InvalidNumbers"], r["Sent"], r["SeedsSent"]) == (
+            14, 5, 1, 8, 1), (eid, r)
+        assert run.plan.count_before_dedup == 14 and run.plan.duplicates == 5
     again = plan_execution(db, chans.get("Dedupe SMS"), 40, run_id="replan", log=ListLog())
-    assert (again.count_before_dedup, again.duplicates, again.newly_planned) == (13, 5, 0)
+    assert (again.count_before_dedup, again.duplicates, again.newly_planned, again.seeds) == (14, 5, 0, 1)
 
 
 EXECUTION_LEVEL = [
