@@ -247,9 +247,10 @@ class _Contacts:
     def _row(self, rid: int, raw: str | None, attrs) -> dict:
         result = self._number(raw)
         row = {"RPContactID": rid, "IsSeed": False,
-               "AddressKey": _stored(raw[:_ADDRESS_MAX]) if raw is not None else None,
+               "AddressKey": raw[:_ADDRESS_MAX] if raw is not None else None,
                "ToNumber": result.e164, "Body": None, "Segments": None, "Encoding": None, "Reason": None}
-        if result.e164 is None:
+        if result.e164 is None:  # a number with a NUL or invalid Unicode is invalid: only these need _stored
+            row["AddressKey"] = _stored(row["AddressKey"]) if raw is not None else None
             row["Reason"] = _stored(f"invalid number: {result.reason}"[:_REASON_MAX])
         else:
             rendered = self.renderer.render(attrs)
