@@ -55,6 +55,7 @@ from twilio_pipeline.rules.render import (
     merge_fields,
     parse_attributes,
     render_body,
+    storable,
     template_problem,
     text_problem,
 )
@@ -174,15 +175,6 @@ def _contacts_query(db: Database, execution_id: int, with_attributes: bool) -> s
             .order_by(oh.c.RPContactID))
 
 
-def _stored(text: str) -> str:
-    """A value as recorded in the ledger: NUL, other controls and lone surrogates become U+FFFD (no
-    database stores a NUL in text, and SQLite cannot encode a surrogate)."""
-    return _UNSTORABLE.sub("\ufffd", text)
-
-
-_UNSTORABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
-
-
 class _Contacts:
     """Turns the audience, read in RPContactID order, into staging rows: one per RPContactID.
 
@@ -250,12 +242,12 @@ class _Contacts:
                "AddressKey": raw[:_ADDRESS_MAX] if raw is not None else None,
                "ToNumber": result.e164, "Body": None, "Segments": None, "Encoding": None, "Reason": None}
         if result.e164 is None:  # a number with a NUL or invalid Unicode is invalid: only these need _stored
-            row["AddressKey"] = _stored(row["AddressKey"]) if raw is not None else None
-            row["Reason"] = _stored(f"invalid number: {result.reason}"[:_REASON_MAX])
+            row["AddressKey"] = storable(row["AddressKey"]) if raw is not None else None
+            row["Reason"] = storable(f"invalid number: {result.reason}"[:_REASON_MAX])
         else:
             rendered = self.renderer.render(attrs)
             if rendered.body is None:
-                row["Reason"] = _stored(f"not rendered: {rendered.reason}"[:_REASON_MAX])
+                row["Reason"] = storable(f"not rendered: {rendered.reason}"[:_REASON_MAX])
             else:
                 row["Body"] = rendered.body
                 row["Segments"], row["Encoding"] = self.renderer.segments(rid, rendered.body)

@@ -64,6 +64,17 @@ def text_problem(text: str, what: str) -> str | None:
     return f"{what} contains invalid Unicode (lone surrogates: invalid UTF-8 or a broken escape)"
 
 
+_UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
+
+
+def storable(text: str | None) -> str | None:
+    """Text as a database can keep it: NUL (no PostgreSQL text holds one) and lone surrogates (no UTF-8
+    encoder takes one) become U+FFFD. For values recorded as seen (a reply, a refused AddressKey)."""
+    if text is None or _UNSTORABLE.search(text) is None:
+        return text
+    return _UNSTORABLE.sub("\ufffd", text)
+
+
 def template_problem(template: str | None) -> str | None:
     """Why a MessageBody cannot be used for anyone, or None: invalid characters, or `{{`/`}}` that is no
     merge field (`{{Name}`, `{{}}`, `{{Na@me}}`), which would otherwise be texted literally to everyone."""

@@ -392,6 +392,26 @@ def test_invalid_utf8_stored_in_sqlite_is_refused_per_recipient(sqlite_db, make_
     assert_identities(run.results.results)
 
 
+def test_a_reply_holding_a_nul_or_a_broken_surrogate_stops_no_sync_and_loses_no_stop(db, make_sandbox):
+    """A reply body is kept as seen, but PostgreSQL cannot hold a NUL and no UTF-8 encoder takes a lone
+    surrogate: those become U+FFFD, so one odd reply does not fail every sync (and the STOPs with it)."""
+    sb = make_sandbox()
+    chan = parse_channels({"channels": [channel("Reply SMS")]}).channels[0]
+    now = sb.clock()["now_epoch"]
+    sent_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - 600))
+    sb.inbound_bulk([{"From": "+14155550601", "To": SENDER, "Body": "Hi\x00there", "DateSent": sent_at},
+                     {"From": "+14155550602", "To": SENDER, "Body": "bad \ud83d half", "DateSent": sent_at},
+                     {"From": "+14155550603", "To": SENDER, "Body": "STOP", "DateSent": sent_at}])
+    with _client(sb, parse_channels({"channels": [channel("Reply SMS")]}), "Reply SMS") as client:
+        refresh_inbound(db, client, chan, log=ListLog())
+    ib = db.tables.inbound
+    with db.connect() as conn:
+        bodies = {r[0]: r[1] for r in conn.execute(sa.select(ib.c.FromNumber, ib.c.Body))}
+        suppressed = {r[0] for r in conn.execute(suppressed_numbers(db, chan))}
+    assert bodies == {"+14155550601": "Hi\ufffdthere", "+14155550602": "bad \ufffd half", "+14155550603": "STOP"}
+    assert "+14155550603" in suppressed
+
+
 # ---- channel file and execution errors through the real CLI -------------------------------------------
 
 GOOD_CHANNEL = '  - name: Demo\n    from_number: "+15005550006"\n'
