@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from twilio_pipeline.rules.keywords import HELP_KEYWORDS, OPT_IN_KEYWORDS, OPT_OUT_KEYWORDS
 from twilio_pipeline.rules.phones import validate_sender
-from twilio_pipeline.rules.render import media_url_problem, quote, text_problem
+from twilio_pipeline.rules.render import media_url_problem, quote, template_problem, text_problem
 
 _WORD = re.compile(r"^[A-Z0-9]{1,40}$")
 MAX_FILE_BYTES = 1 << 20    # a channel file is a few KB; 1 MiB is far beyond any real one
@@ -50,6 +50,14 @@ class RetryConfig(_Strict):
 class FollowUp(_Strict):
     body: str = Field(min_length=1, max_length=1600)
     media_url: str | None = None
+
+    @field_validator("body")
+    @classmethod
+    def _template(cls, v):
+        problem = template_problem(v)
+        if problem:
+            raise ValueError(problem.replace("MessageBody", "the body"))
+        return v
 
     @field_validator("media_url")
     @classmethod

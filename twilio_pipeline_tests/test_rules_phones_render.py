@@ -1,6 +1,11 @@
 """Recipient numbers, sender shapes and body rendering: the rules a send is planned by."""
 
+import json
+import re
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from twilio_pipeline.rules.phones import drain_capacity, normalise_number, sender_kind, validate_sender
 from twilio_pipeline.rules.render import merge_fields, parse_attributes, render_body, template_problem
@@ -77,3 +82,16 @@ def test_merge_field_names_are_unicode_words_and_values_are_texted_as_written():
     assert "NUL" in render_body("{{A}}", {"A": "x\x00y"}).reason
     assert parse_attributes('{"A": Infinity}')[1] == "Attributes is not valid JSON"
     assert template_problem("Hi {{Name}") and template_problem("Hi {{Name}}") is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=60), st.sampled_from(["{{A}}", "x {{A}} {{B}}", "{{ A }}!"]))
+def test_no_attributes_text_ever_renders_a_nul_or_invalid_unicode(text, template):
+    """Whatever an upstream stores as Attributes (any text, any JSON value), a body is sendable - no NUL,
+    no other control character but tab/LF/CR, no lone surrogate - or NotRendered with a reason."""
+    for attributes_text in (text, json.dumps({"A": text, "B": 1}), '{"A": "' + text + '", "B": true}'):
+        attributes, problem = parse_attributes(attributes_text)
+        rendered = render_body(template, attributes) if problem is None else None
+        if rendered is None or rendered.body is None:
+            continue
+        assert not re.search(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]", rendered.body), rendered.body

@@ -449,6 +449,8 @@ CHANNEL_FILES = [
      "must be one word of letters or digits"),
     ("javascript: media in a follow-up", GOOD_CHANNEL + "    keywords: [OFFER]\n"
      "    follow_ups: {OFFER: {body: hi, media_url: 'javascript:alert(1)'}}\n", "not an http(s) URL"),
+    ("a follow-up body with a broken merge field", GOOD_CHANNEL + "    keywords: [OFFER]\n"
+     "    follow_ups: {OFFER: {body: 'Hi {{Name}'}}\n", "the body has {{ that is not a merge field"),
     ("a YAML bomb", "".join(f"  - &{c} [" + ",".join([f"*{p}"] * 9) + "]\n" for p, c in zip("abcdefgh", "bcdefghi"))
      .replace("  - &b", "  - &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n  - &b", 1) + "  - *i\n",
      "expands to more than 100000 values (YAML aliases); refused"),
