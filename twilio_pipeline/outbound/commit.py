@@ -60,7 +60,7 @@ def compute_results(db: Database, channel: Channel, execution_id: int) -> dict[s
     sent yet; it is 0 after a complete send, when the contract's identities hold exactly."""
     c = ledger_counts(db, execution_id)
     p, s = c.people, c.seeds
-    repeated = repeated_rows(db, execution_id)  # rows repeating a contact: Duplicates without a ledger row
+    repeated = repeated_rows(db, execution_id, p.total)  # rows repeating a contact: Duplicates, no ledger row
     unresolved = p.get(AMBIGUOUS) + p.get(INFLIGHT)
     targeted = p.get(SENT) + p.get(REFUSED) + unresolved
     segments = p.segments.get(SENT, 0)

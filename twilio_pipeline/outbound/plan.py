@@ -241,7 +241,7 @@ class _Contacts:
         row = {"RPContactID": rid, "IsSeed": False,
                "AddressKey": raw[:_ADDRESS_MAX] if raw is not None else None,
                "ToNumber": result.e164, "Body": None, "Segments": None, "Encoding": None, "Reason": None}
-        if result.e164 is None:  # a number with a NUL or invalid Unicode is invalid: only these need _stored
+        if result.e164 is None:  # a number with a NUL or invalid Unicode is invalid: only these may need storable
             row["AddressKey"] = storable(row["AddressKey"]) if raw is not None else None
             row["Reason"] = storable(f"invalid number: {result.reason}"[:_REASON_MAX])
         else:
@@ -254,14 +254,19 @@ class _Contacts:
         return row
 
 
-def repeated_rows(db: Database, execution_id: int) -> int:
+def repeated_rows(db: Database, execution_id: int, people: int | None = None) -> int:
     """OfferHistorySG rows that repeat an RPContactID of the execution: each is a Duplicate (the ledger
-    holds one row per contact), so that every input row counts once in CountBeforeDedup."""
+    holds one row per contact), so that every input row counts once in CountBeforeDedup.
+
+    `people`: the execution's non-seed ledger rows. When the audience has exactly that many rows, none
+    repeats: one index count (~0.05 s for a million rows) instead of a COUNT(DISTINCT) (~0.7 s)."""
     oh = db.tables.offer_history
-    q = (sa.select(sa.func.count() - sa.func.count(sa.distinct(oh.c.RPContactID)))
-         .where(oh.c.ChannelExecutionID == int(execution_id)))
+    mine = oh.c.ChannelExecutionID == int(execution_id)
     with db.connect() as conn:
-        return int(conn.execute(q).scalar() or 0)
+        if people is not None and conn.execute(sa.select(sa.func.count()).where(mine)).scalar() == people:
+            return 0
+        return int(conn.execute(sa.select(sa.func.count() - sa.func.count(sa.distinct(oh.c.RPContactID)))
+                                .where(mine)).scalar() or 0)
 
 
 def execution_problem(template: str | None, media_url: str | None) -> str | None:
@@ -331,8 +336,8 @@ def _seed_rows(channel: Channel, renderer: _Renderer, ilog: InteractionLog) -> l
     rows, seen = [], set()
     for i, raw in enumerate(channel.seeds, start=1):
         result = _parse_number(raw, channel.default_region)
-        row = {"RPContactID": SEED_ID_BASE - i, "IsSeed": True, "AddressKey": str(raw)[:_ADDRESS_MAX], "ToNumber": result.e164,
-               "Body": None, "Segments": None, "Encoding": None, "Reason": None}
+        row = {"RPContactID": SEED_ID_BASE - i, "IsSeed": True, "AddressKey": str(raw)[:_ADDRESS_MAX],
+               "ToNumber": result.e164, "Body": None, "Segments": None, "Encoding": None, "Reason": None}
         if result.e164 is None:
             row["Reason"] = f"invalid seed number: {result.reason}"[:_REASON_MAX]
         elif result.e164 in seen:
@@ -441,7 +446,7 @@ def plan_execution(db: Database, channel: Channel, execution_id: int, *, run_id:
 
     counts = ledger_counts(db, execution_id)
     people, seed = counts.people, counts.seeds
-    repeated = repeated_rows(db, execution_id)
+    repeated = repeated_rows(db, execution_id, people.total)
     summary = PlanSummary(
         execution_id=execution_id, channel=channel.name,
         count_before_dedup=people.total + repeated, count_after_dedup=people.total - people.get(DUPLICATE),
