@@ -31,7 +31,7 @@ class Rendered:
 
 
 class _Written(str):
-    """A JSON number kept as written (`10.50`, `1e3`, `007` is not JSON): rendered verbatim."""
+    """A JSON number kept as written (`10.50`, `1.5E3`, `-0.0`): texted verbatim, never via float."""
 
 
 def _no_constant(name: str):
