@@ -7,6 +7,7 @@ executemany/insertmanyvalues elsewhere) into a per-run staging table, then one
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import re
@@ -416,6 +417,31 @@ class Database:
                                 .where(res.c.ChannelExecutionID == execution_id)
                                 .order_by(res.c.ResultName)).all()
         return {name: _number(value) for name, value in rows}
+
+
+@contextmanager
+def lenient_text(conn: Connection) -> Iterator[None]:
+    """On SQLite, read invalid UTF-8 as lone surrogates (the input checks then refuse that recipient or
+    execution in one line) instead of failing the whole read. ~2.5x slower per text value, so it is only
+    for retrying a read that failed with `undecodable`."""
+    raw = conn.connection.dbapi_connection if conn.dialect.name == "sqlite" else None
+    if raw is None:
+        yield
+        return
+    before = raw.text_factory
+    raw.text_factory = _LENIENT_UTF8
+    try:
+        yield
+    finally:
+        raw.text_factory = before
+
+
+def undecodable(exc: BaseException) -> bool:
+    """SQLite's answer to a text value that is not UTF-8 (written by another tool)."""
+    return "Could not decode to UTF-8" in str(exc)
+
+
+_LENIENT_UTF8 = functools.partial(bytes.decode, encoding="utf-8", errors="surrogateescape")
 
 
 def _number(value) -> float | int | None:

@@ -15,11 +15,10 @@ the execution's ledger counts as a duplicate (the earlier row was decided, perha
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 import re
-from contextlib import contextmanager
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import pandas as pd
@@ -29,6 +28,7 @@ from phonenumbers import PhoneNumber
 
 from twilio_pipeline.channels import Channel
 from twilio_pipeline.db import Database, utcnow
+from twilio_pipeline.db.database import lenient_text, undecodable
 from twilio_pipeline.outbound.errors import OutboundInputError
 from twilio_pipeline.outbound.execution import (
     STATUS_SENDING,
@@ -274,25 +274,6 @@ def execution_problem(template: str | None, media_url: str | None) -> str | None
     return template_problem(template) or media_url_problem(media_url)
 
 
-@contextmanager
-def _text_decoding(db: Database, conn, lenient: bool):
-    """On SQLite, `lenient` reads invalid UTF-8 as lone surrogates (then refused per recipient) instead of
-    failing the whole read; it costs ~2.5x per text value, so it is only the retry after such a failure."""
-    if not lenient or db.dialect != "sqlite":
-        yield
-        return
-    raw = conn.connection.dbapi_connection
-    before = raw.text_factory
-    raw.text_factory = _LENIENT_UTF8
-    try:
-        yield
-    finally:
-        raw.text_factory = before
-
-
-_LENIENT_UTF8 = functools.partial(bytes.decode, encoding="utf-8", errors="surrogateescape")
-
-
 def _stage_contacts(db: Database, stg: sa.Table, query: sa.Select, renderer: _Renderer, region: str | None,
                     chunk_rows: int) -> tuple[int, int]:
     """Stream the unplanned contacts into staging; returns (rows staged, rows repeating an RPContactID)."""
@@ -300,7 +281,7 @@ def _stage_contacts(db: Database, stg: sa.Table, query: sa.Select, renderer: _Re
         contacts = _Contacts(renderer, region)
         staged = 0
         try:
-            with db.connect() as read_conn, _text_decoding(db, read_conn, lenient):
+            with db.connect() as read_conn, (lenient_text(read_conn) if lenient else nullcontext()):
                 read_conn = read_conn.execution_options(stream_results=True, max_row_buffer=chunk_rows)
                 for frame in itertools.chain(pd.read_sql(query, read_conn, chunksize=chunk_rows), [None]):
                     rows = contacts.chunk(frame)
@@ -310,7 +291,7 @@ def _stage_contacts(db: Database, stg: sa.Table, query: sa.Select, renderer: _Re
                             staged += db.bulk_insert(conn, stg, rows)
             return staged, contacts.repeats
         except Exception as exc:
-            if lenient or "Could not decode to UTF-8" not in str(exc):
+            if lenient or not undecodable(exc):
                 raise
             with db.begin() as conn:  # start again, reading invalid UTF-8 as something we can refuse
                 conn.execute(stg.delete())

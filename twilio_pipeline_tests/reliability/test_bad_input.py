@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 import tracemalloc
@@ -390,6 +391,18 @@ def test_invalid_utf8_stored_in_sqlite_is_refused_per_recipient(sqlite_db, make_
     assert rows[2]["AddressKey"] == "+1415\ufffd"
     assert rows[3]["Outcome"] == "not_rendered" and "invalid Unicode" in rows[3]["Reason"], rows[3]
     assert_identities(run.results.results)
+    # The same in the execution's own fields: the execution fails in one line, nobody is texted.
+    ex = db.tables.executions
+    for eid, column, fragment in ((61, "MessageBody", "MessageBody contains invalid Unicode"),
+                                  (62, "ChannelName", "names channel 'Bytes SMS\\udcff', which is not in")):
+        create_execution(db, eid, "Bytes SMS", "Hi", [(1, "+14155550511", None)])
+        with db.begin() as conn:
+            conn.exec_driver_sql(f"UPDATE {ex.name} SET {column} = CAST(X'427974657320534D53FF' AS TEXT) "
+                                 f"WHERE ChannelExecutionID = {eid}")
+        with _client(sb, chans, "Bytes SMS") as client, pytest.raises(OutboundInputError, match=re.escape(fragment)):
+            run_outbound(db, client, chans, eid, run_id=f"run-{eid}", log=ListLog(), settle_s=0.1)
+        assert ledger(db, eid) == []
+    assert sb.stats()["messages_created_by_to"] == {"+14155550501": 1}
 
 
 def test_a_reply_holding_a_nul_or_a_broken_surrogate_stops_no_sync_and_loses_no_stop(db, make_sandbox):
