@@ -216,7 +216,8 @@ class Database:
         encoded = [_pg_column(table.c[c].type if c in table.c else None, [row.get(c) for row in rows])
                    for c in columns]
         for name, values in zip(columns, encoded):  # PostgreSQL text holds no NUL: one line, not a driver error
-            if "\x00" in "".join(values):
+            textual = name not in table.c or not isinstance(table.c[name].type, (sa.Integer, sa.DateTime, sa.Boolean))
+            if textual and "\x00" in "".join(values):
                 raise ValueError(f"cannot store a NUL character in {table.name}.{name} (PostgreSQL text cannot "
                                  "hold one); the value must be refused before it is written")
         buf = io.StringIO("\n".join(map("\t".join, zip(*encoded))) + "\n")
