@@ -130,6 +130,13 @@ class _Renderer:
         self._static = None if self.fields else self._fix(render_body(self.template, {}, self.append))
         self._segments: dict[str, tuple[int, str, str | None]] = {}
 
+    @property
+    def static_problem(self) -> str | None:
+        """Why a MessageBody without merge fields cannot be texted to anyone (empty, over 1,600), or None."""
+        if self._static is None or self._static.body is not None:
+            return None
+        return f"MessageBody cannot be texted to anyone: {self._static.reason}"
+
     def _fix(self, rendered):
         # An MMS may carry no text at all: its media is the message.
         if rendered.body is None and self.media and not self.template.strip():
@@ -400,7 +407,8 @@ def plan_execution(db: Database, channel: Channel, execution_id: int, *, run_id:
     row = read_execution(db, execution_id)
     if row is None:
         raise OutboundInputError(f"execution {execution_id} does not exist in SMS_ChannelExecutions")
-    problem = execution_problem(row.message_body, row.media_url)
+    renderer = _Renderer(row.message_body, channel, row.media_url)
+    problem = execution_problem(row.message_body, row.media_url) or renderer.static_problem
     if problem:  # nobody could get a sensible text: the execution fails, nobody is planned
         reason = f"execution {execution_id}: {problem}"
         mark_failed(db, execution_id, reason)
@@ -410,7 +418,6 @@ def plan_execution(db: Database, channel: Channel, execution_id: int, *, run_id:
     set_status(db, execution_id, STATUS_SENDING)
     ilog.deduplicating()
 
-    renderer = _Renderer(row.message_body, channel, row.media_url)
     newly_suppressed = _suppress_planned(db, channel, execution_id)
     query = _contacts_query(db, execution_id, with_attributes=bool(renderer.fields))
     with db.staging_table("plan", _staging_columns()) as stg:
