@@ -117,7 +117,7 @@ def build_tables(schema: str | None = None, prefix: str = "") -> Tables:
         sa.Column("UpdatedAt", sa.DateTime, nullable=False),
     )
     # The send ledger: one row per (execution, recipient); the guard against double sends.
-    # Seeds get negative RPContactIDs (-1, -2, ...) so they share the key space without colliding.
+    # Seeds get RPContactIDs -(2**62) - 1, - 2, ... (-1, -2, ... before): far from any contact key.
     ledger = sa.Table(
         f"{p}TwilioSMS_SendLedger", md,
         sa.Column("ChannelExecutionID", sa.Integer, primary_key=True, autoincrement=False),

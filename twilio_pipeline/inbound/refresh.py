@@ -27,6 +27,7 @@ from twilio_pipeline.rules.keywords import (
     OPT_OUT_KEYWORDS,
     normalise_keyword,
 )
+from twilio_pipeline.rules.render import storable
 from twilio_pipeline.twilio import TwilioClient
 
 # Re-listed before the watermark: a message Twilio shows a little late is still caught; the merge on
@@ -75,6 +76,7 @@ def inbound_row(msg: Mapping, channel: Channel) -> dict | None:
     if channel.uses_service and not service:
         service = channel.messaging_service_sid
     body = msg.get("body")
+    body = storable(body) if isinstance(body, str) else body  # a NUL in one reply must not stop every sync
     return {
         "MessageSID": sid,
         "FromNumber": msg.get("from"),

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from twilio_pipeline.channels import Channel, ChannelConfigError, ChannelFile
 from twilio_pipeline.db import Database, utcnow
-from twilio_pipeline.db.database import to_naive_utc
+from twilio_pipeline.db.database import lenient_text, to_naive_utc, undecodable
 from twilio_pipeline.outbound.errors import OutboundInputError
 from twilio_pipeline.rules.phones import validate_sender
 
@@ -60,8 +60,15 @@ def sender_problem(channel: Channel) -> str | None:
 
 def read_execution(db: Database, execution_id: int) -> ExecutionRow | None:
     ex = db.tables.executions
-    with db.connect() as conn:
-        row = conn.execute(sa.select(ex).where(ex.c.ChannelExecutionID == int(execution_id))).mappings().first()
+    query = sa.select(ex).where(ex.c.ChannelExecutionID == int(execution_id))
+    try:
+        with db.connect() as conn:
+            row = conn.execute(query).mappings().first()
+    except sa.exc.OperationalError as exc:  # invalid UTF-8 in SQLite: read it so the checks can name it
+        if not undecodable(exc):
+            raise
+        with db.connect() as conn, lenient_text(conn):
+            row = conn.execute(query).mappings().first()
     if row is None:
         return None
     return ExecutionRow(
