@@ -110,11 +110,14 @@ def cmd_sandbox(argv: Sequence[str]) -> int:
 def cmd_send(args) -> int:
     from twilio_pipeline.channels import ChannelConfigError
     from twilio_pipeline.outbound import OutboundInputError, load_execution, send_refusal
+    from twilio_pipeline.outbound.execution import record_unsendable
 
     with _context() as (settings, db, channels):
         try:  # bad input is answered before Dagster is even imported (seconds sooner)
             row, channel = load_execution(db, channels, args.execution_id)
         except (OutboundInputError, ChannelConfigError) as exc:
+            if str(args.execution_id).lstrip("-").isdigit():  # the upstream sees why, as from any other launch
+                record_unsendable(db, int(args.execution_id), str(exc))
             raise CliError(str(exc)) from None
         refusal = send_refusal(row, force=args.force)
         if refusal:

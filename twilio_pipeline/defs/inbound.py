@@ -17,10 +17,10 @@ from twilio_pipeline.defs.steps import (
     channel_of,
     counts_table,
     metadata,
-    record_unsendable,
     tag_run,
     twilio_failure,
 )
+from twilio_pipeline.outbound.execution import record_unsendable
 from twilio_pipeline.twilio import CredentialsRejected, TwilioUnavailable
 
 # The backfill policy is what keeps a backfill of past executions from flooding the account. Dagster 1.13

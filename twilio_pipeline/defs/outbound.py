@@ -84,7 +84,7 @@ def _marks_failure(context, db, channel, execution_id: int, step: str):
     """A step that fails leaves the execution `failed` with the reason, so the upstream sees it; one that is
     interrupted (SIGTERM, Ctrl-C, run termination) leaves it `failed` with a reason starting `interrupted` and
     the results as they stand; a run that found the execution busy leaves it alone (the other run owns it)."""
-    from twilio_pipeline.outbound import ExecutionBusy, LeaseLost, mark_failed, record_interruption
+    from twilio_pipeline.outbound import ExecutionBusy, LeaseLost, OutboundInputError, mark_failed, record_interruption
     from twilio_pipeline.signals import mark_stop_handled, pending_stop, record_signals, signals_deferred
 
     record_signals()
@@ -96,6 +96,9 @@ def _marks_failure(context, db, channel, execution_id: int, step: str):
         raise
     except dg.Failure as exc:
         mark_failed(db, execution_id, exc.description or "the run failed")
+        raise
+    except OutboundInputError as exc:  # its message is the reason, as the CLI says it
+        mark_failed(db, execution_id, str(exc))
         raise
     except Exception as exc:
         mark_failed(db, execution_id, f"{type(exc).__name__}: {exc}")

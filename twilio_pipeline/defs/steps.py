@@ -10,6 +10,7 @@ import dagster as dg
 from twilio_pipeline.channels import Channel, ChannelConfigError
 from twilio_pipeline.db import Database
 from twilio_pipeline.defs.resources import DatabaseResource, TwilioResource
+from twilio_pipeline.outbound.execution import record_unsendable
 
 
 def execution_id_of(context: dg.AssetExecutionContext) -> int:
@@ -35,22 +36,6 @@ def channel_of(db: Database, twilio: TwilioResource, execution_id: int) -> Chann
     except (OutboundInputError, ChannelConfigError) as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from None
     return channel
-
-
-# An execution still on its way out; a `sent` or `cancelled` one keeps its Status whatever a re-run finds.
-UNSENT_STATUSES = ("ready", "sending", "failed")
-
-
-def record_unsendable(db: Database, execution_id: int, reason: str) -> bool:
-    """Status `failed` with the reason for an execution that cannot be sent (CONTRACT.md "Execution status,
-    whoever starts the run"), so the upstream and the queue listener see why; True when recorded."""
-    from twilio_pipeline.outbound.execution import mark_failed, read_execution
-
-    row = read_execution(db, execution_id)
-    if row is None or row.status not in UNSENT_STATUSES:
-        return False
-    mark_failed(db, execution_id, reason)
-    return True
 
 
 def setup(context, database: DatabaseResource, twilio: TwilioResource) -> tuple[Database, Channel, int]:

@@ -13,6 +13,7 @@ from twilio_pipeline.db import Database, utcnow
 from twilio_pipeline.db.database import lenient_text, to_naive_utc, undecodable
 from twilio_pipeline.outbound.errors import OutboundInputError
 from twilio_pipeline.rules.phones import validate_sender
+from twilio_pipeline.rules.render import media_url_problem, template_problem
 
 STATUS_READY = "ready"
 STATUS_SENDING = "sending"
@@ -78,6 +79,11 @@ def read_execution(db: Database, execution_id: int) -> ExecutionRow | None:
     )
 
 
+def execution_problem(template: str | None, media_url: str | None) -> str | None:
+    """Why the execution's MessageBody or MediaUrl cannot be sent to anyone, or None."""
+    return template_problem(template) or media_url_problem(media_url)
+
+
 def load_execution(db: Database, channels: ChannelFile, execution_id: int) -> tuple[ExecutionRow, Channel]:
     """The execution and its channel, or OutboundInputError naming what is wrong (CLI exit 2)."""
     try:
@@ -95,7 +101,7 @@ def load_execution(db: Database, channels: ChannelFile, execution_id: int) -> tu
             f"execution {execution_id} names channel {row.channel_name!r}, which is not in the channel file "
             f"(it defines {known})"
         ) from None
-    problem = sender_problem(channel)
+    problem = sender_problem(channel) or execution_problem(row.message_body, row.media_url)
     if problem:
         raise OutboundInputError(f"execution {execution_id}: {problem}")
     oh = db.tables.offer_history
@@ -164,3 +170,17 @@ __all__ = [
     "STATUS_SENDING", "STATUS_SENT", "execution_channel_sender", "load_execution", "mark_failed", "read_execution",
     "send_refusal", "sender_problem", "set_status",
 ]
+
+
+# An execution still on its way out; a `sent` or `cancelled` one keeps its Status whatever a re-run finds.
+UNSENT_STATUSES = ("ready", "sending", "failed")
+
+
+def record_unsendable(db: Database, execution_id: int, reason: str) -> bool:
+    """Status `failed` with the reason for an execution that cannot be sent (CONTRACT.md "Execution status,
+    whoever starts the run"), so the upstream and the queue listener see why; True when recorded."""
+    row = read_execution(db, execution_id)
+    if row is None or row.status not in UNSENT_STATUSES:
+        return False
+    mark_failed(db, execution_id, reason)
+    return True

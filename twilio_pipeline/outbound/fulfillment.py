@@ -12,7 +12,7 @@ from twilio_pipeline.outbound.commit import OutboundResults, commit_execution
 from twilio_pipeline.outbound.connectivity import check_connectivity
 from twilio_pipeline.outbound.dispatch import Progress
 from twilio_pipeline.outbound.errors import ExecutionBusy, OutboundInputError
-from twilio_pipeline.outbound.execution import ExecutionRow, load_execution, mark_failed
+from twilio_pipeline.outbound.execution import ExecutionRow, load_execution, mark_failed, record_unsendable
 from twilio_pipeline.outbound.interaction_log import InteractionLog
 from twilio_pipeline.outbound.lease import execution_lease, lease_key
 from twilio_pipeline.outbound.plan import PlanSummary, plan_execution
@@ -51,12 +51,18 @@ def run_outbound(db: Database, client, channels: ChannelFile, execution_id: int,
                  progress: Progress | None = None, **send_options) -> OutboundRun:
     """Steps 1-8 for one execution under one lease: connectivity, suppression refresh, plan, send, commit.
 
-    A failure after the input checks marks the execution `failed` with the reason and re-raises;
-    a busy execution (ExecutionBusy) and bad input (OutboundInputError) leave its Status alone.
+    A failure marks the execution `failed` with the reason and re-raises, bad input (OutboundInputError)
+    included (CONTRACT "Execution status, whoever starts the run"); a busy execution (ExecutionBusy) is left
+    to the run that holds it.
     """
     from twilio_pipeline.inbound.refresh import refresh_inbound
 
-    row, channel = load_execution(db, channels, execution_id)
+    try:
+        row, channel = load_execution(db, channels, execution_id)
+    except OutboundInputError as exc:
+        if str(execution_id).lstrip("-").isdigit():
+            record_unsendable(db, int(execution_id), str(exc))
+        raise
     with execution_lease(db, row.execution_id, run_id, log=log):
         try:
             connectivity = None

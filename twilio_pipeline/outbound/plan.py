@@ -32,6 +32,7 @@ from twilio_pipeline.db.database import lenient_text, undecodable
 from twilio_pipeline.outbound.errors import OutboundInputError
 from twilio_pipeline.outbound.execution import (
     STATUS_SENDING,
+    execution_problem,
     mark_failed,
     read_execution,
     sender_problem,
@@ -51,12 +52,10 @@ from twilio_pipeline.outbound.summary import StepSummary
 from twilio_pipeline.rules.phones import PhoneResult, normalise_number
 from twilio_pipeline.rules.render import (
     Rendered,
-    media_url_problem,
     merge_fields,
     parse_attributes,
     render_body,
     storable,
-    template_problem,
     text_problem,
 )
 from twilio_pipeline.rules.segments import count_segments
@@ -274,11 +273,6 @@ def repeated_rows(db: Database, execution_id: int, people: int | None = None) ->
             return 0
         return int(conn.execute(sa.select(sa.func.count() - sa.func.count(sa.distinct(oh.c.RPContactID)))
                                 .where(mine)).scalar() or 0)
-
-
-def execution_problem(template: str | None, media_url: str | None) -> str | None:
-    """Why the execution's MessageBody or MediaUrl cannot be sent to anyone, or None."""
-    return template_problem(template) or media_url_problem(media_url)
 
 
 def _stage_contacts(db: Database, stg: sa.Table, query: sa.Select, renderer: _Renderer, region: str | None,

@@ -555,6 +555,28 @@ def test_execution_without_recipients_is_one_clear_line(in_process_cli):
     assert not (in_process_cli.cli.home / "storage").exists(), "no Dagster run may start for bad input"
 
 
+def _status_of(db, execution_id: int) -> tuple[str, str | None]:
+    ex = db.tables.executions
+    with db.connect() as conn:
+        return tuple(conn.execute(sa.select(ex.c.Status, ex.c.StatusReason)
+                                  .where(ex.c.ChannelExecutionID == execution_id)).one())
+
+
+def test_cli_send_of_an_unsendable_execution_is_exit_2_and_records_why(in_process_cli):
+    """A MessageBody nobody can get ({{Name} unbalanced) or no recipients: exit 2 with one line before any run,
+    and the execution is `failed` with that line as its reason (no exception class name), as from any launch."""
+    db = in_process_cli.cli.db
+    create_execution(db, 7, "Demo", "Hi {{Name}", [(1, "+14155550100", {"Name": "Ada"})])
+    create_execution(db, 8, "Demo", "Hi", [])
+    for eid, fragment in ((7, "{{Name}"), (8, "has no recipients")):
+        code, err = in_process_cli("send", str(eid))
+        assert code == 2 and len(err) == 1 and fragment in err[0], (eid, code, err)
+        status, reason = _status_of(db, eid)
+        assert status == "failed" and fragment in reason and "Error:" not in reason, (eid, status, reason)
+        assert err[0] == f"error: {reason}"
+    assert not (in_process_cli.cli.home / "storage").exists(), "no Dagster run may start for bad input"
+
+
 def test_real_cli_prints_one_line_without_traceback(make_cli):
     """The same through a real process: what a user's shell sees."""
     cli = make_cli(None, "channels: [\n  - name: x\n", name="yaml")
