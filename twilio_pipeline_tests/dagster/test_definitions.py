@@ -3,6 +3,7 @@ sensors and schedules the docs promise."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -66,3 +67,20 @@ def test_dagster_cli_validates_the_workspace(tmp_path):
                           timeout=180, cwd=project_root())
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Validation successful" in proc.stderr + proc.stdout
+
+
+def test_dg_knows_the_project_from_the_repo_root():
+    """`dg check defs` and `dg list defs`, Dagster's current CLI, load this code location from the repo root."""
+    venv = os.path.dirname(os.path.dirname(sys.executable))
+    env = {**os.environ, "VIRTUAL_ENV": venv, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+    dg_cli = os.path.join(os.path.dirname(sys.executable), "dg")
+    check = subprocess.run([dg_cli, "check", "defs"], cwd=project_root(), env=env, capture_output=True, text=True,
+                           timeout=180)
+    assert check.returncode == 0 and "All definitions loaded successfully" in check.stdout + check.stderr, check
+    listed = subprocess.run([dg_cli, "list", "defs", "--json"], cwd=project_root(), env=env, capture_output=True,
+                            text=True, timeout=180)
+    assert listed.returncode == 0, listed
+    inventory = json.loads(listed.stdout)
+    assets = {a["asset_key"] for a in inventory["assets"]}
+    assert OUTBOUND | INBOUND <= assets, assets
+    assert {s["name"] for s in inventory["sensors"]} >= {"queue_listener", "execution_sync_chain"}
