@@ -189,7 +189,7 @@ def _send(db: Database, client, channel: Channel, execution_id: int, claims: Cla
 def _summarise(db: Database, client, execution_id: int, writer: OutcomeWriter, reconciler: Reconciler,
                ilog: InteractionLog, summary: SendSummary, requests_before: int, throttled_before: int) -> None:
     rec, w = reconciler.stats, writer.stats
-    summary.requests_this_run = w.sent + w.refused + w.ambiguous
+    summary.requests_this_run = w.sent + w.refused + w.ambiguous + summary.held_back
     summary.sent, summary.refused, summary.ambiguous = w.sent, w.refused, w.ambiguous
     summary.adopted, summary.resent = rec.adopted, rec.resent
     summary.opted_out_on_send = w.opted_out
@@ -207,6 +207,8 @@ def _summarise(db: Database, client, execution_id: int, writer: OutcomeWriter, r
         ilog.info(
             f"this run: {w.sent} accepted, {w.refused} refused by Twilio"
             + (f" ({summary.error_codes})" if summary.error_codes else "")
+            + (f", {summary.held_back} refused for the sender's or the account's fault (left unsent)"
+               if summary.held_back else "")
             + f", {rec.adopted} found at Twilio after an ambiguous answer, {rec.resent} re-sent, "
             f"{summary.unresolved} unresolved; {summary.http_requests} HTTP request(s), "
             f"{summary.throttled} throttled"

@@ -171,3 +171,36 @@ def test_channel_file_defaults():
     channel = channels().channels[0]
     assert channel.sender_error_limit == 5
     assert channel.reconcile.settle_s == 60 and channel.reconcile.resend_unconfirmed is True
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_cli_send_stopped_by_sender_errors_exits_1_in_one_line_and_a_send_after_the_fix_sends_everyone(
+        tmp_path, make_sandbox):
+    from twilio_pipeline_tests.reliability.conftest import PipelineCli, assert_no_traceback
+    from twilio_pipeline_tests.reliability.conftest import channel as cli_channel
+
+    sb = make_sandbox()
+    spec = cli_channel("Sender SMS", from_number=NOT_OWNED, connectivity_test=False, max_concurrency=1,
+                       sender_error_limit=2)
+    cli = PipelineCli(tmp_path / "cli", sb, [spec])
+    try:
+        create_execution(cli.db, 9, "Sender SMS", BODY, [(i, f"+1415{i:07d}", {"FirstName": "A"}) for i in range(1, 6)])
+        result = cli.run("send", "9", timeout=180)
+        assert result.returncode == 1, result.describe()
+        assert_no_traceback(result.output)
+        failed = [line for line in result.stdout.splitlines() if "failed" in line]
+        assert len(failed) == 1 and "21606" in failed[0] and "stay unsent" in failed[0], result.describe()
+        assert "nothing new to send" not in result.output
+        assert _posts(sb) == 2
+        execution = read_execution(cli.db, 9)
+        assert execution.status == "failed" and "21606" in execution.status_reason
+        assert cli.db.read_results(9)["Pending"] == 5
+
+        _buy(sb, NOT_OWNED)  # the account fixed: the number is the account's again
+        again = cli.run("send", "9", timeout=180)
+        assert again.returncode == 0, again.describe()
+        assert read_execution(cli.db, 9).status == "sent"
+        assert sorted(sb.stats()["messages_created_by_to"].values()) == [1] * 5
+    finally:
+        cli.close()
