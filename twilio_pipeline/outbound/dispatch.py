@@ -13,7 +13,8 @@ the worker waits for a renewal instead of draining what it already claimed.
 Sender errors (twilio.errors.SENDER_ERROR_CODES: 21606 From not owned, 21212, 21608 trial ...) blame the
 channel, not the recipient: such a refusal is not recorded as a final outcome; the row is held back and,
 when this batch run ends, returned unsent (Claims.hold_back: planned -> Pending, sent by a later run).
-After `sender_error_limit` of them in a row (any other answer resets the count) the pool stops, nothing
+After `sender_error_limit` of them in a row (an acceptance or a recipient's refusal resets the count; an
+ambiguous answer says nothing about the sender and leaves it) the pool stops, nothing
 more is requested, and SenderRejected names the code. Fewer in a row (a hiccup) do not stop the send,
 but their recipients are still held back for a later send: never recorded as refused, never dropped.
 """
