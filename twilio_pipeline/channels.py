@@ -47,6 +47,14 @@ class RetryConfig(_Strict):
         return self
 
 
+class ReconcileConfig(_Strict):
+    """How an ambiguous create (timeout/5xx: Twilio may have made the message) is checked: looked up once
+    quiet `settle_s` (Twilio's listings lag); not found -> sent again, or kept Unresolved."""
+
+    settle_s: float = Field(60.0, ge=0, le=3600)
+    resend_unconfirmed: bool = True
+
+
 class FollowUp(_Strict):
     body: str = Field(min_length=1, max_length=1600)
     media_url: str | None = None
@@ -82,6 +90,8 @@ class Channel(_Strict):
     retry: RetryConfig = RetryConfig()
     validity_period_s: int = Field(36000, ge=1, le=36000)
     status_horizon_hours: int = Field(72, ge=1, le=24 * 30)  # statuses read this long after sending
+    sender_error_limit: int = Field(5, ge=1, le=10000)  # sender/account refusals in a row, then the send stops
+    reconcile: ReconcileConfig = ReconcileConfig()
     retrieval_period_days: int = Field(395, ge=1, le=3650)
     records_per_sync: int = Field(10000, ge=1)
     reply_attribution: Literal["latest", "all"] = "latest"

@@ -13,7 +13,7 @@ from twilio_pipeline.defs.partitions import TWILIO_POOL, execution_partitions
 from twilio_pipeline.defs.progress import progress_reporter
 from twilio_pipeline.defs.resources import DatabaseResource, TwilioResource
 from twilio_pipeline.defs.steps import counts_table, metadata, setup, twilio_failure
-from twilio_pipeline.twilio import CredentialsRejected, TwilioUnavailable
+from twilio_pipeline.twilio import CredentialsRejected, SenderRejected, TwilioUnavailable
 
 OWNERS = ["team:messaging"]
 INVALID_RATE_THRESHOLD = 0.2
@@ -206,7 +206,7 @@ def send(context: dg.AssetExecutionContext, database: DatabaseResource, twilio: 
         try:
             summary = send_execution(db, client, channel, eid, run_id=context.run.run_id, log=context.log,
                                      progress=stops_on_signal(progress))
-        except (CredentialsRejected, TwilioUnavailable) as exc:
+        except (CredentialsRejected, SenderRejected, TwilioUnavailable) as exc:
             raise twilio_failure(exc) from None
         finally:
             progress.close()

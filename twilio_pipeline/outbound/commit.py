@@ -30,6 +30,7 @@ from twilio_pipeline.outbound.ledger import (
     REFUSED,
     SENT,
     SUPPRESSED,
+    held_back_codes,
     ledger_counts,
 )
 from twilio_pipeline.outbound.plan import repeated_rows
@@ -129,8 +130,12 @@ def commit_execution(db: Database, channel: Channel, execution_id: int, *, run_i
         if results["Unresolved"]:
             problems.append(f"{results['Unresolved']} message(s) unresolved after reconciliation "
                             "(Twilio's answer was ambiguous; re-run to check them again)")
-        if results["Pending"]:
-            problems.append(f"{results['Pending']} recipient(s) not sent yet (the send did not finish)")
+        held = held_back_codes(db, execution_id)  # refused for the sender's/account's fault: unsent
+        if results["Pending"] or held:  # (held seeds too: a `sent` execution would never send them)
+            why = (f"{sum(held.values())} refused for the sender's or the account's fault with "
+                   f"{', '.join(str(c) for c in sorted(held))}; a later send sends them" if held
+                   else "the send did not finish")
+            problems.append(f"{results['Pending'] or sum(held.values())} recipient(s) not sent yet ({why})")
         status = STATUS_FAILED if problems else STATUS_SENT
         reason = "; ".join(problems) or None
         # Conditional: an upstream's `cancelled` (or any status of its own) written during the send stays.

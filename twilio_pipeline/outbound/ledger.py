@@ -6,6 +6,8 @@ Protocol, per recipient row (ChannelExecutionID, RPContactID):
     ambiguous --reconcile: Twilio has it--> sent        (SID adopted, nothing re-sent)
     ambiguous --reconcile: Twilio has not--> inflight --> request ...   (re-sent once per round)
     inflight left by a dead run --> ambiguous (then reconciled like any other)
+    inflight --refused for the sender's/account's fault (21606 ...)--> back to planned (or ambiguous),
+             with ErrorCode and Reason saying why: unsent, counted Pending, sent by a later run
 
 Claims are committed before any request of the batch goes out, so after a crash a row is either
 untouched (planned), known (sent/refused), or in doubt (inflight/ambiguous) - never silently lost.
@@ -230,6 +232,35 @@ class Claims:
                 released += max(res.rowcount or 0, 0)
         return released
 
+    def hold_back(self, refused: list[tuple[Item, int | None, str]]) -> int:
+        """Rows Twilio refused for the sender's or the account's fault ((item, code, text) each): nothing was
+        created, and the recipient is not to blame, so they go back to where they were claimed from (planned
+        -> counted Pending and sent by a later run; ambiguous -> looked up again), the code kept on the row."""
+        led = self.db.tables.ledger
+        groups: dict[tuple[str, int | None], list[Item]] = {}
+        texts: dict[tuple[str, int | None], str] = {}
+        for item, code, text in refused:
+            groups.setdefault((item.origin, code), []).append(item)
+            texts.setdefault((item.origin, code), text)
+        held = 0
+        for (origin, code), items in groups.items():
+            reason = f"not sent: Twilio refused the sender ({code}): {texts[(origin, code)]}"[:_REASON_MAX]
+            values = dict(Outcome=origin, ErrorCode=code, Reason=reason, UpdatedAt=utcnow())
+            if origin == PLANNED:
+                values.update(AttemptedAt=None, RunID=None)
+            keys = [i.rpcontactid for i in items]
+            for start in range(0, len(keys), KEYS_PER_STATEMENT):
+                with self.db.begin() as conn:
+                    res = conn.execute(
+                        led.update()
+                        .where(led.c.ChannelExecutionID == self.execution_id, led.c.Outcome == INFLIGHT,
+                               led.c.RunID == self.run_id, led.c.RPContactID.in_(keys[start:start + KEYS_PER_STATEMENT]),
+                               *self._fence())
+                        .values(**values)
+                    )
+                held += max(res.rowcount or 0, 0)
+        return held
+
     def orphans_to_ambiguous(self) -> int:
         """Rows left inflight by another (dead) run are in doubt: mark them ambiguous for reconciliation.
 
@@ -248,6 +279,16 @@ class Claims:
             if not res.rowcount and self._fenced_out(conn):
                 raise self._lost()
         return max(res.rowcount or 0, 0)
+
+
+def held_back_codes(db: Database, execution_id: int) -> Counter:
+    """Error codes of the planned rows a send held back (refused for the sender's or account's fault)."""
+    led = db.tables.ledger
+    q = (sa.select(led.c.ErrorCode, sa.func.count())
+         .where(led.c.ChannelExecutionID == int(execution_id), led.c.Outcome == PLANNED, led.c.ErrorCode.is_not(None))
+         .group_by(led.c.ErrorCode))
+    with db.connect() as conn:
+        return Counter({int(code): int(n) for code, n in conn.execute(q)})
 
 
 def _twilio_time(message: dict | None) -> datetime | None:
