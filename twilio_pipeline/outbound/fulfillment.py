@@ -57,19 +57,22 @@ def run_outbound(db: Database, client, channels: ChannelFile, execution_id: int,
     from twilio_pipeline.inbound.refresh import refresh_inbound
 
     row, channel = load_execution(db, channels, execution_id)
+    ilog = InteractionLog(log, channel.name)
     with execution_lease(db, row.execution_id, run_id, log=log):
+        ilog.starting()
         try:
             connectivity = None
             if channel.connectivity_test:
                 connectivity = check_connectivity(client, channel, log)
             else:
                 log.info(f"Action: {channel.name} Activity: connectivity test skipped (connectivity_test: false)")
-            InteractionLog(log, channel.name).retrieving_subscription_data()
+            ilog.retrieving_subscription_data()
             refresh = refresh_inbound(db, client, channel, log=log)
             plan = plan_execution(db, channel, row.execution_id, run_id=run_id, log=log)
             sent = send_execution(db, client, channel, row.execution_id, run_id=run_id, log=log,
                                   progress=progress, **send_options)
             results = commit_execution(db, channel, row.execution_id, run_id=run_id, log=log)
+            ilog.finishing()
         except (ExecutionBusy, OutboundInputError):
             raise
         except CredentialsRejected as exc:
