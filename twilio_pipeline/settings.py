@@ -71,8 +71,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
     channels_path = Path(env.get("TWILIO_PIPELINE_CHANNELS") or root / "channels.yaml")
 
     credentials = _credentials(env, "TWILIO_")
-    accounts = tuple(sorted(m.group(1) for k, v in env.items()
-                            if (v or "").strip() and (m := _ACCOUNT_SID_VAR.fullmatch(k))))
+    accounts = named_accounts(env)
     endpoints = Endpoints(
         api_base=(env.get("TWILIO_API_BASE_URL") or "https://api.twilio.com").rstrip("/"),
         bulkexports_base=(env.get("TWILIO_BULKEXPORTS_BASE_URL") or "https://bulkexports.twilio.com").rstrip("/"),
@@ -107,6 +106,12 @@ def _credentials(env: Mapping[str, str], prefix: str) -> TwilioCredentials | Non
     return TwilioCredentials(account_sid, token, key_sid, key_secret)
 
 
+def named_accounts(env: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """NAME of every TWILIO_<NAME>_ACCOUNT_SID that is set (the channels' named accounts)."""
+    env = os.environ if env is None else env
+    return tuple(sorted(m.group(1) for k, v in env.items() if (v or "").strip() and (m := _ACCOUNT_SID_VAR.fullmatch(k))))
+
+
 def account_prefix(account: str) -> str:
     """`acme` -> `TWILIO_ACME_`: the environment variables of a channel's named account."""
     return f"TWILIO_{account.upper()}_"
@@ -133,6 +138,5 @@ def automation_on(env: dict[str, str] | None = None) -> bool:
         return value == "on"
     if value:
         raise SettingsError(f"TWILIO_PIPELINE_AUTOMATION must be 'on' or 'off', not {value!r}")
-    account_configured = any((v or "").strip() for k, v in env.items()
-                             if k == "TWILIO_ACCOUNT_SID" or _ACCOUNT_SID_VAR.fullmatch(k))
+    account_configured = bool((env.get("TWILIO_ACCOUNT_SID") or "").strip() or named_accounts(env))
     return not account_configured

@@ -13,7 +13,13 @@ from pydantic import Field
 
 from twilio_pipeline.channels import Channel, ChannelFile, load_channels
 from twilio_pipeline.db import Database
-from twilio_pipeline.settings import SANDBOX_MODE_NOTICE, SettingsError, account_credentials, load_settings
+from twilio_pipeline.settings import (
+    SANDBOX_MODE_NOTICE,
+    SettingsError,
+    account_credentials,
+    load_settings,
+    named_accounts,
+)
 from twilio_pipeline.twilio import (
     Endpoints,
     RetrySettings,
@@ -77,7 +83,7 @@ class TwilioResource(dg.ConfigurableResource):
     @property
     def sandbox_mode(self) -> bool:
         """No account at all (neither TWILIO_ACCOUNT_SID nor a TWILIO_<NAME>_ACCOUNT_SID)."""
-        return not self.account_sid and not load_settings().named_accounts
+        return not self.account_sid and not named_accounts()
 
     @property
     def mode_tag(self) -> str:

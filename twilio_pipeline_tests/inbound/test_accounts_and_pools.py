@@ -166,3 +166,24 @@ def test_a_stop_to_a_pool_short_code_suppresses_the_number_for_the_service(make_
     assert "87654" in pool and "ACMEBRAND" not in pool  # an alphanumeric sender cannot receive a reply
     parsed = parse_keywords(db, channel, log=log)
     assert (parsed.parsed, parsed.opt_outs, parsed.channel_keywords) == (2, 1, 1)
+
+
+def test_a_named_account_takes_an_api_key_and_bad_values_are_one_line_naming_the_variable():
+    from twilio_pipeline.settings import SettingsError, account_credentials, load_settings
+
+    key = {"TWILIO_ACME_ACCOUNT_SID": SUB_SID, "TWILIO_ACME_API_KEY_SID": "SK" + "c" * 32,
+           "TWILIO_ACME_API_KEY_SECRET": "key-secret"}
+    creds = account_credentials("Acme Offers", "acme", key)
+    assert (creds.username, creds.password, creds.account_sid) == ("SK" + "c" * 32, "key-secret", SUB_SID)
+    assert "key-secret" not in repr(creds)
+    for env, fragment in [
+        ({"TWILIO_ACME_ACCOUNT_SID": "ACnope", "TWILIO_ACME_AUTH_TOKEN": "t"}, "TWILIO_ACME_ACCOUNT_SID must be 'AC'"),
+        ({"TWILIO_ACME_ACCOUNT_SID": SUB_SID}, "neither TWILIO_ACME_AUTH_TOKEN nor an API key"),
+        ({"TWILIO_ACCOUNT_SID": SUB_SID, "TWILIO_AUTH_TOKEN": "t"}, "TWILIO_ACME_ACCOUNT_SID is not set"),
+    ]:
+        with pytest.raises(SettingsError, match=fragment) as err:
+            account_credentials("Acme Offers", "acme", env)
+        assert "\n" not in str(err.value) and "ACnope" not in str(err.value)
+    # Only a channel's named account set: not sandbox mode (the CLI prints no sandbox notice).
+    assert not load_settings({"TWILIO_ACME_ACCOUNT_SID": SUB_SID, "TWILIO_ACME_AUTH_TOKEN": "t"}).sandbox_mode
+    assert load_settings({}).sandbox_mode
