@@ -187,3 +187,25 @@ def test_a_named_account_takes_an_api_key_and_bad_values_are_one_line_naming_the
     # Only a channel's named account set: not sandbox mode (the CLI prints no sandbox notice).
     assert not load_settings({"TWILIO_ACME_ACCOUNT_SID": SUB_SID, "TWILIO_ACME_AUTH_TOKEN": "t"}).sandbox_mode
     assert load_settings({}).sandbox_mode
+
+
+def test_tables_of_an_earlier_release_get_the_account_column_on_open_and_keep_their_opt_outs(tmp_path, log):
+    from twilio_pipeline.channels import Channel
+    from twilio_pipeline.db.database import utcnow
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    old = Database(url)
+    t = old.tables
+    with old.begin() as conn:
+        conn.execute(t.suppression.insert().values(PhoneNumber=X, ActivityDate=utcnow(), TwilioNumber=SENDER,
+                                                   Activity="STOP"))
+        for table in (t.suppression, t.inbound):
+            conn.exec_driver_sql(f'ALTER TABLE "{table.name}" DROP COLUMN "Account"')
+    old.dispose()
+    reopened = Database(url)
+    try:
+        assert {f"column {name}.Account" for name in (t.suppression.name, t.inbound.name)} <= set(reopened.upgraded)
+        assert suppressed(reopened, Channel(name="Old", from_number=SENDER)) == {X}  # the deployment's own account
+        assert suppressed(reopened, Channel(name="New", from_number=SENDER, account="acme")) == set()
+    finally:
+        reopened.dispose()
