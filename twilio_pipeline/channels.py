@@ -21,6 +21,9 @@ from twilio_pipeline.rules.phones import validate_sender
 from twilio_pipeline.rules.render import media_url_problem, quote, template_problem, text_problem
 
 _WORD = re.compile(r"^[A-Z0-9]{1,40}$")
+# An account name becomes part of environment variable names (TWILIO_<NAME>_ACCOUNT_SID) and of the
+# watermark key (sender@NAME, 64 characters at most): a short identifier.
+_ACCOUNT = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,23}$")
 MAX_FILE_BYTES = 1 << 20    # a channel file is a few KB; 1 MiB is far beyond any real one
 MAX_YAML_VALUES = 100_000   # values after alias expansion: a "billion laughs" file is refused before it grows
 MAX_ERROR = 300             # characters of a one-line error
@@ -102,6 +105,7 @@ class Channel(_Strict):
     follow_ups: dict[str, FollowUp] = Field(default_factory=dict)
     connectivity_test: bool = True
     trace: bool = False
+    account: str | None = None  # a named Twilio account or subaccount: credentials from TWILIO_<NAME>_*
 
     @field_validator("from_number", mode="before")
     @classmethod
@@ -120,6 +124,14 @@ class Channel(_Strict):
     def _service(cls, v):
         if v is not None and not re.fullmatch(r"MG[0-9a-fA-F]{32}", v):
             raise ValueError("must be 'MG' followed by 32 hex characters")
+        return v
+
+    @field_validator("account")
+    @classmethod
+    def _account(cls, v):
+        if v is not None and not _ACCOUNT.match(v):
+            raise ValueError("must be a name of letters, digits and underscores (at most 24, starting with a "
+                             "letter): it names the TWILIO_<NAME>_ACCOUNT_SID variables")
         return v
 
     @field_validator("keywords", mode="before")
@@ -192,6 +204,12 @@ class Channel(_Strict):
         return self.messaging_service_sid or self.from_number  # type: ignore[return-value]
 
     @property
+    def account_key(self) -> str | None:
+        """The account the channel's sender, opt-outs and watermark belong to: the upper-cased `account`
+        name, None for the deployment's own account (TWILIO_ACCOUNT_SID, or the sandbox)."""
+        return self.account.upper() if self.account else None
+
+    @property
     def uses_service(self) -> bool:
         return self.messaging_service_sid is not None
 
@@ -215,9 +233,11 @@ class ChannelFile(_Strict):
         return self
 
     def sharing_sender(self, channel: Channel) -> tuple[Channel, ...]:
-        """The other channels that send from the same number or Messaging Service. A person replies to
-        the sender, not to a channel: their reply belongs to whichever of these messaged them last."""
-        return tuple(c for c in self.channels if c.name != channel.name and c.sender == channel.sender)
+        """The other channels that send from the same number or Messaging Service of the same account. A
+        person replies to the sender, not to a channel: their reply belongs to whichever of these messaged
+        them last (the same number on another account is another sender)."""
+        return tuple(c for c in self.channels if c.name != channel.name and c.sender == channel.sender
+                     and c.account_key == channel.account_key)
 
     def get(self, name: str) -> Channel:
         for c in self.channels:

@@ -77,6 +77,19 @@ def _context():
         db.dispose()
 
 
+def _check_accounts(channels) -> None:
+    """A channel naming an account whose TWILIO_<NAME>_ACCOUNT_SID is unset: one line, exit 2, before any
+    run starts (never sandbox mode)."""
+    from twilio_pipeline.settings import SettingsError, account_credentials
+
+    for channel in channels:
+        if channel.account is not None:
+            try:
+                account_credentials(channel.name, channel.account)
+            except SettingsError as exc:
+                raise CliError(str(exc)) from None
+
+
 def _safe_url(url: str) -> str:
     import sqlalchemy as sa
 
@@ -122,6 +135,7 @@ def cmd_send(args) -> int:
         refusal = send_refusal(row, force=args.force)
         if refusal:
             raise CliError(refusal)
+        _check_accounts([channel])
         from twilio_pipeline.defs.runner import run_send
 
         return run_send(settings, db, channel, args.execution_id, say=_say, force=args.force)
@@ -137,6 +151,7 @@ def cmd_sync(args) -> int:
                 channels.get(args.channel)
             except ChannelConfigError as exc:
                 raise CliError(str(exc)) from None
+        _check_accounts([channels.get(args.channel)] if args.channel else channels.channels)
         return run_sync(settings, db, channels, args.channel, say=_say)
 
 

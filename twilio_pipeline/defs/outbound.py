@@ -126,10 +126,12 @@ def _marks_failure(context, db, channel, execution_id: int, step: str):
 def suppression_refresh(context: dg.AssetExecutionContext, database: DatabaseResource, twilio: TwilioResource,
                         config: OutboundConfig):
     from twilio_pipeline.inbound import refresh_inbound
-    from twilio_pipeline.outbound import check_connectivity
+    from twilio_pipeline.outbound import InteractionLog, check_connectivity
 
     db, channel, eid = setup(context, database, twilio)
     refuse_unless_sendable(context, db, eid, config)
+    ilog = InteractionLog(context.log, channel.name)
+    ilog.starting()
     with _marks_failure(context, db, channel, eid, "suppression_refresh"), \
             twilio.get_client(channel, trace=context.log.info) as client:
         try:
@@ -140,6 +142,7 @@ def suppression_refresh(context: dg.AssetExecutionContext, database: DatabaseRes
                 context.log.info(f"Action: {channel.name} Activity: connectivity test skipped (connectivity_test: false)")
                 check = dg.AssetCheckResult(check_name="twilio_connectivity", passed=True,
                                             metadata={"skipped": dg.MetadataValue.bool(True)})
+            ilog.retrieving_subscription_data()
             summary = refresh_inbound(db, client, channel, log=context.log)
         except (CredentialsRejected, TwilioUnavailable) as exc:
             raise twilio_failure(exc) from None
@@ -227,12 +230,13 @@ def send(context: dg.AssetExecutionContext, database: DatabaseResource, twilio: 
                 "counts in op_ChannelExecutionResults, the execution marked sent or failed; staging tables dropped.",
 )
 def message_id_staging(context: dg.AssetExecutionContext, database: DatabaseResource, twilio: TwilioResource):
-    from twilio_pipeline.outbound import commit_execution, execution_lease
+    from twilio_pipeline.outbound import InteractionLog, commit_execution, execution_lease
 
     db, channel, eid = setup(context, database, twilio)
     with execution_lease(db, eid, context.run.run_id), \
             _marks_failure(context, db, channel, eid, "message_id_staging"):
         outcome = commit_execution(db, channel, eid, run_id=context.run.run_id, log=context.log)
+    InteractionLog(context.log, channel.name).finishing()
     problems = quality.outbound_identity_problems(db, eid)
     check = dg.AssetCheckResult(check_name="outbound_identities_hold", passed=not problems,
                                 metadata={"problems": dg.MetadataValue.text("; ".join(problems) or "none")})

@@ -17,13 +17,15 @@ def execution_id_of(context: dg.AssetExecutionContext) -> int:
     return int(context.partition_key)
 
 
-def announce(context, twilio: TwilioResource) -> None:
-    """Sandbox mode is said in every run log and shown as a run tag, however the run was launched."""
+def announce(context, twilio: TwilioResource, channel: Channel | None = None) -> None:
+    """Sandbox mode is said in every run log and shown as a run tag, however the run was launched
+    (per channel: a channel with its own `account:` is live whatever the deployment's account)."""
     from twilio_pipeline.defs.partitions import MODE_TAG
 
-    if context.run.tags.get(MODE_TAG) != twilio.mode_tag:
-        context.instance.add_run_tags(context.run.run_id, {MODE_TAG: twilio.mode_tag})
-    notice = twilio.notice()
+    tag = twilio.mode_tag if channel is None else twilio.channel_mode_tag(channel)
+    if context.run.tags.get(MODE_TAG) != tag:
+        context.instance.add_run_tags(context.run.run_id, {MODE_TAG: tag})
+    notice = twilio.notice(channel)
     if notice:
         context.log.warning(notice)
 
@@ -39,14 +41,15 @@ def channel_of(db: Database, twilio: TwilioResource, execution_id: int) -> Chann
 
 
 def setup(context, database: DatabaseResource, twilio: TwilioResource) -> tuple[Database, Channel, int]:
-    announce(context, twilio)
     db = database.get_database()
     eid = execution_id_of(context)
     try:
         channel = channel_of(db, twilio, eid)
     except dg.Failure as exc:
+        announce(context, twilio)
         record_unsendable(db, eid, exc.description or "the execution cannot be sent")
         raise
+    announce(context, twilio, channel)
     tag_run(context, eid, channel.name)
     return db, channel, eid
 

@@ -63,19 +63,22 @@ def run_outbound(db: Database, client, channels: ChannelFile, execution_id: int,
         if str(execution_id).lstrip("-").isdigit():
             record_unsendable(db, int(execution_id), str(exc))
         raise
+    ilog = InteractionLog(log, channel.name)
     with execution_lease(db, row.execution_id, run_id, log=log):
+        ilog.starting()
         try:
             connectivity = None
             if channel.connectivity_test:
                 connectivity = check_connectivity(client, channel, log)
             else:
                 log.info(f"Action: {channel.name} Activity: connectivity test skipped (connectivity_test: false)")
-            InteractionLog(log, channel.name).retrieving_subscription_data()
+            ilog.retrieving_subscription_data()
             refresh = refresh_inbound(db, client, channel, log=log)
             plan = plan_execution(db, channel, row.execution_id, run_id=run_id, log=log)
             sent = send_execution(db, client, channel, row.execution_id, run_id=run_id, log=log,
                                   progress=progress, **send_options)
             results = commit_execution(db, channel, row.execution_id, run_id=run_id, log=log)
+            ilog.finishing()
         except (ExecutionBusy, OutboundInputError):
             raise
         except CredentialsRejected as exc:

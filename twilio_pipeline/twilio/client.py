@@ -499,6 +499,22 @@ class TwilioClient:
                     numbers.append(item["phone_number"])
         return numbers
 
+    def list_service_short_codes(self, service_sid: str) -> list[str]:
+        """Short codes in a Messaging Service's sender pool (all pages)."""
+        url = f"{self._messaging}/v1/Services/{quote(service_sid, safe='')}/ShortCodes"
+        codes: list[str] = []
+        for page in self._iter_v1_pages(self._messaging, url, "short_codes", MAX_PAGE_SIZE):
+            for item in page:
+                if isinstance(item, dict) and isinstance(item.get("short_code"), str):
+                    codes.append(item["short_code"])
+        return codes
+
+    def list_service_receiving_senders(self, service_sid: str) -> list[str]:
+        """Every sender of a Messaging Service a reply can reach: its phone numbers, then its short codes.
+        AlphaSenders are left out on purpose: an alphanumeric sender ID cannot receive messages."""
+        return list(dict.fromkeys([*self.list_service_phone_numbers(service_sid),
+                                   *self.list_service_short_codes(service_sid)]))
+
     def fetch_service(self, service_sid: str) -> dict | None:
         """GET a Messaging Service; None on 404."""
         url = f"{self._messaging}/v1/Services/{quote(service_sid, safe='')}"
