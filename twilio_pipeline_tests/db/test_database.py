@@ -220,7 +220,8 @@ def test_bulk_insert_keeps_every_value_exactly(db):
     naive = datetime(2026, 3, 4, 5, 6, 7, 890123)
     rows = [{"MessageSID": f"SM{i:032x}", "FromNumber": "+14155550100", "ToNumber": None, "MessagingServiceID": None,
              "Body": body, "Keyword": None if i % 2 else body[:50], "DateSent": naive if i % 3 else None,
-             "ParsedAt": None, "FetchedAt": naive.replace(microsecond=0)}
+             "ParsedAt": None, "FetchedAt": naive.replace(microsecond=0),
+             "Account": None if i % 2 else "ACME"}
             for i, body in enumerate(AWKWARD_TEXTS + [None])]
     with db.begin() as conn:
         assert db.bulk_insert(conn, ib, rows) == len(rows)
