@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from twilio_pipeline.settings import project_root
-from twilio_pipeline_tests.deployment.conftest import DEPLOY, procfile_commands
+from twilio_pipeline_tests.deployment.harness import DEPLOY, procfile_commands
 
 UNITS = {"code": "twilio-pipeline-code.service", "daemon": "twilio-pipeline-daemon.service",
          "web": "twilio-pipeline-web.service"}
