@@ -93,3 +93,17 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         validate_identifier(schema, "TWILIO_PIPELINE_DB_SCHEMA")
     prefix = validate_identifier(env.get("TWILIO_PIPELINE_TABLE_PREFIX", ""), "TWILIO_PIPELINE_TABLE_PREFIX", True)
     return Settings(database_url, channels_path, data_dir, credentials, endpoints, schema, prefix)
+
+
+def automation_on(env: dict[str, str] | None = None) -> bool:
+    """TWILIO_PIPELINE_AUTOMATION: the default status of every sensor and schedule. Unset, it is on only in
+    sandbox mode, so a fresh deployment with a real account sends and syncs nothing until someone decides to."""
+    env = dict(os.environ if env is None else env)
+    value = (env.get("TWILIO_PIPELINE_AUTOMATION") or "").strip().lower()
+    if value in ("on", "off"):
+        return value == "on"
+    if value:
+        raise SettingsError(f"TWILIO_PIPELINE_AUTOMATION must be 'on' or 'off', not {value!r}")
+    account_configured = any((v or "").strip() for k, v in env.items()
+                             if k == "TWILIO_ACCOUNT_SID" or re.fullmatch(r"TWILIO_\w+_ACCOUNT_SID", k))
+    return not account_configured

@@ -9,6 +9,7 @@ import dagster as dg
 
 from twilio_pipeline import quality
 from twilio_pipeline.channels import Channel
+from twilio_pipeline.defs.partition_order import add_in_order
 from twilio_pipeline.defs.partitions import TWILIO_POOL, execution_partitions
 from twilio_pipeline.defs.resources import DatabaseResource, TwilioResource
 from twilio_pipeline.defs.steps import (
@@ -16,6 +17,7 @@ from twilio_pipeline.defs.steps import (
     channel_of,
     counts_table,
     metadata,
+    record_unsendable,
     twilio_failure,
 )
 from twilio_pipeline.twilio import CredentialsRejected, TwilioUnavailable
@@ -39,12 +41,24 @@ def _is_backfill(context) -> bool:
 
 
 def _by_channel(context, database: DatabaseResource, twilio: TwilioResource) -> dict[str, tuple[Channel, list[int]]]:
+    """The run's executions by channel. In a run over several partitions (a backfill, a batched chain run) an
+    execution that cannot be synced is recorded (Status `failed` with the reason, unless it was sent) and
+    skipped, so the others are still synced and stay green; a run of that one execution alone fails."""
     db = database.get_database()
     groups: dict[str, tuple[Channel, list[int]]] = {}
     ids: dict[str, list[int]] = defaultdict(list)
-    for key in context.partition_keys:
-        eid = int(key)
-        channel = channel_of(db, twilio, eid)
+    keys = context.partition_keys
+    for key in keys:
+        try:
+            eid = int(key)
+            channel = channel_of(db, twilio, eid)
+        except (ValueError, dg.Failure) as exc:
+            reason = exc.description if isinstance(exc, dg.Failure) else f"partition {key!r} is not an execution ID"
+            recorded = isinstance(exc, dg.Failure) and record_unsendable(db, eid, reason)
+            if len(keys) == 1:
+                raise dg.Failure(description=reason, allow_retries=False) from None
+            context.log.warning(f"Skipped execution {key}: {reason}" + (" (Status failed)" if recorded else ""))
+            continue
         groups.setdefault(channel.name, (channel, ids[channel.name]))
         ids[channel.name].append(eid)
     return groups
@@ -86,7 +100,7 @@ def keyword_parse(context: dg.AssetExecutionContext, config: KeywordParseConfig,
                     totals[k] += v
         follow_up_ids += create_follow_ups(db, channel, log=context.log)
     if follow_up_ids:
-        context.instance.add_dynamic_partitions(execution_partitions.name, [str(i) for i in follow_up_ids])
+        add_in_order(context.instance, [str(i) for i in follow_up_ids])
     totals["follow_up_executions"] = len(follow_up_ids)
     return dg.MaterializeResult(metadata={**metadata(dict(totals)), "channels": len(selected)})
 

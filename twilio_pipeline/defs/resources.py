@@ -3,7 +3,9 @@ dagster-fivetran split). Secrets arrive as EnvVar values, resolved at launch and
 
 from __future__ import annotations
 
+import atexit
 import os
+import threading
 
 import dagster as dg
 from dagster._utils.cached_method import cached_method
@@ -19,6 +21,27 @@ from twilio_pipeline.twilio import (
     TwilioCredentials,
 )
 
+_DATABASES: dict[tuple[str, str | None, str], Database] = {}
+_DATABASES_LOCK = threading.Lock()
+
+
+def shared_database(url: str, schema: str | None = None, prefix: str = "") -> Database:
+    """One Database (engine and schema check) per process and URL: a code server evaluates sensors every
+    few seconds and must not build an engine and re-inspect every table on each tick."""
+    key = (url, schema, prefix)
+    with _DATABASES_LOCK:
+        db = _DATABASES.get(key)
+        if db is None:
+            db = _DATABASES[key] = Database(url, schema=schema, prefix=prefix)
+        return db
+
+
+@atexit.register
+def dispose_databases() -> None:
+    with _DATABASES_LOCK:
+        for db in _DATABASES.values():
+            db.dispose()
+
 
 class DatabaseResource(dg.ConfigurableResource):
     """The pipeline's database (any SQLAlchemy URL)."""
@@ -27,9 +50,15 @@ class DatabaseResource(dg.ConfigurableResource):
     schema_name: str | None = Field(None, description="Database schema of the tables (TWILIO_PIPELINE_DB_SCHEMA)")
     table_prefix: str = Field("", description="Prefix of every table name (TWILIO_PIPELINE_TABLE_PREFIX)")
 
-    @cached_method
     def get_database(self) -> Database:
-        return Database(self.url, schema=self.schema_name, prefix=self.table_prefix)
+        return shared_database(self.url, self.schema_name, self.table_prefix)
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        """Pooled connections are closed when the run or tick ends; the engine stays for the next one."""
+        key = (self.url, self.schema_name, self.table_prefix)
+        db = _DATABASES.get(key)
+        if db is not None:
+            db.dispose()
 
 
 class TwilioResource(dg.ConfigurableResource):

@@ -17,6 +17,7 @@ from twilio_pipeline.cli_errors import EXIT_BUSY, EXIT_FAILED, EXIT_OK, CliError
 from twilio_pipeline.db import Database
 from twilio_pipeline.db.database import HOST
 from twilio_pipeline.defs.cli_logger import one_line_console_logger, user_error
+from twilio_pipeline.defs.partition_order import add_in_order
 from twilio_pipeline.defs.partitions import (
     CHANNEL_TAG,
     EXECUTION_TAG,
@@ -95,7 +96,7 @@ def _ensure_partition(instance: dg.DagsterInstance, execution_id: int) -> None:
     key = str(execution_id)
     if not instance.has_dynamic_partition(execution_partitions.name, key):
         try:
-            instance.add_dynamic_partitions(execution_partitions.name, [key])
+            add_in_order(instance, [key])
         except sa.exc.IntegrityError:
             # A run started at the same moment added it first (the partition key is unique).
             if not instance.has_dynamic_partition(execution_partitions.name, key):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dagster as dg
 
 from twilio_pipeline.channels import ChannelConfigError, load_channels
+from twilio_pipeline.defs.automation import default_schedule_status
 from twilio_pipeline.defs.jobs import channel_sync_job
 from twilio_pipeline.settings import load_settings
 
@@ -30,7 +31,7 @@ channel_sync_schedule = dg.ScheduleDefinition(
     job=channel_sync_job,
     cron_schedule=_cron(sync_interval_minutes()),
     execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
+    default_status=default_schedule_status(),
     description="The channel sync; on success the execution_sync_chain sensor syncs each eligible execution.",
 )
 
@@ -39,6 +40,6 @@ daily_suppression_refresh = dg.ScheduleDefinition(
     job=channel_sync_job,
     cron_schedule="30 5 * * *",
     execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
+    default_status=default_schedule_status(),
     description="Daily refresh of every channel's opt-outs and opt-ins, even when no sync ran that day.",
 )

@@ -37,11 +37,31 @@ def channel_of(db: Database, twilio: TwilioResource, execution_id: int) -> Chann
     return channel
 
 
+# An execution still on its way out; a `sent` or `cancelled` one keeps its Status whatever a re-run finds.
+UNSENT_STATUSES = ("ready", "sending", "failed")
+
+
+def record_unsendable(db: Database, execution_id: int, reason: str) -> bool:
+    """Status `failed` with the reason for an execution that cannot be sent (CONTRACT.md "Execution status,
+    whoever starts the run"), so the upstream and the queue listener see why; True when recorded."""
+    from twilio_pipeline.outbound.execution import mark_failed, read_execution
+
+    row = read_execution(db, execution_id)
+    if row is None or row.status not in UNSENT_STATUSES:
+        return False
+    mark_failed(db, execution_id, reason)
+    return True
+
+
 def setup(context, database: DatabaseResource, twilio: TwilioResource) -> tuple[Database, Channel, int]:
     announce(context, twilio)
     db = database.get_database()
     eid = execution_id_of(context)
-    return db, channel_of(db, twilio, eid), eid
+    try:
+        return db, channel_of(db, twilio, eid), eid
+    except dg.Failure as exc:
+        record_unsendable(db, eid, exc.description or "the execution cannot be sent")
+        raise
 
 
 def metadata(summary: Mapping[str, object]) -> dict[str, dg.MetadataValue]:

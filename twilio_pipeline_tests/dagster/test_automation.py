@@ -35,8 +35,9 @@ def resources(db_url, tmp_path):
     database.get_database().dispose()
 
 
-def _tick(instance, resources, cursor=None):
-    return queue_listener(dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources))
+def _tick(instance, resources, cursor=None, sensor=queue_listener):
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
+        return sensor(context)
 
 
 def test_queue_listener_requests_ready_due_executions_once(resources):

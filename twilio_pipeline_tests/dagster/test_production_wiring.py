@@ -1,0 +1,322 @@
+"""The automation as deployed: sensors read the database URL from the environment, a failed tick loses no
+sync, executions that cannot be sent say why, and a fresh production deployment starts nothing on its own."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from datetime import timedelta
+
+import dagster as dg
+import pytest
+import yaml
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+from dagster._core.test_utils import create_run_for_test, in_process_test_workspace
+from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+
+from twilio_pipeline.audience import create_execution
+from twilio_pipeline.db import Database, utcnow
+from twilio_pipeline.definitions import defs
+from twilio_pipeline.defs.inbound import INBOUND_ASSETS
+from twilio_pipeline.defs.outbound import OUTBOUND_ASSETS
+from twilio_pipeline.defs.partition_order import add_in_order, placement
+from twilio_pipeline.defs.partitions import CHANNEL_TAG, EXECUTION_TAG, execution_partitions
+from twilio_pipeline.defs.resources import DatabaseResource, build_resources
+from twilio_pipeline.defs.run_coordinator import ExecutionRunCoordinator, RunRefused
+from twilio_pipeline.defs.sensors import execution_sync_chain, queue_listener, sync_batches
+from twilio_pipeline.outbound.execution import read_execution
+from twilio_pipeline.settings import SettingsError, automation_on, project_root
+
+CHANNEL = "Demo SMS Channel"
+CHANNELS_YAML = f"""channels:
+  - name: {CHANNEL}
+    from_number: "+15005550006"
+"""
+CONTACT = (1, "+14155550100", None)
+
+
+@pytest.fixture
+def env_resources(db_url, tmp_path, monkeypatch):
+    """The code location's own resources, built as definitions.py builds them, with the database URL,
+    the table prefix and the channel file taken from the environment."""
+    channels = tmp_path / "channels.yaml"
+    channels.write_text(CHANNELS_YAML)
+    prefix = f"w{uuid.uuid4().hex[:6]}_"
+    monkeypatch.setenv("TWILIO_PIPELINE_DATABASE_URL", db_url)
+    monkeypatch.setenv("TWILIO_PIPELINE_TABLE_PREFIX", prefix)
+    monkeypatch.setenv("TWILIO_PIPELINE_CHANNELS", str(channels))
+    monkeypatch.setenv("TWILIO_PIPELINE_DATA_DIR", str(tmp_path / "data"))
+    resources = build_resources()
+    assert isinstance(resources["database"].url, dg.EnvVar)  # what the sensor used to receive unresolved
+    db = Database(db_url, prefix=prefix)
+    yield resources, db
+    db.dispose()
+
+
+def _tick(sensor, instance, resources, cursor=None):
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
+        return sensor(context)
+
+
+def _track(db: Database, execution_id: int, n: int = 1) -> None:
+    """Messages of the execution still tracked in Twilio_MessageIDs: the execution has something to sync."""
+    with db.begin() as conn:
+        for i in range(n):
+            conn.execute(db.tables.message_ids.insert().values(
+                MessageID=f"SM{execution_id:08d}{i:024d}", RPContactID=i + 1, ChannelExecutionID=execution_id,
+                Sender="+15005550006", ToNumber=CONTACT[1], SentAt=utcnow(), LastStatus="sent"))
+
+
+def _channel_sync_succeeded(instance) -> dg.DagsterRun:
+    return instance.create_run_for_job(defs.resolve_job_def("channel_sync_job"), status=dg.DagsterRunStatus.SUCCESS)
+
+
+def test_sync_chain_reads_the_database_url_from_the_environment_and_catches_up_after_a_failed_tick(
+        env_resources, monkeypatch):
+    resources, db = env_resources
+    for eid in (5, 6, 7):
+        create_execution(db, eid, CHANNEL, "hi", [CONTACT], status="sent")
+    _track(db, 5)
+    _track(db, 7)
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(execution_partitions.name, ["5", "6", "7"])
+        _channel_sync_succeeded(instance)
+
+        # The tick after the channel sync fails (the database is unreachable for a moment) ...
+        good_url = os.environ["TWILIO_PIPELINE_DATABASE_URL"]
+        monkeypatch.setenv("TWILIO_PIPELINE_DATABASE_URL", "not a database url")
+        with pytest.raises(Exception, match="SQLAlchemy URL"):
+            _tick(execution_sync_chain, instance, build_resources())
+        # ... and the next one (same cursor: the failed tick stored none) still requests the missed syncs.
+        monkeypatch.setenv("TWILIO_PIPELINE_DATABASE_URL", good_url)
+        result = _tick(execution_sync_chain, instance, resources)
+        assert sorted(r.partition_key for r in result.run_requests) == ["5", "7"]
+        assert all(r.tags[EXECUTION_TAG] == r.partition_key and r.tags[CHANNEL_TAG] == CHANNEL
+                   for r in result.run_requests)
+
+        # Nothing new since: the next tick requests nothing.
+        again = _tick(execution_sync_chain, instance, resources, cursor=result.cursor)
+        assert not again.run_requests if isinstance(again, dg.SensorResult) else isinstance(again, dg.SkipReason)
+
+        # The next channel sync: the database decides again (7 has been synced meanwhile, 6 has messages now).
+        with db.begin() as conn:
+            conn.execute(db.tables.message_ids.delete().where(db.tables.message_ids.c.ChannelExecutionID == 7))
+        _track(db, 6)
+        _channel_sync_succeeded(instance)
+        later = _tick(execution_sync_chain, instance, resources, cursor=result.cursor)
+        assert len(later.run_requests) == 1  # 5 and 6 are neighbours: one run covers both
+        request = later.run_requests[0]
+        assert (request.tags[ASSET_PARTITION_RANGE_START_TAG], request.tags[ASSET_PARTITION_RANGE_END_TAG]) == ("5", "6")
+        assert request.tags[CHANNEL_TAG] == CHANNEL
+
+
+def test_sync_batches_cover_neighbours_only_ten_at_most_one_channel_each():
+    keys = [str(i) for i in range(1, 26)] + ["-1", "-2"]
+    eligible = {i: "A" for i in range(1, 24) if i != 4} | {24: "B", -1: "A", -2: "A"}
+    batches = sync_batches(keys, eligible)
+    assert batches == [[1, 2, 3], [5, 6, 7, 8, 9, 10, 11, 12, 13, 14], [15, 16, 17, 18, 19, 20, 21, 22, 23],
+                       [24], [-1, -2]]
+
+
+def test_queue_listener_reads_the_database_url_from_the_environment(env_resources):
+    resources, db = env_resources
+    create_execution(db, 1, CHANNEL, "hi", [CONTACT])
+    with dg.instance_for_test() as instance:
+        result = _tick(queue_listener, instance, resources)
+    assert [r.partition_key for r in result.run_requests] == ["1"]
+
+
+def test_an_execution_that_cannot_be_sent_is_failed_with_the_reason_and_the_listener_says_so(env_resources):
+    resources, db = env_resources
+    create_execution(db, 12, CHANNEL, "hi", [])  # no recipients
+    create_execution(db, 13, CHANNEL, "later", [CONTACT], send_after=utcnow() + timedelta(hours=2))
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(execution_partitions.name, ["12"])
+        result = dg.materialize(OUTBOUND_ASSETS, partition_key="12", instance=instance,
+                                resources=resources, raise_on_error=False)
+        assert not result.success
+        row = read_execution(db, 12)
+        assert row.status == "failed"
+        assert "no recipients" in row.status_reason
+
+        # Two ready executions the listener leaves alone: one whose run is on its way, one whose run ended.
+        create_execution(db, 14, CHANNEL, "hi", [CONTACT])
+        create_execution(db, 15, CHANNEL, "hi", [CONTACT])
+        job = defs.resolve_job_def("outbound_job")
+        instance.create_run_for_job(job, tags={EXECUTION_TAG: "14"}, status=dg.DagsterRunStatus.STARTED)
+        ended = instance.create_run_for_job(job, tags={EXECUTION_TAG: "15"}, status=dg.DagsterRunStatus.FAILURE)
+
+        skip = _tick(queue_listener, instance, resources)
+    assert isinstance(skip, dg.SkipReason)
+    message = skip.skip_message
+    send_after = read_execution(db, 13).send_after
+    assert f"waiting for SendAfter until {send_after:%Y-%m-%dT%H:%MZ}: 1 execution;" in message
+    assert "1 execution failed: 12 (execution 12 has no recipients" in message
+    assert "1 ready execution with a run queued or in progress: 14" in message
+    assert f"1 ready execution whose run ended without sending (re-run it or send it from the CLI): 15 (run {ended.run_id[:8]} failure)" in message
+
+
+def test_a_bad_execution_in_a_multi_partition_sync_run_is_recorded_and_skipped(env_resources):
+    resources, db = env_resources
+    create_execution(db, 21, CHANNEL, "hi", [CONTACT], status="sent")
+    create_execution(db, 22, CHANNEL, "hi", [])  # no recipients: cannot be sent, nor synced
+    create_execution(db, 23, CHANNEL, "hi", [CONTACT], status="sent")
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(execution_partitions.name, ["21", "22", "23"])
+        result = dg.materialize(
+            INBOUND_ASSETS, selection=["status_fetch", "state_bulk_load", "aggregate_results"],
+            instance=instance, resources=resources, raise_on_error=False,
+            tags={ASSET_PARTITION_RANGE_START_TAG: "21", ASSET_PARTITION_RANGE_END_TAG: "23"})
+        assert result.success
+        materialized = {(m.asset_key.to_user_string(), m.partition)
+                        for m in result.get_asset_materialization_events()
+                        for m in [m.event_specific_data.materialization]}
+        for asset in ("status_fetch", "state_bulk_load", "aggregate_results"):
+            assert {(asset, "21"), (asset, "23")} <= materialized
+    assert read_execution(db, 22).status == "failed"
+    assert "no recipients" in read_execution(db, 22).status_reason
+    assert read_execution(db, 21).status == "sent" and read_execution(db, 23).status == "sent"
+
+
+def test_automation_default_follows_the_environment():
+    assert automation_on({}) is True  # sandbox mode
+    assert automation_on({"TWILIO_ACCOUNT_SID": "AC" + "0" * 32}) is False
+    assert automation_on({"TWILIO_ACME_ACCOUNT_SID": "AC" + "0" * 32}) is False
+    assert automation_on({"TWILIO_ACCOUNT_SID": "AC" + "0" * 32, "TWILIO_PIPELINE_AUTOMATION": "on"}) is True
+    assert automation_on({"TWILIO_PIPELINE_AUTOMATION": "off"}) is False
+    with pytest.raises(SettingsError, match="TWILIO_PIPELINE_AUTOMATION must be 'on' or 'off'"):
+        automation_on({"TWILIO_PIPELINE_AUTOMATION": "yes"})
+
+
+STATUSES = """
+import json
+from twilio_pipeline.definitions import defs
+print(json.dumps({**{s.name: s.default_status.value for s in defs.sensors},
+                  **{s.name: s.default_status.value for s in defs.schedules}}))
+"""
+
+
+@pytest.mark.parametrize("automation, expected", [(None, "STOPPED"), ("on", "RUNNING")])
+def test_a_code_location_with_a_twilio_account_starts_nothing_until_automation_is_on(automation, expected):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TWILIO_")}
+    env.update(TWILIO_ACCOUNT_SID="AC" + "1" * 32, TWILIO_AUTH_TOKEN="secret")
+    if automation:
+        env["TWILIO_PIPELINE_AUTOMATION"] = automation
+    proc = subprocess.run([sys.executable, "-c", STATUSES], capture_output=True, text=True, env=env,
+                          cwd=project_root(), timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    statuses = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(statuses) == {"queue_listener", "execution_sync_chain", "channel_sync_schedule",
+                             "daily_suppression_refresh"}
+    assert set(statuses.values()) == {expected}
+
+
+def test_sandbox_mode_runs_automation_by_default():
+    assert {s.default_status for s in defs.sensors} == {dg.DefaultSensorStatus.RUNNING}
+    assert {s.default_status for s in defs.schedules} == {dg.DefaultScheduleStatus.RUNNING}
+
+
+def test_one_database_per_process_and_url(tmp_path):
+    url = f"sqlite:///{tmp_path / 'one.db'}"
+    a, b = DatabaseResource(url=url), DatabaseResource(url=url)
+    assert a.get_database() is b.get_database()
+    assert DatabaseResource(url=url, table_prefix="x_").get_database() is not a.get_database()
+    a.get_database().dispose()
+
+
+
+
+
+@pytest.fixture
+def repo_instance(tmp_path):
+    """An instance configured by the repo's dagster.yaml (the one `make ui` uses), storage in tmp_path, and
+    the code location loaded as the webserver loads it."""
+    config = yaml.safe_load((project_root() / "dagster.yaml").read_text())
+    origin = LoadableTargetOrigin(executable_path=sys.executable, module_name="twilio_pipeline.definitions",
+                                  working_directory=str(project_root()))
+    with dg.instance_for_test(overrides=config, temp_dir=str(tmp_path)) as instance, \
+            in_process_test_workspace(instance, origin) as workspace:
+        yield instance, workspace
+
+
+def _launch(instance, workspace, job_name: str, tags: dict) -> dg.DagsterRun:
+    """What the webserver does for "Materialize" (and the daemons for a backfill or a sensor): create the
+    run from the code location's job, then submit it to the instance's run coordinator."""
+    entry = next(iter(workspace.get_code_location_entries().values()))
+    remote_job = entry.code_location.get_repository("__repository__").get_full_job(job_name)
+    run = create_run_for_test(instance, job_name=job_name, tags=tags,
+                              remote_job_origin=remote_job.get_remote_origin(),
+                              job_code_origin=remote_job.get_python_origin())
+    instance.submit_run(run.run_id, workspace)
+    return instance.get_run_by_id(run.run_id)
+
+
+def test_a_run_launched_from_the_ui_gets_the_execution_and_channel_tags_before_it_is_queued(
+        env_resources, repo_instance):
+    _resources, db = env_resources
+    create_execution(db, 31, CHANNEL, "hi", [CONTACT])
+    instance, workspace = repo_instance
+    assert isinstance(instance.run_coordinator, ExecutionRunCoordinator)
+    queue = instance.get_concurrency_config().run_queue_config
+    assert queue.should_block_op_concurrency_limited_runs
+    instance.add_dynamic_partitions(execution_partitions.name, ["31"])
+    # What the UI's "Materialize" creates: the partition tag only.
+    run = _launch(instance, workspace, "outbound_job", {"dagster/partition": "31"})
+    assert run.status == dg.DagsterRunStatus.QUEUED
+    assert run.tags[EXECUTION_TAG] == "31" and run.tags[CHANNEL_TAG] == CHANNEL
+    # Filtering by execution finds it, and the pool is known to the queue before the first step claims.
+    assert [r.run_id for r in instance.get_runs(filters=dg.RunsFilter(tags={EXECUTION_TAG: "31"}))] == [run.run_id]
+    assert "twilio_api" in instance.event_log_storage.get_concurrency_keys()
+    # A backfill run over a range of one channel's executions gets the channel tag.
+    create_execution(db, 32, CHANNEL, "hi", [CONTACT])
+    instance.add_dynamic_partitions(execution_partitions.name, ["32"])
+    ranged = _launch(instance, workspace, "execution_sync_job",
+                     {ASSET_PARTITION_RANGE_START_TAG: "31", ASSET_PARTITION_RANGE_END_TAG: "32"})
+    assert ranged.status == dg.DagsterRunStatus.QUEUED and ranged.tags[CHANNEL_TAG] == CHANNEL
+
+
+def test_a_partition_that_names_no_execution_is_refused_before_any_run_starts(env_resources, repo_instance):
+    _resources, db = env_resources
+    create_execution(db, 41, CHANNEL, "hi", [CONTACT])
+    instance, workspace = repo_instance
+    instance.add_dynamic_partitions(execution_partitions.name, ["41", "4242"])  # "Add partition" in the UI
+    with pytest.raises(RunRefused) as refused:
+        _launch(instance, workspace, "outbound_job", {"dagster/partition": "4242"})
+    line = ("Partition '4242' names no execution in SMS_ChannelExecutions (a partition key is a "
+            "ChannelExecutionID): run refused")
+    assert str(refused.value) == line
+    run = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/partition": "4242"}))[0]
+    assert run.status == dg.DagsterRunStatus.FAILURE  # never queued, never started
+    assert not any(r.event_log_entry.step_key for r in instance.get_records_for_run(run.run_id).records)
+    assert instance.get_dynamic_partitions(execution_partitions.name) == ["41"]  # no red partition left behind
+
+
+def test_partitions_list_upstream_executions_by_id_then_follow_ups():
+    assert placement(["1", "2", "-1", "-2"], ["3"]) == (["-1", "-2"], ["3", "-1", "-2"])
+    assert placement(["1", "2", "-1"], ["-2", "2"]) == ([], ["-2"])
+    assert placement(["1", "3"], ["2"]) == (["3"], ["2", "3"])
+    with dg.instance_for_test() as instance:
+        # The order they arrive in: sends, follow-ups made by channel syncs, a late upstream ID.
+        for key in ("1", "2", "-1", "4", "-2", "3", "5"):
+            add_in_order(instance, [key])
+        assert instance.get_dynamic_partitions(execution_partitions.name) == ["1", "2", "3", "4", "5", "-1", "-2"]
+
+        # A partition whose run is queued or running is never moved under it: the new key goes last for now.
+        instance.create_run_for_job(defs.resolve_job_def("outbound_job"), tags={"dagster/partition": "-1"},
+                                    status=dg.DagsterRunStatus.STARTED)
+        add_in_order(instance, ["6"])
+        assert instance.get_dynamic_partitions(execution_partitions.name)[-3:] == ["-1", "-2", "6"]
+
+
+def test_the_queue_listener_adds_a_new_execution_before_the_follow_ups(env_resources):
+    resources, db = env_resources
+    create_execution(db, 2, CHANNEL, "hi", [CONTACT])
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(execution_partitions.name, ["1", "-1"])
+        result = _tick(queue_listener, instance, resources)
+    delete, add = result.dynamic_partitions_requests
+    assert isinstance(delete, dg.DeleteDynamicPartitionsRequest) and list(delete.partition_keys) == ["-1"]
+    assert list(add.partition_keys) == ["2", "-1"]
