@@ -91,8 +91,10 @@ class Deployment:
         path = self.workdir / f"{name}.log"
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
-    def wait(self, what: str, probe: Callable[[], Any], timeout: float = 120, every: float = 1.0) -> Any:
-        """Poll `probe` until it returns something truthy; fail naming `what` (with the process logs)."""
+    def wait(self, what: str, probe: Callable[[], Any], timeout: float = 120, every: float = 1.0,
+             detail: Callable[[], str] | None = None) -> Any:
+        """Poll `probe` until it returns something truthy; fail naming `what`, with `detail()` and the
+        process logs."""
         deadline = time.monotonic() + timeout
         while True:
             value = probe()
@@ -100,7 +102,8 @@ class Deployment:
                 return value
             if time.monotonic() > deadline:
                 logs = "\n".join(f"--- {n}.log\n{self.log_tail(n, 12)}" for n in ("code", "daemon", "web"))
-                raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{logs}")
+                more = detail() if detail is not None else ""
+                raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{more}\n{logs}")
             time.sleep(every)
 
     # health --------------------------------------------------------------------------------------
@@ -129,6 +132,16 @@ class Deployment:
 
     def runs(self, job: str | None = None, **tags: str) -> list[dg.DagsterRun]:
         return list(self.instance.get_runs(filters=dg.RunsFilter(job_name=job, tags=tags)))
+
+    def describe_run(self, run_id: str) -> str:
+        """A run's status and its last engine and log messages, for a failure message."""
+        run = self.instance.get_run_by_id(run_id)
+        if run is None:
+            return f"run {run_id}: not found"
+        lines = [f"run {run_id} ({run.job_name}): {run.status.value}, tags {dict(run.tags)}"]
+        lines += [f"  {e.dagster_event_type or 'log'}: {e.message[:200]}"
+                  for e in self.instance.all_logs(run_id)[-8:]]
+        return "\n".join(lines)
 
     def execution(self, execution_id: int) -> tuple[str, str | None]:
         ex = self.db.tables.executions

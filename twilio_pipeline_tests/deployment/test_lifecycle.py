@@ -18,6 +18,7 @@ import dagster as dg
 import psutil
 import pytest
 import sqlalchemy as sa
+from dagster._core.execution.backfill import BulkActionStatus
 
 from twilio_pipeline.defs.partitions import CHANNEL_TAG, EXECUTION_TAG, TWILIO_POOL
 from twilio_pipeline.settings import project_root
@@ -55,18 +56,24 @@ def _listener_run(deployment, execution_id: int) -> dg.DagsterRun:
                           lambda: _only(deployment.runs("outbound_job", **{EXECUTION_TAG: str(execution_id)})),
                           timeout=180)
     assert run.tags.get("dagster/sensor_name") == "queue_listener", run.tags
-    return deployment.wait(f"run {run.run_id} to finish", lambda: _finished(deployment, run.run_id), timeout=240)
+    return deployment.wait(f"run {run.run_id} to finish", lambda: _finished(deployment, run.run_id), timeout=420)
 
 
 def _went_through_the_queue(deployment, run_id: str) -> bool:
     return bool(deployment.instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_ENQUEUED))
 
 
+def _slots(deployment) -> str:
+    info = deployment.instance.event_log_storage.get_concurrency_info(TWILIO_POOL)
+    return f"limit {info.slot_count}, claimed {info.claimed_slots}, pending {info.pending_steps}"
+
+
 def _claimed_by(deployment, run_id: str) -> list:
     storage = deployment.instance.event_log_storage
     if TWILIO_POOL not in storage.get_concurrency_keys():
         return []
-    return [s for s in storage.get_concurrency_info(TWILIO_POOL).claimed_slots if s.run_id == run_id]
+    info = storage.get_concurrency_info(TWILIO_POOL)
+    return [s for s in [*info.claimed_slots, *info.pending_steps] if s.run_id == run_id]
 
 
 def test_a_run_worker_killed_mid_send_frees_its_slots_and_a_rerun_from_graphql_texts_nobody_twice(deployment):
@@ -102,7 +109,8 @@ def test_a_run_worker_killed_mid_send_frees_its_slots_and_a_rerun_from_graphql_t
     }})["launchRun"]
     assert launched["__typename"] == "LaunchRunSuccess", launched
     rerun_id = launched["run"]["runId"]
-    rerun = d.wait("the re-run to finish", lambda: _finished(d, rerun_id), timeout=240)
+    rerun = d.wait("the re-run to finish", lambda: _finished(d, rerun_id), timeout=420,
+                   detail=lambda: d.describe_run(rerun_id) + f"\nslots: {_slots(d)}")
     assert rerun.status == dg.DagsterRunStatus.SUCCESS, d.log_tail("code")
     assert _went_through_the_queue(d, rerun_id)
     assert d.texts_by_number(KILLED) == {phone(KILLED, i): 1 for i in range(1, KILLED_RECIPIENTS + 1)}
@@ -123,9 +131,10 @@ def test_a_ready_execution_is_sent_synced_and_its_results_loaded_unattended(depl
 
     def delivered() -> bool:
         results = d.db.read_results(WALK)
-        return results.get("Status:Delivered") == 5 and results
+        return results.get("Status:delivered") == 5 and results
 
-    results = d.wait("the delivery states and results of the execution", delivered, timeout=240)
+    results = d.wait("the delivery states and results of the execution", delivered, timeout=420,
+                     detail=lambda: f"results: {d.db.read_results(WALK)}")
     assert results["Sent"] == 5
     states = d.db.tables.states
     with d.db.connect() as conn:
@@ -157,8 +166,8 @@ def test_a_backfill_from_graphql_with_one_bad_execution_fails_that_partition_onl
     backfill_id = launched["backfillId"]
     done = d.wait("the backfill to complete",
                   lambda: (b := d.instance.get_backfill(backfill_id)).status not in
-                  (dg.BulkActionStatus.REQUESTED, dg.BulkActionStatus.CANCELING) and b, timeout=240)
-    assert done.status != dg.BulkActionStatus.FAILED, done.error
+                  (BulkActionStatus.REQUESTED, BulkActionStatus.CANCELING) and b, timeout=420)
+    assert done.status != BulkActionStatus.FAILED, done.error
 
     runs = d.runs(**{"dagster/backfill": backfill_id})
     assert runs
