@@ -18,6 +18,7 @@ from twilio_pipeline.defs.steps import (
     counts_table,
     metadata,
     record_unsendable,
+    tag_run,
     twilio_failure,
 )
 from twilio_pipeline.twilio import CredentialsRejected, TwilioUnavailable
@@ -61,6 +62,8 @@ def _by_channel(context, database: DatabaseResource, twilio: TwilioResource) -> 
             continue
         groups.setdefault(channel.name, (channel, ids[channel.name]))
         ids[channel.name].append(eid)
+        if len(keys) == 1:
+            tag_run(context, eid, channel.name)
     return groups
 
 

@@ -15,6 +15,7 @@ from dagster._core.run_coordinator import QueuedRunCoordinator, SubmitRunContext
 from dagster._core.storage.tags import (
     ASSET_PARTITION_RANGE_END_TAG,
     ASSET_PARTITION_RANGE_START_TAG,
+    BACKFILL_ID_TAG,
     PARTITION_NAME_TAG,
 )
 
@@ -105,6 +106,10 @@ class ExecutionRunCoordinator(QueuedRunCoordinator):
         try:
             tags = execution_tags(self._instance, run, _lookup_channel)
         except RunRefused:
+            if BACKFILL_ID_TAG in run.tags:
+                # The backfill daemon stops a whole backfill on a submit error: this one run is queued and
+                # fails on its own with the same line (the asset finds no execution), the others go on.
+                return super().submit_run(context)
             try:
                 _drop_bogus_partition(self._instance, run.tags[PARTITION_NAME_TAG])
             except Exception:  # best effort: the refusal is what the user must see

@@ -58,10 +58,22 @@ def setup(context, database: DatabaseResource, twilio: TwilioResource) -> tuple[
     db = database.get_database()
     eid = execution_id_of(context)
     try:
-        return db, channel_of(db, twilio, eid), eid
+        channel = channel_of(db, twilio, eid)
     except dg.Failure as exc:
         record_unsendable(db, eid, exc.description or "the execution cannot be sent")
         raise
+    tag_run(context, eid, channel.name)
+    return db, channel, eid
+
+
+def tag_run(context, execution_id: int, channel_name: str) -> None:
+    """The execution and channel tags on a run that was started without the run queue (`dagster asset
+    materialize`, `execute_in_process` in a script): run filters find it all the same."""
+    from twilio_pipeline.defs.partitions import CHANNEL_TAG, EXECUTION_TAG
+
+    tags = {EXECUTION_TAG: str(execution_id), CHANNEL_TAG: channel_name}
+    if any(context.run.tags.get(k) != v for k, v in tags.items()):
+        context.instance.add_run_tags(context.run.run_id, tags)
 
 
 def metadata(summary: Mapping[str, object]) -> dict[str, dg.MetadataValue]:

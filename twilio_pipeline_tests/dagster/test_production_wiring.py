@@ -13,9 +13,14 @@ from datetime import timedelta
 import dagster as dg
 import pytest
 import yaml
+from dagster._core.remote_origin import InProcessCodeLocationOrigin
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
-from dagster._core.test_utils import create_run_for_test, in_process_test_workspace
 from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+from dagster._core.workspace.context import WorkspaceProcessContext
+from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
+from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
+from dagster_graphql.client.query import LAUNCH_PIPELINE_EXECUTION_MUTATION
+from dagster_graphql.test.utils import execute_dagster_graphql
 
 from twilio_pipeline.audience import create_execution
 from twilio_pipeline.db import Database, utcnow
@@ -38,8 +43,7 @@ CHANNELS_YAML = f"""channels:
 CONTACT = (1, "+14155550100", None)
 
 
-@pytest.fixture
-def env_resources(db_url, tmp_path, monkeypatch):
+def _env_resources(db_url, tmp_path, monkeypatch):
     """The code location's own resources, built as definitions.py builds them, with the database URL,
     the table prefix and the channel file taken from the environment."""
     channels = tmp_path / "channels.yaml"
@@ -54,6 +58,18 @@ def env_resources(db_url, tmp_path, monkeypatch):
     db = Database(db_url, prefix=prefix)
     yield resources, db
     db.dispose()
+
+
+@pytest.fixture
+def env_resources(db_url, tmp_path, monkeypatch):
+    """On SQLite and PostgreSQL."""
+    yield from _env_resources(db_url, tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def sqlite_env_resources(tmp_path, monkeypatch):
+    """The run queue's behaviour does not depend on the pipeline database's backend: SQLite only."""
+    yield from _env_resources(f"sqlite:///{tmp_path / 'pipeline.db'}", tmp_path, monkeypatch)
 
 
 def _tick(sensor, instance, resources, cursor=None):
@@ -176,6 +192,12 @@ def test_a_bad_execution_in_a_multi_partition_sync_run_is_recorded_and_skipped(e
                         for m in [m.event_specific_data.materialization]}
         for asset in ("status_fetch", "state_bulk_load", "aggregate_results"):
             assert {(asset, "21"), (asset, "23")} <= materialized
+
+        # A run started without the run queue (`dagster asset materialize`, a script) is tagged by its steps.
+        single = dg.materialize(INBOUND_ASSETS, selection=["status_fetch"], partition_key="21", instance=instance,
+                                resources=resources)
+        tags = instance.get_run_by_id(single.run_id).tags
+        assert tags[EXECUTION_TAG] == "21" and tags[CHANNEL_TAG] == CHANNEL
     assert read_execution(db, 22).status == "failed"
     assert "no recipients" in read_execution(db, 22).status_reason
     assert read_execution(db, 21).status == "sent" and read_execution(db, 23).status == "sent"
@@ -232,31 +254,38 @@ def test_one_database_per_process_and_url(tmp_path):
 
 @pytest.fixture
 def repo_instance(tmp_path):
-    """An instance configured by the repo's dagster.yaml (the one `make ui` uses), storage in tmp_path, and
-    the code location loaded as the webserver loads it."""
+    """An instance configured by the repo's dagster.yaml (the one `make ui` uses; runs are recorded as
+    launched instead of started), storage in tmp_path, and the code location loaded as the webserver and
+    the daemon load it."""
     config = yaml.safe_load((project_root() / "dagster.yaml").read_text())
+    config["run_launcher"] = {"module": "dagster._core.test_utils", "class": "MockedRunLauncher"}
     origin = LoadableTargetOrigin(executable_path=sys.executable, module_name="twilio_pipeline.definitions",
                                   working_directory=str(project_root()))
     with dg.instance_for_test(overrides=config, temp_dir=str(tmp_path)) as instance, \
-            in_process_test_workspace(instance, origin) as workspace:
-        yield instance, workspace
+            WorkspaceProcessContext(instance, InProcessWorkspaceLoadTarget(
+                InProcessCodeLocationOrigin(origin))) as process_context:
+        yield instance, process_context
 
 
-def _launch(instance, workspace, job_name: str, tags: dict) -> dg.DagsterRun:
-    """What the webserver does for "Materialize" (and the daemons for a backfill or a sensor): create the
-    run from the code location's job, then submit it to the instance's run coordinator."""
-    entry = next(iter(workspace.get_code_location_entries().values()))
-    remote_job = entry.code_location.get_repository("__repository__").get_full_job(job_name)
-    run = create_run_for_test(instance, job_name=job_name, tags=tags,
-                              remote_job_origin=remote_job.get_remote_origin(),
-                              job_code_origin=remote_job.get_python_origin())
-    instance.submit_run(run.run_id, workspace)
-    return instance.get_run_by_id(run.run_id)
+def _launch(instance, process_context, job_name: str, tags: dict) -> dg.DagsterRun | str:
+    """What the UI's "Materialize" does: launchPipelineExecution through the webserver's GraphQL schema
+    (the run is created from the code location's job and submitted to the instance's run coordinator,
+    as the daemons do for a backfill or a sensor). The run, or the error line the UI shows."""
+    context = process_context.create_request_context()
+    location = next(iter(context.get_code_location_entries()))
+    result = execute_dagster_graphql(context, LAUNCH_PIPELINE_EXECUTION_MUTATION, variables={"executionParams": {
+        "selector": {"repositoryLocationName": location, "repositoryName": "__repository__",
+                     "pipelineName": job_name},
+        "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in tags.items()]}}})
+    launched = result.data["launchPipelineExecution"]
+    if launched["__typename"] != "LaunchRunSuccess":
+        return launched["message"]
+    return instance.get_run_by_id(launched["run"]["runId"])
 
 
 def test_a_run_launched_from_the_ui_gets_the_execution_and_channel_tags_before_it_is_queued(
-        env_resources, repo_instance):
-    _resources, db = env_resources
+        sqlite_env_resources, repo_instance):
+    _resources, db = sqlite_env_resources
     create_execution(db, 31, CHANNEL, "hi", [CONTACT])
     instance, workspace = repo_instance
     assert isinstance(instance.run_coordinator, ExecutionRunCoordinator)
@@ -278,19 +307,22 @@ def test_a_run_launched_from_the_ui_gets_the_execution_and_channel_tags_before_i
     assert ranged.status == dg.DagsterRunStatus.QUEUED and ranged.tags[CHANNEL_TAG] == CHANNEL
 
 
-def test_a_partition_that_names_no_execution_is_refused_before_any_run_starts(env_resources, repo_instance):
-    _resources, db = env_resources
+def test_a_partition_that_names_no_execution_is_refused_before_any_run_starts(sqlite_env_resources, repo_instance):
+    _resources, db = sqlite_env_resources
     create_execution(db, 41, CHANNEL, "hi", [CONTACT])
     instance, workspace = repo_instance
     instance.add_dynamic_partitions(execution_partitions.name, ["41", "4242"])  # "Add partition" in the UI
-    with pytest.raises(RunRefused) as refused:
-        _launch(instance, workspace, "outbound_job", {"dagster/partition": "4242"})
+    # Inside a backfill the run is queued and fails on its own (the asset finds no execution): the backfill
+    # daemon would stop the whole backfill on a refusal.
+    in_backfill = _launch(instance, workspace, "outbound_job", {"dagster/partition": "4242", "dagster/backfill": "b1"})
+    assert in_backfill.status == dg.DagsterRunStatus.QUEUED
+    refused = _launch(instance, workspace, "outbound_job", {"dagster/partition": "4242"})
     line = ("Partition '4242' names no execution in SMS_ChannelExecutions (a partition key is a "
             "ChannelExecutionID): run refused")
-    assert str(refused.value) == line
-    run = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/partition": "4242"}))[0]
+    assert refused.strip().splitlines() == [f"{RunRefused.__module__}.RunRefused: {line}"]
+    run = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/partition": "4242"}))[0]  # the latest
     assert run.status == dg.DagsterRunStatus.FAILURE  # never queued, never started
-    assert not any(r.event_log_entry.step_key for r in instance.get_records_for_run(run.run_id).records)
+    assert not instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.STEP_START).records
     assert instance.get_dynamic_partitions(execution_partitions.name) == ["41"]  # no red partition left behind
 
 
@@ -320,3 +352,24 @@ def test_the_queue_listener_adds_a_new_execution_before_the_follow_ups(env_resou
     delete, add = result.dynamic_partitions_requests
     assert isinstance(delete, dg.DeleteDynamicPartitionsRequest) and list(delete.partition_keys) == ["-1"]
     assert list(add.partition_keys) == ["2", "-1"]
+
+
+def test_the_run_queue_starts_no_more_sends_than_twilio_api_slots_and_one_run_per_execution(
+        sqlite_env_resources, repo_instance):
+    """22 ready executions used to start 6-7 runs at once, each holding a process while it waited for one
+    of the 4 `twilio_api` slots; a double launch of one execution started twice."""
+    _resources, db = sqlite_env_resources
+    instance, process_context = repo_instance
+    ids = list(range(51, 61))
+    for eid in ids:
+        create_execution(db, eid, CHANNEL, "hi", [CONTACT])
+    instance.add_dynamic_partitions(execution_partitions.name, [str(e) for e in ids])
+    order = [51, 51, *ids[1:]]  # execution 51 launched twice from the UI
+    runs = [_launch(instance, process_context, "outbound_job", {"dagster/partition": str(e)}) for e in order]
+    assert all(r.status == dg.DagsterRunStatus.QUEUED for r in runs)
+
+    daemon = QueuedRunCoordinatorDaemon(interval_seconds=1)
+    for _ in range(2):
+        list(daemon.run_iteration(process_context))
+    started = [r for r in runs if instance.get_run_by_id(r.run_id).status != dg.DagsterRunStatus.QUEUED]
+    assert [r.tags[EXECUTION_TAG] for r in started] == ["51", "52", "53", "54"]  # 4 slots, 51 once
