@@ -35,7 +35,10 @@ def _all_sent(d, ids: list[int]) -> bool:
 
 
 def _send_step_seconds(d, execution_id: int) -> float:
-    """The `send` step's duration in the execution's successful outbound run (start to success)."""
+    """The `send` step's duration in the execution's successful outbound run (start to success). The
+    execution is `sent` a moment before its run ends: wait for the run first."""
+    d.wait(f"the outbound run of execution {execution_id} to end", lambda: all(
+        r.is_finished for r in d.runs("outbound_job", **{EXECUTION_TAG: str(execution_id)})), timeout=300)
     for run in d.runs("outbound_job", **{EXECUTION_TAG: str(execution_id)}):
         if run.status != dg.DagsterRunStatus.SUCCESS:
             continue
@@ -62,6 +65,7 @@ def run(ctx: Context) -> None:
                 d.add_execution(eid, recipients)
             d.wait(f"{executions} executions to be sent", lambda: _all_sent(d, ids), timeout=1800, every=0.5)
             wall = time.monotonic() - t0
+            report.note(f"burst: all {executions} executions sent {wall:.1f} s after the insert")
             steps = sum(_send_step_seconds(d, eid) for eid in ids)
             slots = _pool_slots()
             target = 2 * steps / slots + 60
