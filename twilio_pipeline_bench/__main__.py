@@ -30,6 +30,7 @@ SCENARIOS = {
     "bulk": "bulk_load",
     "memory": "memory",
     "suppression": "suppression_refresh",
+    "deploy": "deployment",
 }
 ALIASES = {"429": "throttle", "sync": "status", "bulkload": "bulk", "mem": "memory", "refresh": "suppression",
            "send_throughput": "send", "cpu_per_message": "cpu", "throttle_429": "throttle",
