@@ -11,7 +11,6 @@ instance concurrency context as the multiprocess executor).
 
 from __future__ import annotations
 
-import os
 import socket
 import uuid
 
@@ -86,7 +85,6 @@ def run_worker(concurrency: int, name: str | None = None) -> int:
         raise SettingsError(f"--concurrency must be at least 1, not {concurrency}")
     settings = executor_settings()
     app = worker_app(settings)
-    os.environ.setdefault("TWILIO_PIPELINE_EXECUTOR", "celery")  # steps it runs resolve the same Definitions
     try:
         app.worker_main(worker_argv(concurrency, name))
     except SystemExit as exc:

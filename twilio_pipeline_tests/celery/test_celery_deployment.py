@@ -24,7 +24,7 @@ from twilio_pipeline_tests.celery.conftest import (
     WORKER_CONCURRENCY,
 )
 from twilio_pipeline_tests.celery.harness import start_worker, stop_worker
-from twilio_pipeline_tests.deployment.harness import FINISHED, phone
+from twilio_pipeline_tests.deployment.harness import FINISHED, SLOW_CHANNEL, phone
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -88,13 +88,7 @@ def test_a_worker_sigkilled_mid_send_and_a_rerun_text_nobody_twice(celery_deploy
     run = _run_of(d, "outbound_job", KILLED)
     d.wait("its send to be under way", lambda: sum(d.texts_by_number(KILLED).values()) >= 5, timeout=300,
            every=0.2)
-    starts = [e for e in d.instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_START)
-              if e.step_key == "send"]
-    assert starts, "the send step had not started although messages were created"
-    step_pid = starts[-1].dagster_event.pid
-    ours = {name: proc.pid for name, proc in d.procs.items() if name.startswith("worker")}
-    victim = next(name for name, pid in ours.items()
-                  if pid == step_pid or pid in {p.pid for p in psutil.Process(step_pid).parents()})
+    victim = _worker_running_send(d, run.run_id)
     d.kill(victim, signal.SIGKILL)  # the whole worker, its pool processes included: a host gone
     sent_before = sum(d.texts_by_number(KILLED).values())
     assert 0 < sent_before < KILLED_RECIPIENTS, "the kill did not land mid-send"
@@ -121,7 +115,7 @@ def test_the_sync_chain_runs_through_celery_and_loads_every_state(celery_deploym
 
     def delivered():
         results = d.db.read_results(eid)
-        return results.get("Status:Delivered") == AT_ONCE_RECIPIENTS and results
+        return results.get("Status:delivered") == AT_ONCE_RECIPIENTS and results  # Twilio's spelling
 
     try:
         d.wait("the delivery states and results of the execution", delivered, timeout=300, every=2)
@@ -132,14 +126,37 @@ def test_the_sync_chain_runs_through_celery_and_loads_every_state(celery_deploym
         loaded = conn.execute(sa.select(sa.func.count()).select_from(states).where(
             states.c.ChannelExecutionID == eid, states.c.FulfillmentState == "Delivered")).scalar_one()
     assert loaded == AT_ONCE_RECIPIENTS
-    chained = [r for r in d.runs("execution_sync_job", **{"dagster/sensor_name": "execution_sync_chain"})
-               if r.status == dg.DagsterRunStatus.SUCCESS]
-    scheduled = [r for r in d.runs("channel_sync_job") if r.status == dg.DagsterRunStatus.SUCCESS]
-    assert chained and scheduled
+    def succeeded(job: str, **tags: str):
+        return [r for r in d.runs(job, **tags) if r.status == dg.DagsterRunStatus.SUCCESS]
+
+    # the run that wrote the results ends a moment later
+    chained = d.wait("a successful execution sync of the chain", lambda: succeeded(
+        "execution_sync_job", **{"dagster/sensor_name": "execution_sync_chain"}), timeout=120)
+    scheduled = succeeded("channel_sync_job", **{"dagster/schedule_name": "channel_sync_schedule"})
+    assert scheduled
     assert {"status_fetch", "state_bulk_load", "aggregate_results"} <= set(_celery_steps(d, chained[0].run_id))
     assert "keyword_parse" in _celery_steps(d, scheduled[0].run_id)
 
 
-def test_a_worker_stopped_with_sigterm_exits_0(celery_deployment):
+def _worker_running_send(d, run_id: str) -> str:
+    """Which of our worker processes runs the run's send step (its pool process is a child of the worker)."""
+    starts = [e for e in d.instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_START) if e.step_key == "send"]
+    assert starts, "the send step had not started although messages were created"
+    step_pid = starts[-1].dagster_event.pid
+    ours = {name: proc.pid for name, proc in d.procs.items() if name.startswith("worker")}
+    return next(name for name, pid in ours.items()
+                if pid == step_pid or pid in {p.pid for p in psutil.Process(step_pid).parents()})
+
+
+def test_a_worker_stopped_with_sigterm_mid_send_finishes_the_step_and_exits_0(celery_deployment):
     d = celery_deployment
-    assert stop_worker(d, "worker3") == 0, d.log_tail("worker3")
+    eid, n = 7205, 30
+    d.add_execution(eid, n, SLOW_CHANNEL)
+    run = _run_of(d, "outbound_job", eid)
+    d.wait("its send to be under way", lambda: sum(d.texts_by_number(eid).values()) >= 3, timeout=300, every=0.2)
+    name = _worker_running_send(d, run.run_id)
+    assert stop_worker(d, name, timeout=240) == 0, d.log_tail(name)  # returns once the worker has exited
+    done = d.wait("the run to finish", lambda: _finished(d, run.run_id), timeout=300)
+    assert done.status == dg.DagsterRunStatus.SUCCESS
+    assert len(_celery_steps(d, run.run_id)["send"]) == 1  # finished where it ran, not handed over
+    assert d.texts_by_number(eid) == _all_once(eid, n)
