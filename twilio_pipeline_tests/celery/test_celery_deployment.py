@@ -12,6 +12,7 @@ import dagster as dg
 import psutil
 import pytest
 import sqlalchemy as sa
+from dagster._core.execution.backfill import BulkActionStatus
 
 from twilio_pipeline.defs.partitions import EXECUTION_TAG
 from twilio_pipeline_tests.celery.conftest import (
@@ -136,6 +137,32 @@ def test_the_sync_chain_runs_through_celery_and_loads_every_state(celery_deploym
     assert scheduled
     assert {"status_fetch", "state_bulk_load", "aggregate_results"} <= set(_celery_steps(d, chained[0].run_id))
     assert "keyword_parse" in _celery_steps(d, scheduled[0].run_id)
+
+
+LAUNCH_BACKFILL = """
+mutation($params: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $params) {
+  __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message } } }
+"""
+
+
+def test_a_backfill_from_graphql_runs_on_the_workers_and_texts_nobody_again(celery_deployment):
+    d = celery_deployment
+    before = {eid: d.texts_by_number(eid) for eid in AT_ONCE}
+    launched = d.gql(LAUNCH_BACKFILL, {"params": {
+        "assetSelection": [{"path": [key]} for key in ("suppression_refresh", "dedupe", "send", "message_id_staging")],
+        "partitionNames": [str(eid) for eid in AT_ONCE],
+    }})["launchPartitionBackfill"]
+    assert launched["__typename"] == "LaunchBackfillSuccess", launched
+    backfill_id = launched["backfillId"]
+    done = d.wait("the backfill to complete",
+                  lambda: (b := d.instance.get_backfill(backfill_id)).status not in
+                  (BulkActionStatus.REQUESTED, BulkActionStatus.CANCELING) and b, timeout=300)
+    assert done.status == BulkActionStatus.COMPLETED_SUCCESS, done.status
+    runs = d.runs(**{"dagster/backfill": backfill_id})
+    assert runs and all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
+    for run in runs:
+        assert "send" in _celery_steps(d, run.run_id)
+    assert {eid: d.texts_by_number(eid) for eid in AT_ONCE} == before
 
 
 def _worker_running_send(d, run_id: str) -> str:
