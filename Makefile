@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 export DAGSTER_HOME ?= $(CURDIR)/.dagster
 
-.PHONY: demo test ui bench install clean-data
+.PHONY: demo test test-fast ui bench install clean-data
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "python3.11 not found; set PYTHON=..."; exit 1; }
@@ -29,6 +29,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# The developer loop: everything but the suites marked slow (crash, fault, deployment, real-process CLI runs).
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
 
 ui: install
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p $${PORT:-3000}

@@ -77,6 +77,19 @@ def _context():
         db.dispose()
 
 
+def _check_accounts(channels) -> None:
+    """A channel naming an account whose TWILIO_<NAME>_ACCOUNT_SID is unset: one line, exit 2, before any
+    run starts (never sandbox mode)."""
+    from twilio_pipeline.settings import SettingsError, account_credentials
+
+    for channel in channels:
+        if channel.account is not None:
+            try:
+                account_credentials(channel.name, channel.account)
+            except SettingsError as exc:
+                raise CliError(str(exc)) from None
+
+
 def _safe_url(url: str) -> str:
     import sqlalchemy as sa
 
@@ -109,16 +122,23 @@ def cmd_sandbox(argv: Sequence[str]) -> int:
 
 def cmd_send(args) -> int:
     from twilio_pipeline.channels import ChannelConfigError
-    from twilio_pipeline.outbound import OutboundInputError, load_execution
+    from twilio_pipeline.outbound import OutboundInputError, load_execution, send_refusal
+    from twilio_pipeline.outbound.execution import record_unsendable
 
     with _context() as (settings, db, channels):
         try:  # bad input is answered before Dagster is even imported (seconds sooner)
-            _row, channel = load_execution(db, channels, args.execution_id)
+            row, channel = load_execution(db, channels, args.execution_id)
         except (OutboundInputError, ChannelConfigError) as exc:
+            if str(args.execution_id).lstrip("-").isdigit():  # the upstream sees why, as from any other launch
+                record_unsendable(db, int(args.execution_id), str(exc))
             raise CliError(str(exc)) from None
+        refusal = send_refusal(row, force=args.force)
+        if refusal:
+            raise CliError(refusal)
+        _check_accounts([channel])
         from twilio_pipeline.defs.runner import run_send
 
-        return run_send(settings, db, channel, args.execution_id, say=_say)
+        return run_send(settings, db, channel, args.execution_id, say=_say, force=args.force)
 
 
 def cmd_sync(args) -> int:
@@ -131,6 +151,7 @@ def cmd_sync(args) -> int:
                 channels.get(args.channel)
             except ChannelConfigError as exc:
                 raise CliError(str(exc)) from None
+        _check_accounts([channels.get(args.channel)] if args.channel else channels.channels)
         return run_sync(settings, db, channels, args.channel, say=_say)
 
 
@@ -182,8 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("init-db", help="create the tables (idempotent)")
     sub.add_parser("sandbox", help="run the Twilio-compatible sandbox in the foreground", add_help=False)
-    p = sub.add_parser("send", help="send one channel execution")
+    p = sub.add_parser("send", help="send one channel execution (Status ready, sending, failed or sent)")
     p.add_argument("execution_id", type=_execution_id, metavar="EXECUTION_ID")
+    p.add_argument("--force", action="store_true",
+                   help="send even if its Status is another (cancelled, draft, ...) or its SendAfter is ahead")
     p = sub.add_parser("sync", help="run the channel sync")
     p.add_argument("--channel", metavar="NAME", help="only this channel")
     p = sub.add_parser("results", help="print an execution's results")
@@ -201,6 +224,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] == "sandbox":
         return cmd_sandbox(argv[1:])
     args = build_parser().parse_args(argv)
+    from twilio_pipeline.signals import record_signals, stop_signal
+
+    record_signals()  # SIGTERM cleans up like Ctrl-C, and the StatusReason can name the signal
     _prepare_dagster_home()
     from twilio_pipeline.settings import SettingsError
 
@@ -212,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return exc.code
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(f"interrupted by {stop_signal() or 'SIGINT'}", file=sys.stderr, flush=True)
         return EXIT_FAILED
     except SettingsError as exc:  # raised while loading the Definitions (e.g. TWILIO_PIPELINE_EXECUTOR)
         print(f"error: {exc}", file=sys.stderr, flush=True)

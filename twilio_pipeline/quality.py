@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from twilio_pipeline.db import Database, utcnow
 from twilio_pipeline.rules.states import HELD_STATUSES, VALIDITY_GRACE_S
 
-OUTBOUND_PARTS = ("InvalidNumbers", "Duplicates", "Unsubscribed", "NotRendered", "Targeted")
+OUTBOUND_PARTS = ("InvalidNumbers", "Duplicates", "Unsubscribed", "NotRendered", "Targeted", "Pending")
 TARGETED_PARTS = ("Sent", "SendFailed", "Unresolved")
 
 

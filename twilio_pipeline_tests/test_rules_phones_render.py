@@ -1,9 +1,14 @@
 """Recipient numbers, sender shapes and body rendering: the rules a send is planned by."""
 
+import json
+import re
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from twilio_pipeline.rules.phones import drain_capacity, normalise_number, sender_kind, validate_sender
-from twilio_pipeline.rules.render import parse_attributes, render_body
+from twilio_pipeline.rules.render import merge_fields, parse_attributes, render_body, template_problem
 from twilio_pipeline.rules.states import event_name, later_status, state_name
 
 
@@ -64,3 +69,29 @@ def test_statuses_never_move_back_and_map_to_contract_states():
     assert later_status(None, "queued") == "queued"
     assert state_name("partially_delivered") == "PartiallyDelivered" and state_name("canceled") == "Canceled"
     assert event_name("failed", 30007) == "30007" and event_name("delivered", None) is None
+
+
+def test_merge_field_names_are_unicode_words_and_values_are_texted_as_written():
+    assert merge_fields("{{Prénom}} {{1st}} {{first.name}} {{ first-name }} {{Na@me}} {{}}") == [
+        "Prénom", "1st", "first.name", "first-name"]
+    attrs, problem = parse_attributes('{"A": 10.50, "B": true, "C": false, "D": 12345678901234567890, "E": {}}')
+    assert problem is None
+    assert render_body("{{A}} {{B}} {{C}} {{D}}", attrs).body == "10.50 true false 12345678901234567890"
+    assert render_body("{{E}}", attrs).reason == "merge field E is a JSON object, not text"
+    assert render_body("{{Prénom}}", {"Pre\u0301nom": "Zoé"}).body == "Zoé"
+    assert "NUL" in render_body("{{A}}", {"A": "x\x00y"}).reason
+    assert parse_attributes('{"A": Infinity}')[1] == "Attributes is not valid JSON"
+    assert template_problem("Hi {{Name}") and template_problem("Hi {{Name}}") is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=60), st.sampled_from(["{{A}}", "x {{A}} {{B}}", "{{ A }}!"]))
+def test_no_attributes_text_ever_renders_a_nul_or_invalid_unicode(text, template):
+    """Whatever an upstream stores as Attributes (any text, any JSON value), a body is sendable - no NUL,
+    no other control character but tab/LF/CR, no lone surrogate - or NotRendered with a reason."""
+    for attributes_text in (text, json.dumps({"A": text, "B": 1}), '{"A": "' + text + '", "B": true}'):
+        attributes, problem = parse_attributes(attributes_text)
+        rendered = render_body(template, attributes) if problem is None else None
+        if rendered is None or rendered.body is None:
+            continue
+        assert not re.search(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]", rendered.body), rendered.body

@@ -7,6 +7,7 @@ executemany/insertmanyvalues elsewhere) into a per-run staging table, then one
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import re
@@ -25,7 +26,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from twilio_pipeline.db.schema import Tables, build_tables
-from twilio_pipeline.processes import pid_alive
+from twilio_pipeline.processes import pid_alive, pid_started_after
 
 HOST = socket.gethostname()
 # A staging table's owner renews its registry row's HeartbeatAt every STAGING_HEARTBEAT_S while the table
@@ -59,6 +60,12 @@ class LeaseHolder:
     host: str
     pid: int
     expires_at: datetime
+    acquired_at: datetime | None = None
+
+
+def _holder_alive(pid: int, acquired_at: datetime | None) -> bool:
+    """A lease holder on this host is alive while its pid runs and was not reused since it took the lease."""
+    return pid_alive(pid) and not (acquired_at is not None and pid_started_after(pid, acquired_at))
 
 
 def normalise_url(url: str | sa.URL) -> sa.URL:
@@ -93,6 +100,7 @@ class Database:
         self.engine: Engine = self._make_engine(echo)
         self._created = False
         self.upgraded: list[str] = []  # what create_all added to tables of an earlier release
+        self.host = HOST  # who this process is in the leases table
         if create:
             self.create_all()
 
@@ -220,6 +228,11 @@ class Database:
         columns = list(rows[0].keys())
         encoded = [_pg_column(table.c[c].type if c in table.c else None, [row.get(c) for row in rows])
                    for c in columns]
+        for name, values in zip(columns, encoded):  # PostgreSQL text holds no NUL: one line, not a driver error
+            textual = name not in table.c or not isinstance(table.c[name].type, (sa.Integer, sa.DateTime, sa.Boolean))
+            if textual and "\x00" in "".join(values):
+                raise ValueError(f"cannot store a NUL character in {table.name}.{name} (PostgreSQL text cannot "
+                                 "hold one); the value must be refused before it is written")
         buf = io.StringIO("\n".join(map("\t".join, zip(*encoded))) + "\n")
         del encoded
         qualified = self._quoted_name(table)
@@ -337,63 +350,112 @@ class Database:
         return dropped
 
     # ---- leases -------------------------------------------------------------------------------
-    def acquire_lease(self, key: str, owner: str, ttl_s: float = 60.0) -> LeaseHolder | None:
-        """Take `key` for `owner`. Returns None when taken, else who holds it (alive and unexpired).
+    def clock(self, offset_s: float = 0.0) -> sa.ColumnElement:
+        """The database's own clock (naive UTC) plus `offset_s`, read when the statement runs.
 
-        A holder whose process is gone (same host, dead pid) or whose lease expired is replaced, so a
-        SIGKILLed run blocks nobody for longer than the TTL (and not at all on the same host).
+        Lease expiry is computed here, not in Python: a statement that waited on a lock must not write a
+        time taken before it waited (PostgreSQL's now() is the transaction's start, so clock_timestamp())."""
+        secs = float(offset_s)
+        if self.dialect == "postgresql":
+            now = sa.func.timezone(sa.literal("UTC"), sa.func.clock_timestamp(), type_=sa.DateTime)
+            return sa.type_coerce(now + sa.func.make_interval(0, 0, 0, 0, 0, 0, secs, type_=sa.Interval), sa.DateTime)
+        if self.dialect == "sqlite":  # the text format SQLAlchemy stores (microseconds), so it compares
+            text = sa.func.strftime("%Y-%m-%d %H:%M:%f", "now", sa.literal(f"{secs:+.3f} seconds")).op("||")("000")
+            return sa.type_coerce(text, sa.DateTime)
+        if self.dialect in ("mysql", "mariadb"):
+            return sa.type_coerce(sa.func.timestampadd(sa.text("MICROSECOND"), int(secs * 1e6),
+                                                       sa.func.utc_timestamp(sa.literal_column("6"))), sa.DateTime)
+        if self.dialect == "mssql":
+            return sa.type_coerce(sa.func.dateadd(sa.text("millisecond"), int(secs * 1000),
+                                                  sa.func.sysutcdatetime()), sa.DateTime)
+        return sa.type_coerce(sa.literal(utcnow() + timedelta(seconds=secs), sa.DateTime), sa.DateTime)
+
+    def take_lease(self, key: str, owner: str, ttl_s: float = 60.0) -> tuple[int | None, LeaseHolder | None]:
+        """Take `key` for `owner`: (fencing token, None), or (None, the holder that keeps it).
+
+        A holder is replaced when it is `owner` itself, when its process is gone (same host, dead pid),
+        or when its lease expired by the database's clock - unless it runs on this host and its pid is
+        alive: a live local holder whose heartbeat is stuck (a stalled database) may still be sending, so
+        it is never taken over. Every take-over raises the key's FencingToken, which fences the old
+        holder out of the ledger (`lease_held`).
         """
         leases = self.tables.leases
         for _ in range(5):
-            now = utcnow()
-            mine = dict(Owner=owner, Host=HOST, Pid=os.getpid(), AcquiredAt=now,
-                        ExpiresAt=now + timedelta(seconds=ttl_s))
             try:
                 with self.begin() as conn:
                     q = sa.select(leases).where(leases.c.LeaseKey == key)
                     if self.dialect in ("postgresql", "mssql"):
                         q = q.with_for_update()
                     row = conn.execute(q).mappings().first()
+                    # Read after the row lock was granted: the moment the decision is made.
+                    now = conn.execute(sa.select(self.clock())).scalar()
+                    mine = dict(Owner=owner, Host=self.host, Pid=os.getpid(), AcquiredAt=now,
+                                ExpiresAt=self.clock(ttl_s))
                     if row is None:
-                        conn.execute(leases.insert().values(LeaseKey=key, **mine))
-                        return None
-                    stale = (row["ExpiresAt"] < now or row["Owner"] == owner
-                             or (row["Host"] == HOST and not pid_alive(row["Pid"])))
+                        conn.execute(leases.insert().values(LeaseKey=key, FencingToken=1, **mine))
+                        return 1, None
+                    local = row["Host"] == self.host
+                    alive = local and _holder_alive(row["Pid"], row["AcquiredAt"])
+                    stale = (row["Owner"] == owner or (local and not alive)
+                             or (row["ExpiresAt"] < now and not alive))
                     if not stale:
-                        return LeaseHolder(row["Owner"], row["Host"], row["Pid"], row["ExpiresAt"])
+                        return None, LeaseHolder(row["Owner"], row["Host"], row["Pid"], row["ExpiresAt"],
+                                                 row["AcquiredAt"])
+                    token = int(row["FencingToken"] or 0) + 1
                     updated = conn.execute(
                         leases.update()
                         .where(leases.c.LeaseKey == key, leases.c.Owner == row["Owner"],
-                               leases.c.ExpiresAt == row["ExpiresAt"])
-                        .values(**mine)
+                               null_safe_eq(leases.c.FencingToken, sa.literal(row["FencingToken"], sa.BigInteger)))
+                        .values(FencingToken=token, **mine)
                     )
                     if updated.rowcount == 1:
-                        return None
+                        return token, None
             except IntegrityError:
                 continue  # someone inserted first: read again
-        row = self.lease_holder(key)
-        return row or LeaseHolder("unknown", "unknown", 0, utcnow())
+        return None, self.lease_holder(key) or LeaseHolder("unknown", "unknown", 0, utcnow())
 
-    def renew_lease(self, key: str, owner: str, ttl_s: float = 60.0) -> bool:
+    def acquire_lease(self, key: str, owner: str, ttl_s: float = 60.0) -> LeaseHolder | None:
+        """Take `key` for `owner`. Returns None when taken, else who holds it (see take_lease)."""
+        return self.take_lease(key, owner, ttl_s)[1]
+
+    def lease_held(self, key: str, owner: str, token: int | None) -> sa.ColumnElement:
+        """True while `owner` still holds `key` under `token`: put it in the WHERE clause of a write, so the
+        write and the check are one statement and a run that lost its lease changes nothing."""
         leases = self.tables.leases
+        cond = [leases.c.LeaseKey == key, leases.c.Owner == owner]
+        if token is not None:
+            cond.append(leases.c.FencingToken == token)
+        return sa.exists(sa.select(sa.literal(1)).select_from(leases).where(*cond))
+
+    def renew_lease(self, key: str, owner: str, ttl_s: float = 60.0, token: int | None = None) -> bool:
+        """Extend the lease to the database's now + ttl_s; False when `owner` (with `token`) lost it."""
+        leases = self.tables.leases
+        cond = [leases.c.LeaseKey == key, leases.c.Owner == owner]
+        if token is not None:
+            cond.append(leases.c.FencingToken == token)
         with self.begin() as conn:
-            res = conn.execute(leases.update().where(leases.c.LeaseKey == key, leases.c.Owner == owner)
-                               .values(ExpiresAt=utcnow() + timedelta(seconds=ttl_s)))
+            res = conn.execute(leases.update().where(*cond).values(ExpiresAt=self.clock(ttl_s)))
         return res.rowcount == 1
 
-    def release_lease(self, key: str, owner: str) -> None:
+    def release_lease(self, key: str, owner: str, token: int | None = None) -> None:
         leases = self.tables.leases
+        cond = [leases.c.LeaseKey == key, leases.c.Owner == owner]
+        if token is not None:
+            cond.append(leases.c.FencingToken == token)
         with self.begin() as conn:
-            conn.execute(leases.delete().where(leases.c.LeaseKey == key, leases.c.Owner == owner))
+            conn.execute(leases.delete().where(*cond))
 
     def live_lease_holder(self, key: str) -> LeaseHolder | None:
-        """The holder of `key` if it is alive (unexpired, and its process exists when on this host)."""
+        """The holder of `key` if it is alive: its process exists when on this host (expired or not, as
+        take_lease decides), else its lease is unexpired."""
         holder = self.lease_holder(key)
-        if holder is None or holder.expires_at < utcnow():
+        if holder is None:
             return None
-        if holder.host == HOST and not pid_alive(holder.pid):
-            return None
-        return holder
+        if holder.host == self.host:
+            return holder if _holder_alive(holder.pid, holder.acquired_at) else None
+        with self.engine.connect() as conn:
+            now = conn.execute(sa.select(self.clock())).scalar()
+        return None if holder.expires_at < now else holder
 
     def lease_holder(self, key: str) -> LeaseHolder | None:
         leases = self.tables.leases
@@ -401,7 +463,7 @@ class Database:
             row = conn.execute(sa.select(leases).where(leases.c.LeaseKey == key)).mappings().first()
         if row is None:
             return None
-        return LeaseHolder(row["Owner"], row["Host"], row["Pid"], row["ExpiresAt"])
+        return LeaseHolder(row["Owner"], row["Host"], row["Pid"], row["ExpiresAt"], row["AcquiredAt"])
 
     # ---- watermarks ---------------------------------------------------------------------------
     def get_watermark(self, conn: Connection, sender: str) -> datetime | None:
@@ -440,6 +502,31 @@ class Database:
                                 .where(res.c.ChannelExecutionID == execution_id)
                                 .order_by(res.c.ResultName)).all()
         return {name: _number(value) for name, value in rows}
+
+
+@contextmanager
+def lenient_text(conn: Connection) -> Iterator[None]:
+    """On SQLite, read invalid UTF-8 as lone surrogates (the input checks then refuse that recipient or
+    execution in one line) instead of failing the whole read. ~2.5x slower per text value, so it is only
+    for retrying a read that failed with `undecodable`."""
+    raw = conn.connection.dbapi_connection if conn.dialect.name == "sqlite" else None
+    if raw is None:
+        yield
+        return
+    before = raw.text_factory
+    raw.text_factory = _LENIENT_UTF8
+    try:
+        yield
+    finally:
+        raw.text_factory = before
+
+
+def undecodable(exc: BaseException) -> bool:
+    """SQLite's answer to a text value that is not UTF-8 (written by another tool)."""
+    return "Could not decode to UTF-8" in str(exc)
+
+
+_LENIENT_UTF8 = functools.partial(bytes.decode, encoding="utf-8", errors="surrogateescape")
 
 
 def _number(value) -> float | int | None:

@@ -87,6 +87,9 @@ def build_tables(schema: str | None = None, prefix: str = "") -> Tables:
         # Ours: when the keyword parse attributed this reply (NULL = not yet parsed).
         sa.Column("ParsedAt", sa.DateTime, nullable=True),
         sa.Column("FetchedAt", sa.DateTime, nullable=True),
+        # Ours: the channel's named account (upper-cased `account:`) that listed it; NULL = the deployment's
+        # own account. The same number on two (sub)accounts is two senders.
+        sa.Column("Account", sa.Unicode(64), nullable=True),
         sa.Index(f"ix_{p}TwilioSMS_Inbound_Parse", "ParsedAt", "ToNumber"),
         sa.Index(f"ix_{p}TwilioSMS_Inbound_From", "FromNumber", "DateSent"),
     )
@@ -97,6 +100,8 @@ def build_tables(schema: str | None = None, prefix: str = "") -> Tables:
         sa.Column("MessagingServiceID", SID, nullable=True),
         sa.Column("TwilioNumber", PHONE, nullable=True),
         sa.Column("Activity", sa.Unicode(20), nullable=False),
+        # Ours: whose sender the activity was for (as TwilioSMS_Inbound.Account; NULL = the deployment's own).
+        sa.Column("Account", sa.Unicode(64), nullable=True),
         sa.Index(f"ix_{p}TwilioSMS_Suppression_Phone", "PhoneNumber", "ActivityDate"),
         sa.Index(f"ix_{p}TwilioSMS_Suppression_Sender", "TwilioNumber", "MessagingServiceID"),
     )
@@ -117,7 +122,7 @@ def build_tables(schema: str | None = None, prefix: str = "") -> Tables:
         sa.Column("UpdatedAt", sa.DateTime, nullable=False),
     )
     # The send ledger: one row per (execution, recipient); the guard against double sends.
-    # Seeds get negative RPContactIDs (-1, -2, ...) so they share the key space without colliding.
+    # Seeds get RPContactIDs -(2**62) - 1, - 2, ... (-1, -2, ... before): far from any contact key.
     ledger = sa.Table(
         f"{p}TwilioSMS_SendLedger", md,
         sa.Column("ChannelExecutionID", sa.Integer, primary_key=True, autoincrement=False),
@@ -143,6 +148,7 @@ def build_tables(schema: str | None = None, prefix: str = "") -> Tables:
         # Dedupe of recipients added to an already planned execution, and reconciliation by number.
         sa.Index(f"ix_{p}TwilioSMS_SendLedger_To", "ToNumber", "ChannelExecutionID"),
     )
+    # Keyed by sender, or sender@ACCOUNT for a channel's named account (inbound.refresh.watermark_key).
     watermarks = sa.Table(
         f"{p}TwilioSMS_Watermarks", md,
         sa.Column("Sender", SID, primary_key=True),
@@ -157,6 +163,9 @@ def build_tables(schema: str | None = None, prefix: str = "") -> Tables:
         sa.Column("Pid", sa.Integer, nullable=False),
         sa.Column("AcquiredAt", sa.DateTime, nullable=False),
         sa.Column("ExpiresAt", sa.DateTime, nullable=False),
+        # Raised by every take-over: ledger claims and writes check it, so a run that lost the lease is
+        # fenced out. Nullable so tables of an earlier release get it on open.
+        sa.Column("FencingToken", sa.BigInteger, nullable=True),
     )
     staging_registry = sa.Table(
         f"{p}TwilioSMS_StagingTables", md,

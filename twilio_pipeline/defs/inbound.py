@@ -17,10 +17,10 @@ from twilio_pipeline.defs.steps import (
     channel_of,
     counts_table,
     metadata,
-    record_unsendable,
     tag_run,
     twilio_failure,
 )
+from twilio_pipeline.outbound.execution import record_unsendable
 from twilio_pipeline.twilio import CredentialsRejected, TwilioUnavailable
 
 # The backfill policy is what keeps a backfill of past executions from flooding the account. Dagster 1.13
@@ -182,7 +182,7 @@ def state_bulk_load(context: dg.AssetExecutionContext, database: DatabaseResourc
         dg.AssetCheckSpec("delivery_rate", asset="aggregate_results",
                           description=f"At least {DELIVERY_RATE_THRESHOLD:.0%} of finished messages delivered"),
     ],
-    description="Inbound results (Status:<status>, Expired, Reply:<KEYWORD>) recomputed from the stored states "
+    description="Inbound results (`Status:<status>`, `Expired`, `Reply:<KEYWORD>`) recomputed from the stored states "
                 "into op_ChannelExecutionResults, keeping the outbound ones; recomputing twice gives the same rows.",
 )
 def aggregate_results(context: dg.AssetExecutionContext, database: DatabaseResource, twilio: TwilioResource):

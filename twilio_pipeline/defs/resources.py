@@ -13,7 +13,13 @@ from pydantic import Field
 
 from twilio_pipeline.channels import Channel, ChannelFile, load_channels
 from twilio_pipeline.db import Database
-from twilio_pipeline.settings import SANDBOX_MODE_NOTICE, load_settings
+from twilio_pipeline.settings import (
+    SANDBOX_MODE_NOTICE,
+    SettingsError,
+    account_credentials,
+    load_settings,
+    named_accounts,
+)
 from twilio_pipeline.twilio import (
     Endpoints,
     RetrySettings,
@@ -76,18 +82,42 @@ class TwilioResource(dg.ConfigurableResource):
 
     @property
     def sandbox_mode(self) -> bool:
-        return not self.account_sid
+        """No account at all (neither TWILIO_ACCOUNT_SID nor a TWILIO_<NAME>_ACCOUNT_SID)."""
+        return not self.account_sid and not named_accounts()
 
     @property
     def mode_tag(self) -> str:
         return "sandbox" if self.sandbox_mode else "live"
 
+    def channel_sandboxed(self, channel: Channel) -> bool:
+        """A channel without `account:` on a deployment without TWILIO_ACCOUNT_SID talks to the sandbox;
+        a channel naming an account never does (an unset account is an error, see `get_client`)."""
+        return channel.account is None and not self.account_sid
+
+    def channel_mode_tag(self, channel: Channel) -> str:
+        return "sandbox" if self.channel_sandboxed(channel) else "live"
+
     def get_channels(self) -> ChannelFile:
         return load_channels(self.channels_path)
 
+    def _endpoints(self) -> Endpoints:
+        return Endpoints(self.api_base_url, self.bulkexports_base_url, self.messaging_base_url)
+
+    def credentials_for(self, channel: Channel) -> tuple[TwilioCredentials, Endpoints]:
+        """The channel's account: its named account (`account:`, TWILIO_<NAME>_*, read when the step runs,
+        never shown in the UI), else the deployment's account, else the embedded sandbox. A named account
+        whose SID is unset fails the step in one line: it never falls back to the sandbox."""
+        if channel.account is None:
+            return self._connection()
+        try:
+            creds = account_credentials(channel.name, channel.account)
+        except SettingsError as exc:
+            raise dg.Failure(description=str(exc), allow_retries=False) from None
+        return creds, self._endpoints()
+
     @cached_method
     def _connection(self) -> tuple[TwilioCredentials, Endpoints]:
-        if self.sandbox_mode:
+        if not self.account_sid:
             from pathlib import Path
 
             from twilio_pipeline.sandbox.embedded import ensure_embedded_sandbox
@@ -98,11 +128,11 @@ class TwilioResource(dg.ConfigurableResource):
             return (TwilioCredentials(sb.account_sid, sb.auth_token),
                     Endpoints(sb.base_url, sb.base_url, sb.base_url))
         creds = TwilioCredentials(self.account_sid, self.auth_token, self.api_key_sid, self.api_key_secret)
-        return creds, Endpoints(self.api_base_url, self.bulkexports_base_url, self.messaging_base_url)
+        return creds, self._endpoints()
 
     def get_client(self, channel: Channel, trace=None) -> TwilioClient:
         """A client with the channel's concurrency, rate and retry settings (one per step)."""
-        creds, endpoints = self._connection()
+        creds, endpoints = self.credentials_for(channel)
         r = channel.retry
         return TwilioClient(
             creds,
@@ -113,8 +143,9 @@ class TwilioResource(dg.ConfigurableResource):
             trace=trace if channel.trace else None,
         )
 
-    def notice(self) -> str | None:
-        return SANDBOX_MODE_NOTICE if self.sandbox_mode else None
+    def notice(self, channel: Channel | None = None) -> str | None:
+        sandboxed = self.sandbox_mode if channel is None else self.channel_sandboxed(channel)
+        return SANDBOX_MODE_NOTICE if sandboxed else None
 
 
 def _env_or(name: str, default=None):

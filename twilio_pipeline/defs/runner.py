@@ -32,14 +32,15 @@ from twilio_pipeline.settings import Settings
 QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 OUTBOUND_ORDER = ["CountBeforeDedup", "InvalidNumbers", "Duplicates", "Unsubscribed", "NotRendered", "Targeted",
-                  "Sent", "SendFailed", "Unresolved", "Segments", "EstimatedCost", "SeedsSent", "InvalidSeeds",
-                  "UnsubscribedSeeds"]
+                  "Pending", "Sent", "SendFailed", "Unresolved", "Segments", "EstimatedCost", "SeedsSent",
+                  "InvalidSeeds", "UnsubscribedSeeds"]
 
 
 class RunFailure:
-    def __init__(self, error_class: str, message: str):
+    def __init__(self, error_class: str, message: str, step: str | None = None):
         self.error_class = error_class
         self.message = message
+        self.step = step
 
 
 @contextmanager
@@ -85,7 +86,7 @@ def _failure(result) -> RunFailure | None:
         return None
     for event in result.all_events:
         if event.is_step_failure:
-            return RunFailure(*user_error(event.step_failure_data.error))
+            return RunFailure(*user_error(event.step_failure_data.error), step=event.step_key)
     for event in result.all_events:
         if event.event_type_value == "PIPELINE_FAILURE" and event.message:
             return RunFailure("RunFailure", event.message.splitlines()[0])
@@ -103,10 +104,34 @@ def _ensure_partition(instance: dg.DagsterInstance, execution_id: int) -> None:
                 raise
 
 
+def _force_config(force: bool) -> dict:
+    """`--force` as the outbound steps' run config (the same switch a UI user sets)."""
+    from twilio_pipeline.defs.outbound import GATED_STEPS
+
+    return {"ops": {name: {"config": {"force": True}} for name in GATED_STEPS}} if force else {}
+
+
+def _interrupted(db: Database, channel: Channel, execution_id: int, failure: RunFailure) -> str | None:
+    """The StatusReason of a run stopped by SIGTERM/SIGINT, or None if it was not interrupted. A signal
+    that landed between two steps stops the next one before its code runs: the reason is written here."""
+    from twilio_pipeline.defs.outbound import PHASES
+    from twilio_pipeline.outbound import read_execution, record_interruption
+    from twilio_pipeline.signals import stop_signal
+
+    name = stop_signal()
+    if name is None and failure.error_class not in ("DagsterExecutionInterruptedError", "KeyboardInterrupt"):
+        return None
+    row = read_execution(db, execution_id)
+    if row is not None and row.status == "failed" and (row.status_reason or "").startswith("interrupted"):
+        return row.status_reason
+    return record_interruption(db, channel, execution_id, cause=name or "an interrupt (SIGINT or SIGTERM)",
+                               phase=PHASES.get(failure.step or "", "the run"))
+
+
 def run_send(settings: Settings, db: Database, channel: Channel, execution_id: int,
-             say: Callable[[str], None]) -> int:
-    """Run the outbound job for an execution the caller has already checked (`load_execution`, which
-    the CLI calls before Dagster is even imported)."""
+             say: Callable[[str], None], force: bool = False) -> int:
+    """Run the outbound job for an execution the caller has already checked (`load_execution` and
+    `send_refusal`, which the CLI calls before Dagster is even imported)."""
     from twilio_pipeline.outbound import ExecutionBusy
     from twilio_pipeline.outbound.connectivity import SenderNotOwned
     from twilio_pipeline.outbound.lease import lease_key
@@ -119,8 +144,8 @@ def run_send(settings: Settings, db: Database, channel: Channel, execution_id: i
     instance = _instance()
     _ensure_partition(instance, execution_id)
     result = _job("outbound_job").execute_in_process(
-        instance=instance, partition_key=str(execution_id), run_config=QUIET_LOGS, raise_on_error=False,
-        tags=_tags(settings, **{EXECUTION_TAG: str(execution_id), CHANNEL_TAG: channel.name}))
+        instance=instance, partition_key=str(execution_id), run_config={**QUIET_LOGS, **_force_config(force)},
+        raise_on_error=False, tags=_tags(settings, **{EXECUTION_TAG: str(execution_id), CHANNEL_TAG: channel.name}))
     failure = _failure(result)
     if failure is not None:
         if failure.error_class == ExecutionBusy.__name__:
@@ -129,6 +154,10 @@ def run_send(settings: Settings, db: Database, channel: Channel, execution_id: i
         if failure.error_class == SenderNotOwned.__name__:  # bad input, found before any message
             say(failure.message)
             return EXIT_INPUT
+        reason = _interrupted(db, channel, execution_id, failure)
+        if reason is not None:
+            say(f"Send of execution {execution_id} stopped (run {result.run_id}): {reason}")
+            return EXIT_FAILED
         say(f"Send of execution {execution_id} failed (run {result.run_id}): {failure.message}")
         return EXIT_FAILED
     sent_now = _metadata_value(result, "send", "requests_this_run")

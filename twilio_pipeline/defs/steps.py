@@ -10,19 +10,22 @@ import dagster as dg
 from twilio_pipeline.channels import Channel, ChannelConfigError
 from twilio_pipeline.db import Database
 from twilio_pipeline.defs.resources import DatabaseResource, TwilioResource
+from twilio_pipeline.outbound.execution import record_unsendable
 
 
 def execution_id_of(context: dg.AssetExecutionContext) -> int:
     return int(context.partition_key)
 
 
-def announce(context, twilio: TwilioResource) -> None:
-    """Sandbox mode is said in every run log and shown as a run tag, however the run was launched."""
+def announce(context, twilio: TwilioResource, channel: Channel | None = None) -> None:
+    """Sandbox mode is said in every run log and shown as a run tag, however the run was launched
+    (per channel: a channel with its own `account:` is live whatever the deployment's account)."""
     from twilio_pipeline.defs.partitions import MODE_TAG
 
-    if context.run.tags.get(MODE_TAG) != twilio.mode_tag:
-        context.instance.add_run_tags(context.run.run_id, {MODE_TAG: twilio.mode_tag})
-    notice = twilio.notice()
+    tag = twilio.mode_tag if channel is None else twilio.channel_mode_tag(channel)
+    if context.run.tags.get(MODE_TAG) != tag:
+        context.instance.add_run_tags(context.run.run_id, {MODE_TAG: tag})
+    notice = twilio.notice(channel)
     if notice:
         context.log.warning(notice)
 
@@ -37,31 +40,16 @@ def channel_of(db: Database, twilio: TwilioResource, execution_id: int) -> Chann
     return channel
 
 
-# An execution still on its way out; a `sent` or `cancelled` one keeps its Status whatever a re-run finds.
-UNSENT_STATUSES = ("ready", "sending", "failed")
-
-
-def record_unsendable(db: Database, execution_id: int, reason: str) -> bool:
-    """Status `failed` with the reason for an execution that cannot be sent (CONTRACT.md "Execution status,
-    whoever starts the run"), so the upstream and the queue listener see why; True when recorded."""
-    from twilio_pipeline.outbound.execution import mark_failed, read_execution
-
-    row = read_execution(db, execution_id)
-    if row is None or row.status not in UNSENT_STATUSES:
-        return False
-    mark_failed(db, execution_id, reason)
-    return True
-
-
 def setup(context, database: DatabaseResource, twilio: TwilioResource) -> tuple[Database, Channel, int]:
-    announce(context, twilio)
     db = database.get_database()
     eid = execution_id_of(context)
     try:
         channel = channel_of(db, twilio, eid)
     except dg.Failure as exc:
+        announce(context, twilio)
         record_unsendable(db, eid, exc.description or "the execution cannot be sent")
         raise
+    announce(context, twilio, channel)
     tag_run(context, eid, channel.name)
     return db, channel, eid
 

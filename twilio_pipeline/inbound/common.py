@@ -82,8 +82,15 @@ def serialize_writers(db: Database, conn: Connection, key: str) -> None:
                      {"r": full[:255]})
 
 
+def same_account(column: sa.ColumnElement, channel: Channel) -> sa.ColumnElement[bool]:
+    """Rows of the channel's account (an `Account` column: NULL is the deployment's own account)."""
+    key = channel.account_key
+    return column.is_(None) if key is None else column == key
+
+
 def sender_numbers_select(db: Database, channel: Channel) -> sa.Select:
-    """The numbers that receive the channel's replies: its from_number, or its service's pool as last listed."""
+    """The senders that receive the channel's replies: its from_number, or its service's pool (numbers and
+    short codes) as last listed."""
     if not channel.uses_service:
         return sa.select(sa.literal(channel.from_number, sa.Unicode(64)).label("PhoneNumber"))
     sn = db.tables.service_numbers
@@ -91,12 +98,13 @@ def sender_numbers_select(db: Database, channel: Channel) -> sa.Select:
 
 
 def inbound_scope(db: Database, channel: Channel) -> sa.ColumnElement[bool]:
-    """TwilioSMS_Inbound rows that are replies to this channel's sender."""
+    """TwilioSMS_Inbound rows that are replies to this channel's sender on the channel's account."""
     ib = db.tables.inbound
     if not channel.uses_service:
-        return ib.c.ToNumber == channel.from_number
-    return sa.or_(ib.c.MessagingServiceID == channel.messaging_service_sid,
-                  ib.c.ToNumber.in_(sender_numbers_select(db, channel).scalar_subquery()))
+        return sa.and_(ib.c.ToNumber == channel.from_number, same_account(ib.c.Account, channel))
+    return sa.and_(sa.or_(ib.c.MessagingServiceID == channel.messaging_service_sid,
+                          ib.c.ToNumber.in_(sender_numbers_select(db, channel).scalar_subquery())),
+                   same_account(ib.c.Account, channel))
 
 
 def rank_case(column: sa.ColumnElement, *, title_case: bool = False) -> sa.Case:

@@ -118,7 +118,7 @@ def parse_keywords(db: Database, channel: Channel, *, log: Log, limit_records: i
                     classes[keyword_class(keyword) or "free_text"] += n
                     summary.parsed += n
                 summary.replies_attributed, summary.unattributed = _attribute(db, conn, channel, names, stg, now)
-                summary.new_suppression = sum(merge_suppression_from(db, conn, stg))
+                summary.new_suppression = sum(merge_suppression_from(db, conn, stg, channel.account_key))
                 keyword_of = sa.select(stg.c.Keyword).where(stg.c.MessageSID == ib.c.MessageSID).scalar_subquery()
                 conn.execute(
                     ib.update().where(ib.c.MessageSID.in_(sa.select(stg.c.MessageSID)))

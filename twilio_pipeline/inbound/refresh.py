@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection
 from twilio_pipeline.channels import Channel
 from twilio_pipeline.db import Database
 from twilio_pipeline.db.schema import PHONE, SID
-from twilio_pipeline.inbound.common import Summary, naive, serialize_writers, twilio_time, utc_now
+from twilio_pipeline.inbound.common import Summary, naive, same_account, serialize_writers, twilio_time, utc_now
 from twilio_pipeline.logs import Log
 from twilio_pipeline.rules.keywords import (
     HELP_KEYWORDS,
@@ -27,12 +27,14 @@ from twilio_pipeline.rules.keywords import (
     OPT_OUT_KEYWORDS,
     normalise_keyword,
 )
+from twilio_pipeline.rules.render import storable
 from twilio_pipeline.twilio import TwilioClient
 
 # Re-listed before the watermark: a message Twilio shows a little late is still caught; the merge on
 # MessageSID makes the re-read harmless.
 LISTING_OVERLAP = timedelta(minutes=5)
-SUPPRESSION_MATCH = ("PhoneNumber", "ActivityDate", "TwilioNumber", "Activity")
+SUPPRESSION_MATCH = ("PhoneNumber", "ActivityDate", "TwilioNumber", "Activity", "Account")
+ACCOUNT = sa.Unicode(64)
 _UNION_CHUNK = 200  # SQLite allows 500 terms in one compound SELECT
 
 
@@ -45,6 +47,7 @@ def inbound_staging_columns() -> list[sa.Column]:
         sa.Column("Body", sa.UnicodeText),
         sa.Column("Keyword", sa.Unicode(50)),
         sa.Column("DateSent", sa.DateTime),
+        sa.Column("Account", ACCOUNT),
     ]
 
 
@@ -75,6 +78,7 @@ def inbound_row(msg: Mapping, channel: Channel) -> dict | None:
     if channel.uses_service and not service:
         service = channel.messaging_service_sid
     body = msg.get("body")
+    body = storable(body) if isinstance(body, str) else body  # a NUL in one reply must not stop every sync
     return {
         "MessageSID": sid,
         "FromNumber": msg.get("from"),
@@ -84,7 +88,22 @@ def inbound_row(msg: Mapping, channel: Channel) -> dict | None:
         "Keyword": normalise_keyword(body, channel.keywords),
         # An unreadable date_sent must not hide a readable date_created.
         "DateSent": twilio_time(msg.get("date_sent")) or twilio_time(msg.get("date_created")),
+        "Account": channel.account_key,
     }
+
+
+def watermark_key(channel: Channel) -> str:
+    """The sender, qualified by the channel's named account: the same number on two (sub)accounts has two
+    inboxes, each read from its own watermark. The deployment's own account keeps the plain sender."""
+    return channel.sender if channel.account_key is None else f"{channel.sender}@{channel.account_key}"
+
+
+def receiving_senders(client: TwilioClient, channel: Channel) -> list[str]:
+    """Where the channel's replies arrive: its from_number, or every sender of its Messaging Service that
+    can receive (phone numbers and short codes; alphanumeric sender IDs are one-way)."""
+    if not channel.uses_service:
+        return [channel.from_number]  # type: ignore[list-item]
+    return client.list_service_receiving_senders(channel.messaging_service_sid)
 
 
 def refresh_inbound(db: Database, client: TwilioClient, channel: Channel, *, log: Log,
@@ -93,19 +112,18 @@ def refresh_inbound(db: Database, client: TwilioClient, channel: Channel, *, log
     opt-out/opt-in activity into TwilioSMS_Suppression; advance the watermark after the commit."""
     now = utc_now(now)
     sender = channel.sender
+    key = watermark_key(channel)
     summary = RefreshSummary(sender=sender)
     calls_before = client.request_count
     with db.connect() as conn:
-        watermark = db.get_watermark(conn, sender)
+        watermark = db.get_watermark(conn, key)
     floor = now - timedelta(days=channel.retrieval_period_days)
     since = floor if watermark is None else max(floor, watermark - overlap)
     summary.since = since
 
+    numbers = receiving_senders(client, channel)
     if channel.uses_service:
-        numbers = client.list_service_phone_numbers(channel.messaging_service_sid)
         summary.pool_numbers = len(numbers)
-    else:
-        numbers = [channel.from_number]
 
     latest: datetime | None = None
     with db.staging_table("inbound", inbound_staging_columns()) as stg:
@@ -138,12 +156,12 @@ def refresh_inbound(db: Database, client: TwilioClient, channel: Channel, *, log
             if channel.uses_service:
                 record_service_numbers(db, conn, channel.messaging_service_sid, numbers, now)
             summary.new_inbound = merge_inbound(db, conn, stg, now)
-            counts = merge_suppression_from(db, conn, stg)
+            counts = merge_suppression_from(db, conn, stg, channel.account_key)
             summary.opt_outs, summary.opt_ins, summary.helps = counts
             if latest is not None:
-                db.set_watermark(conn, sender, latest)
+                db.set_watermark(conn, key, latest)
     with db.connect() as conn:
-        summary.watermark = db.get_watermark(conn, sender)
+        summary.watermark = db.get_watermark(conn, key)
     summary.api_calls = client.request_count - calls_before
     log.info(
         f"suppression refresh for {sender}: listed {summary.listed} message(s) since {since:%Y-%m-%d %H:%M:%S} "
@@ -155,7 +173,8 @@ def refresh_inbound(db: Database, client: TwilioClient, channel: Channel, *, log
 
 def record_service_numbers(db: Database, conn: Connection, service_sid: str, numbers: Iterable[str],
                            now: datetime) -> None:
-    """Remember the pool (numbers are never forgotten: a STOP to a former pool number still counts)."""
+    """Remember the pool's receiving senders, numbers and short codes (never forgotten: a STOP to a former
+    pool sender still counts)."""
     sn = db.tables.service_numbers
     existing = {r[0] for r in conn.execute(sa.select(sn.c.PhoneNumber).where(sn.c.ServiceSID == service_sid))}
     new = [{"ServiceSID": service_sid, "PhoneNumber": n, "SeenAt": now} for n in dict.fromkeys(numbers)
@@ -175,8 +194,10 @@ def merge_inbound(db: Database, conn: Connection, stg: sa.Table, now: datetime) 
     return db.insert_missing(conn, db.tables.inbound, source, match=["MessageSID"])
 
 
-def merge_suppression_from(db: Database, conn: Connection, stg: sa.Table) -> tuple[int, int, int]:
-    """Opt-out, opt-in and help replies of the staged messages -> TwilioSMS_Suppression (new rows per class).
+def merge_suppression_from(db: Database, conn: Connection, stg: sa.Table,
+                           account: str | None) -> tuple[int, int, int]:
+    """Opt-out, opt-in and help replies of the staged messages -> TwilioSMS_Suppression (new rows per class),
+    recorded for `account` (the channel's `account_key`: whose sender they were sent to).
 
     The activity is dated as the message was first kept in TwilioSMS_Inbound, so a reply whose date had to
     be stood in for gets the same date however often it is listed again."""
@@ -191,6 +212,7 @@ def merge_suppression_from(db: Database, conn: Connection, stg: sa.Table) -> tup
                 stg.c.MessagingServiceID.label("MessagingServiceID"),
                 stg.c.ToNumber.label("TwilioNumber"),
                 stg.c.Keyword.label("Activity"),
+                sa.literal(account, ACCOUNT).label("Account"),
             )
             .where(stg.c.Keyword.in_(words), stg.c.FromNumber.is_not(None), stg.c.DateSent.is_not(None))
             .distinct()
@@ -213,6 +235,9 @@ def suppressed_numbers(db: Database, channel: Channel) -> sa.Select:
         scope = sa.or_(s.c.MessagingServiceID == channel.messaging_service_sid, s.c.TwilioNumber.in_(pool))
     else:
         scope = s.c.TwilioNumber == channel.from_number
+    # An opt-out belongs to the account whose sender received it: the same number on another account is
+    # another sender, and Twilio keeps their opt-outs apart too.
+    scope = sa.and_(scope, same_account(s.c.Account, channel))
     is_out = s.c.Activity.in_(OPT_OUT_KEYWORDS)
     ranked = (
         sa.select(
@@ -249,10 +274,11 @@ def record_refusals_as_stop(db: Database, conn: Connection, channel: Channel, ro
             "MessagingServiceID": row.get("MessagingServiceID") or channel.messaging_service_sid,
             "TwilioNumber": row.get("TwilioNumber") or channel.from_number,
             "Activity": "STOP",
+            "Account": channel.account_key,
         })
     added = 0
     types = {"PhoneNumber": PHONE, "ActivityDate": sa.DateTime, "MessagingServiceID": SID,
-             "TwilioNumber": PHONE, "Activity": sa.Unicode(20)}
+             "TwilioNumber": PHONE, "Activity": sa.Unicode(20), "Account": ACCOUNT}
     for start in range(0, len(records), _UNION_CHUNK):
         part = records[start:start + _UNION_CHUNK]
         selects = [sa.select(*[sa.literal(r[c], types[c]).label(c) for c in types]) for r in part]

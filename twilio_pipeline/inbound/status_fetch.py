@@ -414,6 +414,7 @@ def _record(db: Database, conn: Connection, channel: Channel, tracked: sa.Table,
             sa.literal(channel.messaging_service_sid, SID).label("MessagingServiceID"),
             sa.func.coalesce(o.c.FromNumber, sa.literal(channel.from_number, PHONE)).label("TwilioNumber"),
             sa.literal("STOP", sa.Unicode(20)).label("Activity"),
+            sa.literal(channel.account_key, sa.Unicode(64)).label("Account"),
         )
         .select_from(joined)
         .where(o.c.Status == "failed", o.c.ErrorCode == OPTED_OUT_CODE,

@@ -1,10 +1,11 @@
 """Outbound fulfillment (the guide's steps 1-8): connectivity, plan into the send ledger, send with
 reconciliation, commit of states and results. No Dagster here; the assets call these functions."""
 
-from twilio_pipeline.outbound.commit import OutboundResults, commit_execution, compute_results
+from twilio_pipeline.outbound.commit import OutboundResults, commit_execution, compute_results, record_interruption
 from twilio_pipeline.outbound.connectivity import check_connectivity
-from twilio_pipeline.outbound.errors import ExecutionBusy, LeaseLost, OutboundInputError
+from twilio_pipeline.outbound.errors import ExecutionBusy, ExecutionCancelled, LeaseLost, OutboundInputError
 from twilio_pipeline.outbound.execution import (
+    STATUS_CANCELLED,
     STATUS_FAILED,
     STATUS_READY,
     STATUS_SENDING,
@@ -12,6 +13,8 @@ from twilio_pipeline.outbound.execution import (
     ExecutionRow,
     load_execution,
     mark_failed,
+    read_execution,
+    send_refusal,
     set_status,
 )
 from twilio_pipeline.outbound.fulfillment import OutboundRun, busy_holder, client_for_channel, run_outbound
@@ -22,10 +25,10 @@ from twilio_pipeline.outbound.plan import PlanSummary, plan_execution
 from twilio_pipeline.outbound.send import SendSummary, drain_check, send_execution
 
 __all__ = [
-    "ExecutionBusy", "ExecutionLease", "ExecutionRow", "InteractionLog", "LeaseLost", "LedgerCounts",
+    "ExecutionBusy", "ExecutionCancelled", "ExecutionLease", "ExecutionRow", "InteractionLog", "LeaseLost", "LedgerCounts",
     "OutboundInputError", "OutboundResults", "OutboundRun", "PlanSummary", "STATUS_FAILED", "STATUS_READY",
     "STATUS_SENDING", "STATUS_SENT", "SendSummary", "busy_holder", "check_connectivity",
     "client_for_channel", "commit_execution", "compute_results", "drain_check", "execution_lease",
-    "ledger_counts", "load_execution", "mark_failed", "plan_execution", "run_outbound", "send_execution",
-    "set_status",
+    "ledger_counts", "load_execution", "mark_failed", "plan_execution", "read_execution", "record_interruption",
+    "run_outbound", "send_execution", "send_refusal", "set_status", "STATUS_CANCELLED",
 ]

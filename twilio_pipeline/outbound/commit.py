@@ -12,7 +12,12 @@ import sqlalchemy as sa
 
 from twilio_pipeline.channels import Channel
 from twilio_pipeline.db import Database, utcnow
-from twilio_pipeline.outbound.execution import STATUS_FAILED, STATUS_SENT, set_status
+from twilio_pipeline.outbound.execution import (
+    STATUS_FAILED,
+    STATUS_SENT,
+    mark_failed,
+    set_status,
+)
 from twilio_pipeline.outbound.interaction_log import InteractionLog
 from twilio_pipeline.outbound.lease import execution_lease
 from twilio_pipeline.outbound.ledger import (
@@ -25,8 +30,10 @@ from twilio_pipeline.outbound.ledger import (
     REFUSED,
     SENT,
     SUPPRESSED,
+    held_back_codes,
     ledger_counts,
 )
+from twilio_pipeline.outbound.plan import repeated_rows
 from twilio_pipeline.rules.states import STATUS_RANK, state_name
 
 STATE_MATCH = ["ChannelExecutionID", "RPContactID", "FulfillmentState"]
@@ -55,17 +62,19 @@ class OutboundResults:
 
 
 def compute_results(db: Database, channel: Channel, execution_id: int) -> dict[str, int | float]:
-    """CONTRACT.md's outbound results from the ledger. `Pending` (ours) counts planned rows no run has
-    sent yet; it is 0 after a complete send, when the contract's identities hold exactly."""
+    """CONTRACT.md's outbound results from the ledger. `Pending` counts planned rows no run has requested
+    yet (an interrupted or cancelled send): CountBeforeDedup = InvalidNumbers + Duplicates + Unsubscribed +
+    NotRendered + Targeted + Pending."""
     c = ledger_counts(db, execution_id)
     p, s = c.people, c.seeds
+    repeated = repeated_rows(db, execution_id, p.total)  # rows repeating a contact: Duplicates, no ledger row
     unresolved = p.get(AMBIGUOUS) + p.get(INFLIGHT)
     targeted = p.get(SENT) + p.get(REFUSED) + unresolved
     segments = p.segments.get(SENT, 0)
     results: dict[str, int | float] = {
-        "CountBeforeDedup": p.total,
+        "CountBeforeDedup": p.total + repeated,
         "InvalidNumbers": p.get(INVALID),
-        "Duplicates": p.get(DUPLICATE),
+        "Duplicates": p.get(DUPLICATE) + repeated,
         "Unsubscribed": p.get(SUPPRESSED),
         "NotRendered": p.get(NOT_RENDERED),
         "Targeted": targeted,
@@ -121,17 +130,45 @@ def commit_execution(db: Database, channel: Channel, execution_id: int, *, run_i
         if results["Unresolved"]:
             problems.append(f"{results['Unresolved']} message(s) unresolved after reconciliation "
                             "(Twilio's answer was ambiguous; re-run to check them again)")
-        if results["Pending"]:
-            problems.append(f"{results['Pending']} recipient(s) not sent yet (the send did not finish)")
+        held = held_back_codes(db, execution_id)  # refused for the sender's/account's fault: unsent
+        if results["Pending"] or held:  # (held seeds too: a `sent` execution would never send them)
+            why = (f"{sum(held.values())} refused for the sender's or the account's fault with "
+                   f"{', '.join(str(c) for c in sorted(held))}; a later send sends them" if held
+                   else "the send did not finish")
+            problems.append(f"{results['Pending'] or sum(held.values())} recipient(s) not sent yet ({why})")
         status = STATUS_FAILED if problems else STATUS_SENT
         reason = "; ".join(problems) or None
-        set_status(db, execution_id, status, reason)
+        # Conditional: an upstream's `cancelled` (or any status of its own) written during the send stays.
+        stored = set_status(db, execution_id, status, reason)
+        if stored != status:
+            log.info(f"execution {execution_id}: Status {stored!r} set by the upstream is kept")
+            status = stored or status
         db.drop_orphan_staging()
         ilog.final_counts(int(results["Sent"]), int(results["InvalidNumbers"]), int(results["Unsubscribed"]),
                           int(results["SeedsSent"]), int(results["InvalidSeeds"]), int(results["UnsubscribedSeeds"]))
         if reason:
-            ilog.warning(f"execution {execution_id} marked failed: {reason}")
+            ilog.warning(f"execution {execution_id} {'marked failed' if status == STATUS_FAILED else 'stays ' + status}: "
+                         f"{reason}")
         out = OutboundResults(execution_id, channel.name, status, reason, results, first, failed)
         out.interaction_log = ilog.text()
         log.info(f"execution {execution_id}: results written at {utcnow():%Y-%m-%d %H:%M:%S} UTC, status {status}")
         return out
+
+
+def record_interruption(db: Database, channel: Channel, execution_id: int, *, cause: str, phase: str) -> str:
+    """After SIGTERM, SIGINT or a Dagster run termination: the results as the ledger stands (what was never
+    requested counts as `Pending`) and Status `failed` with a reason starting `interrupted` (unless the
+    upstream set a status of its own). Returns the reason. A later send resumes from the ledger."""
+    execution_id = int(execution_id)
+    results = compute_results(db, channel, execution_id)
+    requested, pending = int(results["Targeted"]), int(results["Pending"])
+    if results["CountBeforeDedup"]:
+        with db.begin() as conn:
+            db.write_results(conn, execution_id, results)
+    if requested or pending:
+        progress = f"{requested} of {requested + pending} recipients requested"
+    else:
+        progress = "no recipient requested yet"
+    reason = f"interrupted by {cause} during {phase}; {progress}; a later send resumes"
+    mark_failed(db, execution_id, reason)
+    return reason

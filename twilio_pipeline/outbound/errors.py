@@ -26,3 +26,7 @@ class ExecutionBusy(RuntimeError):
 
 class LeaseLost(RuntimeError):
     """The run's lease on the execution was taken over (heartbeat missed past its TTL): stop sending."""
+
+
+class ExecutionCancelled(RuntimeError):
+    """The upstream set the execution's Status to `cancelled` while it was sending: stop, send nothing more."""

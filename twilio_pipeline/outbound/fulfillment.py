@@ -6,18 +6,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from twilio_pipeline.channels import Channel, ChannelFile
-from twilio_pipeline.db import Database, utcnow
-from twilio_pipeline.db.database import HOST, LeaseHolder
+from twilio_pipeline.db import Database
+from twilio_pipeline.db.database import LeaseHolder
 from twilio_pipeline.outbound.commit import OutboundResults, commit_execution
 from twilio_pipeline.outbound.connectivity import check_connectivity
 from twilio_pipeline.outbound.dispatch import Progress
 from twilio_pipeline.outbound.errors import ExecutionBusy, OutboundInputError
-from twilio_pipeline.outbound.execution import ExecutionRow, load_execution, mark_failed
+from twilio_pipeline.outbound.execution import ExecutionRow, load_execution, mark_failed, record_unsendable
 from twilio_pipeline.outbound.interaction_log import InteractionLog
 from twilio_pipeline.outbound.lease import execution_lease, lease_key
 from twilio_pipeline.outbound.plan import PlanSummary, plan_execution
 from twilio_pipeline.outbound.send import SendSummary, send_execution
-from twilio_pipeline.processes import pid_alive
 from twilio_pipeline.twilio import CredentialsRejected, Endpoints, RetrySettings, TwilioClient, TwilioCredentials
 
 
@@ -44,38 +43,42 @@ def client_for_channel(credentials: TwilioCredentials, channel: Channel, endpoin
 
 
 def busy_holder(db: Database, execution_id: int) -> LeaseHolder | None:
-    """The live run holding the execution's lease, or None (expired leases and dead local pids are free)."""
-    holder = db.lease_holder(lease_key(execution_id))
-    if holder is None or holder.expires_at < utcnow():
-        return None
-    if holder.host == HOST and not pid_alive(holder.pid):
-        return None
-    return holder
+    """The live run holding the execution's lease, or None (dead local pids and expired remote leases are free)."""
+    return db.live_lease_holder(lease_key(execution_id))
 
 
 def run_outbound(db: Database, client, channels: ChannelFile, execution_id: int, *, run_id: str, log,
                  progress: Progress | None = None, **send_options) -> OutboundRun:
     """Steps 1-8 for one execution under one lease: connectivity, suppression refresh, plan, send, commit.
 
-    A failure after the input checks marks the execution `failed` with the reason and re-raises;
-    a busy execution (ExecutionBusy) and bad input (OutboundInputError) leave its Status alone.
+    A failure marks the execution `failed` with the reason and re-raises, bad input (OutboundInputError)
+    included (CONTRACT "Execution status, whoever starts the run"); a busy execution (ExecutionBusy) is left
+    to the run that holds it.
     """
     from twilio_pipeline.inbound.refresh import refresh_inbound
 
-    row, channel = load_execution(db, channels, execution_id)
+    try:
+        row, channel = load_execution(db, channels, execution_id)
+    except OutboundInputError as exc:
+        if str(execution_id).lstrip("-").isdigit():
+            record_unsendable(db, int(execution_id), str(exc))
+        raise
+    ilog = InteractionLog(log, channel.name)
     with execution_lease(db, row.execution_id, run_id, log=log):
+        ilog.starting()
         try:
             connectivity = None
             if channel.connectivity_test:
                 connectivity = check_connectivity(client, channel, log)
             else:
                 log.info(f"Action: {channel.name} Activity: connectivity test skipped (connectivity_test: false)")
-            InteractionLog(log, channel.name).retrieving_subscription_data()
+            ilog.retrieving_subscription_data()
             refresh = refresh_inbound(db, client, channel, log=log)
             plan = plan_execution(db, channel, row.execution_id, run_id=run_id, log=log)
             sent = send_execution(db, client, channel, row.execution_id, run_id=run_id, log=log,
                                   progress=progress, **send_options)
             results = commit_execution(db, channel, row.execution_id, run_id=run_id, log=log)
+            ilog.finishing()
         except (ExecutionBusy, OutboundInputError):
             raise
         except CredentialsRejected as exc:

@@ -33,6 +33,25 @@ class InteractionLog:
     def text(self) -> str:
         return "\n".join(self.lines)
 
+    def _bare(self, text: str) -> None:
+        """The guide's lifecycle lines carry no `Action: ... Activity:` prefix."""
+        self.lines.append(text)
+        self._log.info(text)
+
+    # --- the guide's lifecycle lines around the action's own ----------------------------------------
+    def starting(self) -> None:
+        """Before the first Activity line (the outbound run's first step)."""
+        for text in ("Preparing to execute", "Fulfillment Action preparing to start",
+                     "Completing Fulfillment Action execution", "Preparing to run any actions",
+                     f"Starting action {self.channel_name}"):
+            self._bare(text)
+
+    def finishing(self) -> None:
+        """After the counts lines (the outbound run's last step)."""
+        for text in ("Tidying up Fulfillment Action", "Generating any Fulfillment Action reports",
+                     "Fulfillment Action complete"):
+            self._bare(text)
+
     # --- the guide's lines, in the guide's order --------------------------------------------------
     def deduplicating(self) -> None:
         self.info("Deduplicating on contact key")

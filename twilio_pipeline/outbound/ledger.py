@@ -6,9 +6,20 @@ Protocol, per recipient row (ChannelExecutionID, RPContactID):
     ambiguous --reconcile: Twilio has it--> sent        (SID adopted, nothing re-sent)
     ambiguous --reconcile: Twilio has not--> inflight --> request ...   (re-sent once per round)
     inflight left by a dead run --> ambiguous (then reconciled like any other)
+    inflight --refused for the sender's/account's fault (21606 ...)--> back to planned (or ambiguous),
+             with ErrorCode and Reason saying why: unsent, counted Pending, sent by a later run
 
 Claims are committed before any request of the batch goes out, so after a crash a row is either
 untouched (planned), known (sent/refused), or in doubt (inflight/ambiguous) - never silently lost.
+
+Fencing (the execution lease's token, see outbound/lease.py): every change of a row's owner - a claim
+(planned/ambiguous -> inflight), a release (inflight -> planned/ambiguous) and the orphan rule (another
+run's inflight -> ambiguous) - carries `lease still held with my token` in its own WHERE clause, so a run
+that lost its lease claims and takes nothing (LeaseLost). An answer is written only to a row this run
+claimed (RunID) and still in the state it left it in - inflight, or, for an accepted SID, ambiguous
+because a run that took over marked it orphaned and has not resolved it yet (that is an adoption).
+And a SID Twilio returned is never lost: it always goes to Twilio_MessageIDs for its recipient, even when
+the row was meanwhile resolved otherwise, so its delivery states are synced.
 Every write is in bulk: claims by RPContactID range (no parameter lists); outcomes from one writer
 thread every few hundred rows or half a second, bulk-loaded into a staging table and merged by one
 UPDATE ... FROM, in the same transaction as the Twilio_MessageIDs rows of the SIDs it records.
@@ -28,6 +39,7 @@ import sqlalchemy as sa
 from twilio_pipeline.channels import Channel
 from twilio_pipeline.db import Database, utcnow
 from twilio_pipeline.db.database import to_naive_utc
+from twilio_pipeline.outbound.errors import LeaseLost
 from twilio_pipeline.twilio import CreateResult, parse_twilio_date
 
 PLANNED = "planned"
@@ -110,13 +122,32 @@ class Item:
 
 
 class Claims:
-    """Claims rows for one run: moves them to inflight (committed) and hands them out as Items."""
+    """Claims rows for one run: moves them to inflight (committed) and hands them out as Items.
 
-    def __init__(self, db: Database, execution_id: int, run_id: str):
+    With a `lease` (an ExecutionLease) every write is fenced by its token; a fenced-out write raises
+    LeaseLost instead of claiming nothing (which would read as "nothing left to send")."""
+
+    def __init__(self, db: Database, execution_id: int, run_id: str, lease=None):
         self.db = db
         self.execution_id = int(execution_id)
         self.run_id = run_id
+        self.lease = lease
         self._last_token: datetime | None = None
+
+    def _fence(self) -> list[sa.ColumnElement]:
+        if self.lease is None:
+            return []
+        return [self.db.lease_held(self.lease.key, self.run_id, self.lease.token)]
+
+    def _fenced_out(self, conn) -> bool:
+        """True (after the write matched nothing) when the lease is gone: raise rather than carry on."""
+        if self.lease is None:
+            return False
+        return not conn.execute(sa.select(self._fence()[0])).scalar()
+
+    def _lost(self) -> LeaseLost:
+        return LeaseLost(f"run {self.run_id} no longer holds the lease on execution {self.execution_id} "
+                         "(another run took it over): it claims and sends nothing more")
 
     def _token(self) -> datetime:
         """A claim timestamp unique within this run: the claimed rows are read back by it."""
@@ -148,12 +179,14 @@ class Claims:
                 return []
             lo, hi = int(ids[0]), int(ids[-1])
             token = self._token()
-            conn.execute(
+            res = conn.execute(
                 led.update()
                 .where(led.c.ChannelExecutionID == self.execution_id, led.c.Outcome == PLANNED,
-                       led.c.RPContactID.between(lo, hi))
+                       led.c.RPContactID.between(lo, hi), *self._fence())
                 .values(Outcome=INFLIGHT, AttemptedAt=token, RunID=self.run_id, UpdatedAt=token)
             )
+            if not res.rowcount and self._fenced_out(conn):
+                raise self._lost()
             return self._claimed(conn, token, lo, hi)
 
     def from_ambiguous(self, keys: list[int]) -> list[Item]:
@@ -164,12 +197,14 @@ class Claims:
             part = keys[start:start + KEYS_PER_STATEMENT]
             with self.db.begin() as conn:
                 token = self._token()
-                conn.execute(
+                res = conn.execute(
                     led.update()
                     .where(led.c.ChannelExecutionID == self.execution_id, led.c.Outcome == AMBIGUOUS,
-                           led.c.RPContactID.in_(part))
+                           led.c.RPContactID.in_(part), *self._fence())
                     .values(Outcome=INFLIGHT, AttemptedAt=token, RunID=self.run_id, UpdatedAt=token)
                 )
+                if not res.rowcount and self._fenced_out(conn):
+                    raise self._lost()
                 claimed = self._claimed(conn, token)
             for item in claimed:
                 item.origin = AMBIGUOUS
@@ -191,26 +226,69 @@ class Claims:
                     res = conn.execute(
                         led.update()
                         .where(led.c.ChannelExecutionID == self.execution_id, led.c.Outcome == INFLIGHT,
-                               led.c.RunID == self.run_id, led.c.RPContactID.in_(part))
+                               led.c.RunID == self.run_id, led.c.RPContactID.in_(part), *self._fence())
                         .values(**values)
                     )
                 released += max(res.rowcount or 0, 0)
         return released
 
+    def hold_back(self, refused: list[tuple[Item, int | None, str]]) -> int:
+        """Rows Twilio refused for the sender's or the account's fault ((item, code, text) each): nothing was
+        created, and the recipient is not to blame, so they go back to where they were claimed from (planned
+        -> counted Pending and sent by a later run; ambiguous -> looked up again), the code kept on the row."""
+        led = self.db.tables.ledger
+        groups: dict[tuple[str, int | None], list[Item]] = {}
+        texts: dict[tuple[str, int | None], str] = {}
+        for item, code, text in refused:
+            groups.setdefault((item.origin, code), []).append(item)
+            texts.setdefault((item.origin, code), text)
+        held = 0
+        for (origin, code), items in groups.items():
+            reason = f"not sent: Twilio refused the sender ({code}): {texts[(origin, code)]}"[:_REASON_MAX]
+            values = dict(Outcome=origin, ErrorCode=code, Reason=reason, UpdatedAt=utcnow())
+            if origin == PLANNED:
+                values.update(AttemptedAt=None, RunID=None)
+            keys = [i.rpcontactid for i in items]
+            for start in range(0, len(keys), KEYS_PER_STATEMENT):
+                with self.db.begin() as conn:
+                    res = conn.execute(
+                        led.update()
+                        .where(led.c.ChannelExecutionID == self.execution_id, led.c.Outcome == INFLIGHT,
+                               led.c.RunID == self.run_id, led.c.RPContactID.in_(keys[start:start + KEYS_PER_STATEMENT]),
+                               *self._fence())
+                        .values(**values)
+                    )
+                held += max(res.rowcount or 0, 0)
+        return held
+
     def orphans_to_ambiguous(self) -> int:
         """Rows left inflight by another (dead) run are in doubt: mark them ambiguous for reconciliation.
 
-        Only call it holding the execution's lease: then no live run has a request outstanding.
+        Only call it holding the execution's lease (fenced by its token): then no live run has a request
+        outstanding - a holder stops requesting half a TTL before its lease can expire. RunID is kept: the
+        run that claimed a row may still record the SID Twilio gave it.
         """
         led = self.db.tables.ledger
         reason = sa.literal("left in flight by run ", sa.Unicode) + sa.func.coalesce(led.c.RunID, "?")
         with self.db.begin() as conn:
             res = conn.execute(
                 led.update()
-                .where(led.c.ChannelExecutionID == self.execution_id, led.c.Outcome == INFLIGHT)
+                .where(led.c.ChannelExecutionID == self.execution_id, led.c.Outcome == INFLIGHT, *self._fence())
                 .values(Outcome=AMBIGUOUS, Reason=reason, UpdatedAt=utcnow())
             )
+            if not res.rowcount and self._fenced_out(conn):
+                raise self._lost()
         return max(res.rowcount or 0, 0)
+
+
+def held_back_codes(db: Database, execution_id: int) -> Counter:
+    """Error codes of the planned rows a send held back (refused for the sender's or account's fault)."""
+    led = db.tables.ledger
+    q = (sa.select(led.c.ErrorCode, sa.func.count())
+         .where(led.c.ChannelExecutionID == int(execution_id), led.c.Outcome == PLANNED, led.c.ErrorCode.is_not(None))
+         .group_by(led.c.ErrorCode))
+    with db.connect() as conn:
+        return Counter({int(code): int(n) for code, n in conn.execute(q)})
 
 
 def _twilio_time(message: dict | None) -> datetime | None:
@@ -248,6 +326,7 @@ class WriterStats:
     segments: int = 0
     flushes: int = 0
     opted_out: int = 0
+    unrecorded: int = 0  # answers whose row was no longer this run's (its lease was taken over)
     error_codes: Counter = field(default_factory=Counter)
 
 
@@ -256,7 +335,8 @@ class OutcomeWriter:
 
     Each flush is one transaction: the ledger rows (guarded by their expected Outcome and this
     RunID, so a row taken over by another run is never overwritten), the Twilio_MessageIDs rows of
-    the accepted SIDs, and TwilioSMS_Suppression STOP rows for 21610 refusals.
+    the accepted SIDs (all of them: see the module's fencing rule), and TwilioSMS_Suppression STOP rows
+    for 21610 refusals. `stats.unrecorded` counts answers no longer written to their ledger row.
     """
 
     def __init__(self, db: Database, channel: Channel, execution_id: int, run_id: str, stg: sa.Table,
@@ -356,15 +436,18 @@ class OutcomeWriter:
             sa.Column("Reason", sa.Unicode(_REASON_MAX), nullable=True),
         ]
 
-    def _merge(self, conn, now: datetime) -> None:
+    def _merge(self, conn, now: datetime) -> int:
         """Staged outcomes -> ledger in one UPDATE ... FROM, each row guarded by the Outcome it must have:
-        inflight under this RunID for a request's answer, ambiguous for an adopted SID."""
+        inflight under this RunID for a request's answer, ambiguous for an adopted SID, and for a SID this
+        run was given also ambiguous under this RunID (a run that took over marked it orphaned)."""
         led, stg = self.db.tables.ledger, self.stg
+        mine = led.c.RunID == self.run_id
         guard = sa.or_(
             sa.and_(stg.c.Kind == "adopt", led.c.Outcome == AMBIGUOUS),
-            sa.and_(stg.c.Kind != "adopt", led.c.Outcome == INFLIGHT, led.c.RunID == self.run_id),
+            sa.and_(stg.c.Kind != "adopt", led.c.Outcome == INFLIGHT, mine),
+            sa.and_(stg.c.Kind == SENT, led.c.Outcome == AMBIGUOUS, mine),
         )
-        conn.execute(
+        res = conn.execute(
             led.update()
             .where(led.c.ChannelExecutionID == self.execution_id, led.c.RPContactID == stg.c.RPContactID, guard)
             .values(
@@ -375,6 +458,7 @@ class OutcomeWriter:
                 ErrorCode=stg.c.ErrorCode, Reason=stg.c.Reason, UpdatedAt=now, RunID=self.run_id,
             )
         )
+        return max(res.rowcount or 0, 0)
 
     def _flush(self, batch: list) -> None:
         now = utcnow()
@@ -410,7 +494,7 @@ class OutcomeWriter:
             rows[item.rpcontactid] = row
         with self.db.begin() as conn:
             self.db.bulk_insert(conn, self.stg, list(rows.values()))
-            self._merge(conn, now)
+            stats.unrecorded += len(rows) - self._merge(conn, now)
             if sids:
                 self._stage_message_ids(conn)
             if stops:
@@ -421,16 +505,16 @@ class OutcomeWriter:
         stats.flushes += 1
 
     def _stage_message_ids(self, conn) -> None:
-        """Accepted SIDs of this flush -> Twilio_MessageIDs (seeds are not tracked), from the ledger rows
-        just recorded, so a SID lands only if its ledger row really became `sent`."""
+        """Accepted SIDs of this flush -> Twilio_MessageIDs (seeds are not tracked), whether or not their
+        ledger row took them: a message Twilio holds is tracked so its states are synced, even when the
+        run that got it had lost its lease and the row was meanwhile resolved another way."""
         led, stg = self.db.tables.ledger, self.stg
         # Joined on the ledger's primary key: the cost follows the flush, not the execution's size.
         source = sa.select(
-            led.c.MessageSID.label("MessageID"), led.c.RPContactID, led.c.ChannelExecutionID,
+            stg.c.MessageSID.label("MessageID"), led.c.RPContactID, led.c.ChannelExecutionID,
             sa.literal(self.channel.sender, sa.Unicode(64)).label("Sender"), led.c.ToNumber,
-            led.c.StatusAt.label("SentAt"), led.c.MessageStatus.label("LastStatus"),
+            stg.c.StatusAt.label("SentAt"), stg.c.MessageStatus.label("LastStatus"),
         ).select_from(stg.join(led, sa.and_(led.c.ChannelExecutionID == self.execution_id,
                                             led.c.RPContactID == stg.c.RPContactID))
-        ).where(led.c.Outcome == SENT, led.c.IsSeed == sa.false(), stg.c.MessageSID.is_not(None),
-                led.c.MessageSID == stg.c.MessageSID)
+        ).where(stg.c.Kind.in_([SENT, "adopt"]), led.c.IsSeed == sa.false(), stg.c.MessageSID.is_not(None))
         self.db.insert_missing(conn, self.db.tables.message_ids, source, match=["MessageID"])

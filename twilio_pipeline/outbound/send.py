@@ -3,6 +3,9 @@
 Order matters for "never twice": rows a dead run left in flight and ambiguous rows of earlier runs
 are reconciled before anything else is claimed; then the planned rows are claimed in batches and
 sent through the worker pool; then this run's ambiguous outcomes are reconciled (adopt or resend).
+Refusals that blame the sender or the account (21606 ...) leave their recipients unsent (see dispatch.py);
+`sender_error_limit` of them in a row stop the send: results are written (they count as Pending), Status
+`failed` with the code, and SenderRejected is raised so the run fails with that one line.
 """
 
 from __future__ import annotations
@@ -13,8 +16,8 @@ from dataclasses import dataclass
 from twilio_pipeline.channels import Channel
 from twilio_pipeline.db import Database
 from twilio_pipeline.outbound.dispatch import Dispatcher, Progress
-from twilio_pipeline.outbound.errors import OutboundInputError
-from twilio_pipeline.outbound.execution import read_execution
+from twilio_pipeline.outbound.errors import ExecutionCancelled, OutboundInputError
+from twilio_pipeline.outbound.execution import mark_failed, read_execution
 from twilio_pipeline.outbound.interaction_log import InteractionLog
 from twilio_pipeline.outbound.lease import execution_lease
 from twilio_pipeline.outbound.ledger import (
@@ -25,10 +28,10 @@ from twilio_pipeline.outbound.ledger import (
     OutcomeWriter,
     ledger_counts,
 )
-from twilio_pipeline.outbound.reconcile import DEFAULT_ROUNDS, DEFAULT_SETTLE_S, Reconciler
+from twilio_pipeline.outbound.reconcile import DEFAULT_ROUNDS, Reconciler
 from twilio_pipeline.outbound.summary import StepSummary
 from twilio_pipeline.rules.phones import SEGMENTS_PER_SECOND, TWILIO_QUEUE_HOURS, drain_capacity, sender_kind
-from twilio_pipeline.twilio import CredentialsRejected, TwilioApiError
+from twilio_pipeline.twilio import CredentialsRejected, SenderRejected, TwilioApiError
 
 CLAIM_BATCH = 500
 
@@ -47,6 +50,7 @@ class SendSummary(StepSummary):
     orphans: int = 0
     unresolved: int = 0
     opted_out_on_send: int = 0
+    held_back: int = 0  # refused for the sender's or the account's fault: left unsent (Pending)
     segments: int = 0
     http_requests: int = 0
     throttled: int = 0
@@ -57,6 +61,7 @@ class SendSummary(StepSummary):
     nothing_to_send: bool = False
     error_codes: str = ""
     interaction_log: str = ""
+    cancelled: bool = False
 
 
 def drain_check(client, channel: Channel, segments: int, log) -> tuple[float, str]:
@@ -91,9 +96,11 @@ def drain_check(client, channel: Channel, segments: int, log) -> tuple[float, st
 
 def send_execution(db: Database, client, channel: Channel, execution_id: int, *, run_id: str, log,
                    progress: Progress | None = None, claim_batch: int = CLAIM_BATCH,
-                   settle_s: float = DEFAULT_SETTLE_S, reconcile_rounds: int = DEFAULT_ROUNDS,
+                   settle_s: float | None = None, reconcile_rounds: int = DEFAULT_ROUNDS,
                    lease_ttl_s: float = 60.0) -> SendSummary:
-    """Send what was never sent; reconcile what is in doubt. Holds the execution's lease throughout."""
+    """Send what was never sent; reconcile what is in doubt. Holds the execution's lease throughout.
+
+    `settle_s` overrides the channel's `reconcile.settle_s` (tests)."""
     execution_id = int(execution_id)
     row = read_execution(db, execution_id)
     if row is None:
@@ -102,21 +109,47 @@ def send_execution(db: Database, client, channel: Channel, execution_id: int, *,
         db.drop_orphan_staging()
         with db.staging_table("send", OutcomeWriter.staging_columns()) as stg:
             writer = OutcomeWriter(db, channel, execution_id, run_id, stg)
-            claims = Claims(db, execution_id, run_id)
+            claims = Claims(db, execution_id, run_id, lease=lease)
             dispatcher = Dispatcher(client, channel, writer, claims, media_url=row.media_url, log=log,
                                     progress=progress, lease=lease)
-            reconciler = Reconciler(db, client, channel, execution_id, writer=writer, claims=claims,
-                                    dispatcher=dispatcher, log=log, settle_s=settle_s, rounds=reconcile_rounds)
+            reconciler = Reconciler(
+                db, client, channel, execution_id, writer=writer, claims=claims, dispatcher=dispatcher, log=log,
+                settle_s=channel.reconcile.settle_s if settle_s is None else settle_s, rounds=reconcile_rounds,
+                resend_unconfirmed=channel.reconcile.resend_unconfirmed)
             ilog = InteractionLog(log, channel.name)
             summary = SendSummary(execution_id=execution_id, channel=channel.name)
             requests_before, throttled_before = client.request_count, getattr(client, "throttled_count", 0)
+            stopped: SenderRejected | None = None
             try:
                 _send(db, client, channel, execution_id, claims, dispatcher, reconciler, writer, ilog, summary,
                       log, claim_batch)
+            except ExecutionCancelled as exc:  # not a failure: the upstream asked; the rest stays planned
+                summary.cancelled = True
+                ilog.warning(str(exc))
+            except SenderRejected as exc:  # the channel is at fault: stop, keep the recipients unsent
+                stopped = exc
             finally:
                 writer.close()
+        if stopped is not None:
+            _record_sender_stop(db, channel, execution_id, stopped, ilog)
+    summary.held_back = sum(dispatcher.sender_errors.values())
     _summarise(db, client, execution_id, writer, reconciler, ilog, summary, requests_before, throttled_before)
+    if stopped is not None:
+        raise stopped
     return summary
+
+
+def _record_sender_stop(db: Database, channel: Channel, execution_id: int, exc: SenderRejected,
+                        ilog: InteractionLog) -> None:
+    """Results as the ledger stands (the held-back recipients count as Pending) and Status `failed`
+    naming the code (unless the upstream set a status of its own), before the run fails."""
+    from twilio_pipeline.outbound.commit import compute_results
+
+    results = compute_results(db, channel, execution_id)
+    with db.begin() as conn:
+        db.write_results(conn, execution_id, results)
+    mark_failed(db, execution_id, str(exc))
+    ilog.warning(str(exc))
 
 
 def _send(db: Database, client, channel: Channel, execution_id: int, claims: Claims, dispatcher: Dispatcher,
@@ -156,7 +189,7 @@ def _send(db: Database, client, channel: Channel, execution_id: int, claims: Cla
 def _summarise(db: Database, client, execution_id: int, writer: OutcomeWriter, reconciler: Reconciler,
                ilog: InteractionLog, summary: SendSummary, requests_before: int, throttled_before: int) -> None:
     rec, w = reconciler.stats, writer.stats
-    summary.requests_this_run = w.sent + w.refused + w.ambiguous
+    summary.requests_this_run = w.sent + w.refused + w.ambiguous + summary.held_back
     summary.sent, summary.refused, summary.ambiguous = w.sent, w.refused, w.ambiguous
     summary.adopted, summary.resent = rec.adopted, rec.resent
     summary.opted_out_on_send = w.opted_out
@@ -174,6 +207,8 @@ def _summarise(db: Database, client, execution_id: int, writer: OutcomeWriter, r
         ilog.info(
             f"this run: {w.sent} accepted, {w.refused} refused by Twilio"
             + (f" ({summary.error_codes})" if summary.error_codes else "")
+            + (f", {summary.held_back} refused for the sender's or the account's fault (left unsent)"
+               if summary.held_back else "")
             + f", {rec.adopted} found at Twilio after an ambiguous answer, {rec.resent} re-sent, "
             f"{summary.unresolved} unresolved; {summary.http_requests} HTTP request(s), "
             f"{summary.throttled} throttled"

@@ -130,6 +130,8 @@ class SandboxApp:
             (r(r"^/2010-04-01/Accounts/([^/]+)/IncomingPhoneNumbers\.json$"), _API,
              {"GET": ("GET IncomingPhoneNumbers", self.list_numbers),
               "POST": ("POST IncomingPhoneNumbers", self.provision_number)}),
+            (r(r"^/2010-04-01/Accounts/([^/]+)/IncomingPhoneNumbers/([^/]+)\.json$"), _API,
+             {"DELETE": ("DELETE IncomingPhoneNumber", self.release_number)}),
             (r(r"^/2010-04-01/Accounts/([^/]+)/SMS/ShortCodes\.json$"), _API,
              {"GET": ("GET ShortCodes", self.list_short_codes)}),
             (r(r"^/2010-04-01/Accounts/([^/]+)\.json$"), _API,
@@ -475,6 +477,14 @@ class SandboxApp:
         self._check_account(request, account_sid)
         number = self.model.provision_number((request.form().get("PhoneNumber") or [None])[0])
         return self._json(201, self._incoming_number(number, account_sid))
+
+    def release_number(self, request: Request, account_sid: str, sid: str) -> Response:
+        """Release a number (DELETE IncomingPhoneNumbers/{PNsid}.json): 204, and it no longer sends."""
+        self._check_account(request, account_sid)
+        number = next((n for n in self.model.owned_numbers if _number_sid("PN", n) == sid), None)
+        if number is None or not self.model.release_number(number):
+            raise not_found(request.path)
+        return Response(204, b"")
 
     def list_short_codes(self, request: Request, account_sid: str) -> Response:
         """The account's short codes (those of the built-in service's pool)."""

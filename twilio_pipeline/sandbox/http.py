@@ -179,8 +179,8 @@ class Connection(asyncio.Protocol):
         start = end + 4
         if "chunked" in headers.get("transfer-encoding", "").lower():
             parsed = _dechunk(buf, start)
-            if parsed is None:
-                return None
+            if parsed is None or isinstance(parsed, Response):
+                return parsed
             body, consumed = parsed
         else:
             try:
@@ -245,22 +245,45 @@ class Connection(asyncio.Protocol):
             self.transport.close()
 
 
-def _dechunk(buf: bytearray, start: int) -> tuple[bytes, int] | None:
-    """Decode a chunked body starting at `start`; None until it is complete."""
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+
+
+def _dechunk(buf: bytearray, start: int) -> tuple[bytes, int] | Response | None:
+    """Decode a chunked body starting at `start`: (body, bytes consumed), None until it is complete, or the
+    error Response — 400 for a malformed chunk, 413 as soon as the declared sizes pass MAX_BODY (before the
+    data arrives), so chunked framing gets the same limits as Content-Length."""
     body = bytearray()
     pos = start
     while True:
         line_end = buf.find(b"\r\n", pos)
         if line_end < 0:
-            return None
-        size = int(bytes(buf[pos:line_end]).split(b";")[0].strip() or b"0", 16)
+            return _BAD_CHUNK if len(buf) - pos > MAX_HEAD else None
+        size_text = bytes(buf[pos:line_end]).split(b";")[0].strip()
+        if not size_text or len(size_text) > 16 or not set(size_text) <= _HEX:
+            return _BAD_CHUNK
+        size = int(size_text, 16)
+        if len(body) + size > MAX_BODY:
+            return Response(413, b'{"message":"request body too large"}')
         pos = line_end + 2
         if size == 0:
-            trailer_end = buf.find(b"\r\n", pos)
-            if trailer_end < 0:
-                return None
-            return bytes(body), trailer_end + 2
+            return _trailer_end(buf, pos, bytes(body))
         if len(buf) < pos + size + 2:
             return None
+        if buf[pos + size : pos + size + 2] != b"\r\n":
+            return _BAD_CHUNK
         body += buf[pos : pos + size]
         pos += size + 2
+
+
+_BAD_CHUNK = Response(400, b'{"message":"malformed chunked body"}')
+
+
+def _trailer_end(buf: bytearray, pos: int, body: bytes) -> tuple[bytes, int] | Response | None:
+    """Skip the trailer fields after the last chunk, up to the empty line that ends the message."""
+    while True:
+        line_end = buf.find(b"\r\n", pos)
+        if line_end < 0:
+            return _BAD_CHUNK if len(buf) - pos > MAX_HEAD else None
+        if line_end == pos:
+            return body, pos + 2
+        pos = line_end + 2

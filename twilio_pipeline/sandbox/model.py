@@ -223,11 +223,14 @@ class Model:
         self.started = time.time()
         self._clear()
 
-    def _set_numbers(self, bought: Iterable[str]) -> None:
+    def _set_numbers(self, bought: Iterable[str], released: Iterable[str] = ()) -> None:
         """The account's phone numbers: the flag's (default +15005550006), the service's pool and any
-        bought since (POST IncomingPhoneNumbers); any other From is 21606, as on Twilio."""
+        bought since (POST IncomingPhoneNumbers), less those released (DELETE IncomingPhoneNumbers/{sid});
+        any other From is 21606, as on Twilio."""
         self.bought = tuple(dict.fromkeys(bought))
-        self.owned_numbers = tuple(dict.fromkeys((*self.config.owned_numbers, *self.pool, *self.bought)))
+        self.released = frozenset(released) - frozenset(self.bought)
+        self.owned_numbers = tuple(n for n in dict.fromkeys((*self.config.owned_numbers, *self.pool, *self.bought))
+                                   if n not in self.released)
         self.senders = frozenset((*self.owned_numbers, *self.short_codes, *self.alpha_senders))
 
     def provision_number(self, number: str | None) -> str:
@@ -236,9 +239,18 @@ class Model:
         if not number or not is_e164(number):
             raise bad_request(21421, f"PhoneNumber is invalid: {number!r}")
         if number not in self.owned_numbers:
-            self._set_numbers((*self.bought, number))
+            self._set_numbers((*self.bought, number), self.released - {number})
             self.journal({"k": "own", "n": number})
         return number
+
+    def release_number(self, number: str) -> bool:
+        """Release an owned number (Twilio's DELETE IncomingPhoneNumbers/{sid}): from then on a send
+        from it is 21606. False when the account does not own it."""
+        if number not in self.owned_numbers:
+            return False
+        self._set_numbers(tuple(n for n in self.bought if n != number), self.released | {number})
+        self.journal({"k": "release", "n": number})
+        return True
 
     # -- state -------------------------------------------------------------------------------
     def _clear(self) -> None:
@@ -287,7 +299,9 @@ class Model:
             elif kind == "job_del":
                 self.jobs.pop(r["sid"], None)
             elif kind == "own":
-                self._set_numbers((*self.bought, r["n"]))
+                self._set_numbers((*self.bought, r["n"]), self.released - {r["n"]})
+            elif kind == "release":
+                self._set_numbers(tuple(n for n in self.bought if n != r["n"]), self.released | {r["n"]})
             elif kind == "reset":
                 self._clear()
                 bulk = []
@@ -302,6 +316,8 @@ class Model:
         yield {"k": "clock", "offset": self.clock_offset}
         for number in self.bought:
             yield {"k": "own", "n": number}
+        for number in sorted(self.released):
+            yield {"k": "release", "n": number}
         for job in self.jobs.values():
             yield job.record()
         rows: list[list] = []

@@ -13,11 +13,14 @@ from twilio_pipeline.twilio.client import (
 )
 from twilio_pipeline.twilio.dates import format_rfc3339, parse_twilio_date
 from twilio_pipeline.twilio.errors import (
+    SENDER_ERROR_CODES,
     AmbiguousRequest,
     CredentialsRejected,
     MalformedResponse,
+    SenderRejected,
     TwilioApiError,
     TwilioUnavailable,
+    is_sender_error,
 )
 from twilio_pipeline.twilio.redact import REDACTED, Redactor
 from twilio_pipeline.twilio.throttle import AdaptiveLimiter, TokenBucket
@@ -35,11 +38,14 @@ __all__ = [
     "REDACTED",
     "Redactor",
     "RetrySettings",
+    "SENDER_ERROR_CODES",
+    "SenderRejected",
     "TokenBucket",
     "TwilioApiError",
     "TwilioClient",
     "TwilioCredentials",
     "TwilioUnavailable",
     "format_rfc3339",
+    "is_sender_error",
     "parse_twilio_date",
 ]

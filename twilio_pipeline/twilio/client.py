@@ -372,8 +372,12 @@ class TwilioClient:
         data = self._get_json(url, {"PageSize": "1"}, require_list="incoming_phone_numbers", probe=True)
         return len(data["incoming_phone_numbers"])
 
-    def create_message(self, params: Mapping[str, str | Sequence[str]]) -> CreateResult:
-        """POST Messages. Per-recipient refusals and ambiguous outcomes are results, not exceptions."""
+    def create_message(self, params: Mapping[str, str | Sequence[str]],
+                       proceed: Callable[[], bool] | None = None) -> CreateResult:
+        """POST Messages. Per-recipient refusals and ambiguous outcomes are results, not exceptions.
+
+        `proceed` is asked before each retry (only failures that created nothing are retried): False
+        ends the request with TwilioUnavailable, nothing sent - the sender's lease gates every request."""
         started = datetime.now(timezone.utc)
         try:
             return self._create_once(params, started, 1)
@@ -382,6 +386,9 @@ class TwilioClient:
         attempts = [1]
 
         def attempt() -> CreateResult:
+            if proceed is not None and not proceed():
+                raise TwilioUnavailable("not retried: the sender stopped sending", method="POST",
+                                        url=self._show(self._messages_url), attempts=attempts[0])
             attempts[0] += 1
             return self._create_once(params, started, attempts[0])
 
@@ -491,6 +498,22 @@ class TwilioClient:
                 if isinstance(item, dict) and isinstance(item.get("phone_number"), str):
                     numbers.append(item["phone_number"])
         return numbers
+
+    def list_service_short_codes(self, service_sid: str) -> list[str]:
+        """Short codes in a Messaging Service's sender pool (all pages)."""
+        url = f"{self._messaging}/v1/Services/{quote(service_sid, safe='')}/ShortCodes"
+        codes: list[str] = []
+        for page in self._iter_v1_pages(self._messaging, url, "short_codes", MAX_PAGE_SIZE):
+            for item in page:
+                if isinstance(item, dict) and isinstance(item.get("short_code"), str):
+                    codes.append(item["short_code"])
+        return codes
+
+    def list_service_receiving_senders(self, service_sid: str) -> list[str]:
+        """Every sender of a Messaging Service a reply can reach: its phone numbers, then its short codes.
+        AlphaSenders are left out on purpose: an alphanumeric sender ID cannot receive messages."""
+        return list(dict.fromkeys([*self.list_service_phone_numbers(service_sid),
+                                   *self.list_service_short_codes(service_sid)]))
 
     def fetch_service(self, service_sid: str) -> dict | None:
         """GET a Messaging Service; None on 404."""

@@ -74,3 +74,31 @@ class AmbiguousRequest(TwilioUnavailable):
 class MalformedResponse(TwilioApiError):
     """Twilio answered 2xx with a body we cannot use: not JSON, truncated, an error body, or required
     fields missing."""
+
+
+# Refusals on create that blame the sender or the account, not the recipient (Twilio's error dictionary,
+# www.twilio.com/docs/api/errors/<code>): the next request from the same channel would very likely get the
+# same answer, so the recipient is not at fault and must not be recorded as a final refusal.
+SENDER_ERROR_CODES: dict[int, str] = {
+    21601: "From is not an SMS-capable inbound number of this account",
+    21212: "invalid From number",
+    21606: "From is not a message-capable phone number of this account",
+    21608: "trial account: the To number is not verified",
+    21659: "From is not a Twilio number (or a short code of another country)",
+    21660: "From does not belong to this account",
+    21661: "From is not SMS-capable",
+    21701: "the Messaging Service SID is invalid",
+    21703: "the Messaging Service has no sender available for this message",
+    21704: "the Messaging Service contains no phone numbers",
+    21705: "the Messaging Service is invalid",
+}
+
+
+def is_sender_error(code: int | None) -> bool:
+    """True for a create refusal that is the sender's or the account's fault (SENDER_ERROR_CODES)."""
+    return code in SENDER_ERROR_CODES
+
+
+class SenderRejected(TwilioApiError):
+    """`sender_error_limit` creates in a row were refused for the sender's or the account's fault: the send
+    stopped; the recipients refused that way stay unsent, to be sent once the channel is fixed."""

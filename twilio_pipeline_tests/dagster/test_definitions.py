@@ -3,7 +3,9 @@ sensors and schedules the docs promise."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 
@@ -27,6 +29,17 @@ def test_asset_graph_has_the_cards_groups():
     assert {k for k, g in groups.items() if g == "inbound"} == INBOUND
     for key in graph.get_all_asset_keys():
         assert graph.get(key).description, f"{key} has no description"
+
+
+def test_descriptions_render_their_placeholders_on_the_asset_page():
+    """The UI renders descriptions as Markdown: a bare `<status>` is swallowed as an HTML tag, so every
+    placeholder in angle brackets must sit inside a code span."""
+    graph = defs.resolve_asset_graph()
+    texts = [graph.get(key).description or "" for key in graph.get_all_asset_keys()]
+    texts += [job.description or "" for job in defs.resolve_all_job_defs()]
+    for text in texts:
+        outside_code = re.sub(r"`[^`]*`", "", text)
+        assert not re.search(r"<[A-Za-z][^>]*>", outside_code), f"markup swallowed by the UI in: {text!r}"
 
 
 def test_checks_jobs_sensors_schedules_are_there():
@@ -54,3 +67,20 @@ def test_dagster_cli_validates_the_workspace(tmp_path):
                           timeout=180, cwd=project_root())
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Validation successful" in proc.stderr + proc.stdout
+
+
+def test_dg_knows_the_project_from_the_repo_root():
+    """`dg check defs` and `dg list defs`, Dagster's current CLI, load this code location from the repo root."""
+    venv = os.path.dirname(os.path.dirname(sys.executable))
+    env = {**os.environ, "VIRTUAL_ENV": venv, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+    dg_cli = os.path.join(os.path.dirname(sys.executable), "dg")
+    check = subprocess.run([dg_cli, "check", "defs"], cwd=project_root(), env=env, capture_output=True, text=True,
+                           timeout=180)
+    assert check.returncode == 0 and "All definitions loaded successfully" in check.stdout + check.stderr, check
+    listed = subprocess.run([dg_cli, "list", "defs", "--json"], cwd=project_root(), env=env, capture_output=True,
+                            text=True, timeout=180)
+    assert listed.returncode == 0, listed
+    inventory = json.loads(listed.stdout)
+    assets = {a["asset_key"] for a in inventory["assets"]}
+    assert OUTBOUND | INBOUND <= assets, assets
+    assert {s["name"] for s in inventory["sensors"]} >= {"queue_listener", "execution_sync_chain"}

@@ -151,10 +151,10 @@ def test_lease_is_exclusive_and_a_dead_or_expired_holder_is_replaced(db):
     assert db.acquire_lease("send:1", "run-a") is None  # re-entrant for its owner
     db.release_lease("send:1", "run-a")
     assert db.acquire_lease("send:1", "run-b") is None
-    # expired
+    # expired: on another host (a live holder on this host is never taken over: see test_lease.py)
     leases = db.tables.leases
     with db.begin() as conn:
-        conn.execute(leases.update().values(ExpiresAt=utcnow() - timedelta(seconds=1)))
+        conn.execute(leases.update().values(Host="another-host", ExpiresAt=utcnow() - timedelta(seconds=1)))
     assert db.acquire_lease("send:1", "run-c") is None
     # dead process on this host
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -220,7 +220,8 @@ def test_bulk_insert_keeps_every_value_exactly(db):
     naive = datetime(2026, 3, 4, 5, 6, 7, 890123)
     rows = [{"MessageSID": f"SM{i:032x}", "FromNumber": "+14155550100", "ToNumber": None, "MessagingServiceID": None,
              "Body": body, "Keyword": None if i % 2 else body[:50], "DateSent": naive if i % 3 else None,
-             "ParsedAt": None, "FetchedAt": naive.replace(microsecond=0)}
+             "ParsedAt": None, "FetchedAt": naive.replace(microsecond=0),
+             "Account": None if i % 2 else "ACME"}
             for i, body in enumerate(AWKWARD_TEXTS + [None])]
     with db.begin() as conn:
         assert db.bulk_insert(conn, ib, rows) == len(rows)

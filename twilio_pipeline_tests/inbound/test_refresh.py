@@ -125,7 +125,7 @@ def test_messaging_service_lists_each_pool_number(db, sb, client, log):
     sb.inbound(c, SENDER, "STOP")  # not the service
     s = refresh_inbound(db, client, channel, log=log)
     assert s.pool_numbers == len(SANDBOX_POOL_NUMBERS)
-    assert s.api_calls == 1 + len(SANDBOX_POOL_NUMBERS)
+    assert s.api_calls == 2 + len(SANDBOX_POOL_NUMBERS)  # PhoneNumbers, ShortCodes (none here), one list each
     assert (s.new_inbound, s.opt_outs) == (2, 2)
     assert suppressed(db, channel) == {a, b}
     assert suppressed(db, make_channel()) == set()  # the long code has not been refreshed

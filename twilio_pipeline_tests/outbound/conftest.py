@@ -90,6 +90,7 @@ def assert_exactly_once(db, sb, execution_id: int) -> list[dict]:
 
 
 def identities(results: dict) -> None:
-    parts = sum(results[k] for k in ("InvalidNumbers", "Duplicates", "Unsubscribed", "NotRendered", "Targeted"))
+    parts = sum(results[k] for k in ("InvalidNumbers", "Duplicates", "Unsubscribed", "NotRendered", "Targeted",
+                                    "Pending"))
     assert results["CountBeforeDedup"] == parts, results
     assert results["Targeted"] == results["Sent"] + results["SendFailed"] + results["Unresolved"], results

@@ -14,6 +14,7 @@ from twilio_pipeline.outbound import (
     plan_execution,
     run_outbound,
 )
+from twilio_pipeline.outbound.plan import SEED_ID_BASE
 from twilio_pipeline.twilio import CredentialsRejected
 from twilio_pipeline_tests.outbound.conftest import (
     SENDER,
@@ -88,7 +89,8 @@ def test_counts_identities_and_interaction_log(db, sandbox, log):
     assert by_id[10]["Outcome"] == "invalid" and "default_region" in by_id[10]["Reason"]
     assert by_id[13]["Outcome"] == "not_rendered" and "FirstName" in by_id[13]["Reason"]
     assert by_id[15]["ErrorCode"] == 21211 and by_id[16]["ErrorCode"] == 21610
-    assert by_id[-1]["IsSeed"] and by_id[-1]["Outcome"] == "sent" and by_id[-2]["Outcome"] == "invalid"
+    first, second = SEED_ID_BASE - 1, SEED_ID_BASE - 2
+    assert by_id[first]["IsSeed"] and by_id[first]["Outcome"] == "sent" and by_id[second]["Outcome"] == "invalid"
     assert by_id[1]["Body"] == "Hi Ada, 20% off today at the store"
 
     # First states: Queued per accepted message, Failed with the error code per refusal; seeds untracked.

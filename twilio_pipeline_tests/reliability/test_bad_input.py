@@ -11,7 +11,10 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
+import time
+import tracemalloc
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -21,11 +24,18 @@ import pytest
 import sqlalchemy as sa
 
 from twilio_pipeline.audience import create_execution
-from twilio_pipeline.channels import parse_channels
+from twilio_pipeline.channels import ChannelConfigError, load_channels, parse_channels
 from twilio_pipeline.db.database import to_naive_utc
 from twilio_pipeline.inbound import fetch_statuses, load_states, parse_keywords, refresh_inbound, suppressed_numbers
 from twilio_pipeline.logs import ListLog
-from twilio_pipeline.outbound import client_for_channel, commit_execution, plan_execution, run_outbound, send_execution
+from twilio_pipeline.outbound import (
+    OutboundInputError,
+    client_for_channel,
+    commit_execution,
+    plan_execution,
+    run_outbound,
+    send_execution,
+)
 from twilio_pipeline.twilio import Endpoints, RetrySettings, TwilioClient, TwilioCredentials, parse_twilio_date
 from twilio_pipeline_tests.reliability.conftest import (
     SENDER,
@@ -45,6 +55,8 @@ class Case:
     attributes: str | None  # OfferHistorySG.Attributes as stored (JSON text or NULL)
     outcome: str            # the ledger Outcome the recipient must end with
     detail: str             # the E.164 it is sent to (sent), else a fragment of the recorded reason
+    body: str | None = None  # the exact text the phone must get (sent cases that check it)
+    sqlite_only: bool = False  # a value PostgreSQL cannot even store (a NUL in text): the upstream never has it
 
 
 def _msg(text: str) -> str:
@@ -91,12 +103,82 @@ REGION = [
     Case("another country's national format", "020 7946 0958", OK, "invalid", "too long"),
     Case("international number with default_region", "+44 20 7946 0959", OK, "sent", "+442079460959"),
 ]
+# Issue 13: hostile recipients for the template "{{Msg}}" - each a counted, recorded outcome, never a
+# crashed execution, never a NUL texted.
+HOSTILE = [
+    Case("NUL escaped in a value (PostgreSQL COPY aborted the execution)", "+14155550151",
+         '{"Msg": "Hi\\u0000there"}', "not_rendered", "contains a NUL character"),
+    Case("NUL stored in Attributes", "+14155550152", '{"Msg": "Hi\x00there"}', "not_rendered",
+         "Attributes contains a NUL character", sqlite_only=True),
+    Case("NUL stored in AddressKey", "+1415555\x000153", OK, "invalid", "contains a NUL character", sqlite_only=True),
+    Case("bell character in a value", "+14155550154", '{"Msg": "Ding\\u0007"}', "not_rendered",
+         "control character U+0007"),
+    Case("bell character in AddressKey", "+1415555\x070155", OK, "invalid", "control character U+0007",
+         sqlite_only=True),
+    Case("Attributes a JSON string", "+14155550156", '"Hello"', "not_rendered", "not a JSON object"),
+    Case("Attributes a JSON number", "+14155550157", "42", "not_rendered", "not a JSON object"),
+    Case("Attributes 100,000 arrays deep", "+14155550158", '{"Msg": ' + "[" * 100_000 + "]" * 100_000 + "}",
+         "not_rendered", "nested too deeply"),
+    Case("Attributes of 1.2 MB", "+14155550159", _msg("x" * 1_200_000), "not_rendered",
+         "Attributes is 1200011 characters, over 1000000"),
+    Case("NaN is not JSON", "+14155550160", '{"Msg": NaN}', "not_rendered", "not valid JSON"),
+    Case("2,000 emoji", "+14155550161", _msg("\U0001F600" * 2000), "not_rendered", "2000 characters"),
+    Case("a value of only whitespace", "+14155550162", _msg(" \t \n "), "not_rendered", "body is empty"),
+    Case("CRLF in a value", "+14155550163", _msg("Line one\r\nLine two"), "sent", "+14155550163",
+         body="Line one\r\nLine two"),
+    Case("RTL text with a right-to-left mark", "+14155550164", _msg("\u200fمرحبا بكم"), "sent", "+14155550164",
+         body="\u200fمرحبا بكم"),
+    Case("backslash-N text is not NULL", "+14155550165", _msg("\\N"), "sent", "+14155550165", body="\\N"),
+    Case("right-to-left mark in AddressKey", "\u200f+14155550166", OK, "invalid", "not digits"),
+    Case("full-width digits", "+１４１５５５５０１６７", OK, "sent", "+14155550167"),
+    Case("Arabic-Indic digits", "+١٤١٥٥٥٥٠١٦٨", OK, "sent", "+14155550168"),
+    Case("full-width duplicate of an ASCII number", "+１４１５５５５０１６３", OK, "duplicate", "duplicate of RPContactID"),
+    Case("tel: URI", "tel:+1-415-555-0169", OK, "invalid", "contains letters"),
+    Case("40 digits", "1" * 40, OK, "invalid", "too long"),
+    Case("CRLF around AddressKey", "+14155550170\r\n", OK, "sent", "+14155550170"),
+    Case("an extension", "+1 415 555 0171;ext=12", OK, "invalid", "contains letters"),
+    Case("SQL in a value, quoted and commented", "+14155550172", _msg("x' OR '1'='1'; --\t\\"), "sent",
+         "+14155550172", body="x' OR '1'='1'; --\t\\"),
+]
+# Merge-field names of Unicode letters, digits and _ . - ; values rendered as the person wrote them.
+MERGE_TEMPLATE = "Bonjour {{Prénom}} ({{ 1st }}, {{first.name}}, {{first-name}}): {{Amount}} {{Flag}}"
+
+
+def _merge(amount: str = "10.50", flag: str = "true", prenom: str = '"Ada"', key: str = "Prénom") -> str:
+    return (f'{{"{key}": {prenom}, "1st": "A", "first.name": "Lovelace", "first-name": "L", '
+            f'"Amount": {amount}, "Flag": {flag}}}')
+
+
+def _said(amount: str = "10.50", flag: str = "true", prenom: str = "Ada") -> str:
+    return f"Bonjour {prenom} (A, Lovelace, L): {amount} {flag}"
+
+
+MERGE = [
+    Case("a JSON number keeps its digits", "+14155550181", _merge(), "sent", "+14155550181", body=_said()),
+    Case("an integer beyond a float", "+14155550182", _merge("12345678901234567890"), "sent", "+14155550182",
+         body=_said("12345678901234567890")),
+    Case("an exponent", "+14155550183", _merge("1.5E3"), "sent", "+14155550183", body=_said("1.5E3")),
+    Case("negative zero", "+14155550184", _merge("-0.0", "false"), "sent", "+14155550184",
+         body=_said("-0.0", "false")),
+    Case("a number written as a string", "+14155550185", _merge('"0010.50"'), "sent", "+14155550185",
+         body=_said("0010.50")),
+    Case("a decomposed é in the key", "+14155550186", _merge(key="Pre\u0301nom"), "sent", "+14155550186",
+         body=_said()),
+    Case("a value holding another merge field", "+14155550187", _merge(prenom='"{{Amount}}"'), "sent",
+         "+14155550187", body=_said(prenom="{{Amount}}")),
+    Case("an object", "+14155550188", _merge('{"a": 1}'), "not_rendered", "merge field Amount is a JSON object"),
+    Case("an array", "+14155550189", _merge("[1, 2]"), "not_rendered", "merge field Amount is a JSON array"),
+    Case("null", "+14155550190", _merge("null"), "not_rendered", "merge field Amount is NULL"),
+    Case("a lone surrogate escape", "+14155550191", _merge(prenom='"\\udc80"'), "not_rendered",
+         "invalid Unicode"),
+]
 GOOD = 10  # ordinary recipients between the bad ones: none of them may be affected
 
 
-def _create(db, execution_id: int, channel_name: str, cases: list[Case], good_start: int) -> dict[int, Case]:
+def _create(db, execution_id: int, channel_name: str, cases: list[Case], good_start: int,
+            template: str = "{{Msg}}", good_attributes: str = _msg("Your offer")) -> dict[int, Case]:
     """The execution with each case and GOOD ordinary recipients interleaved; RPContactID -> Case."""
-    create_execution(db, execution_id, channel_name, "{{Msg}}", [])
+    create_execution(db, execution_id, channel_name, template, [])
     rows, by_id, rid = [], {}, 0
     good = iter(range(good_start, good_start + GOOD * 10))
     for i, case in enumerate(cases):
@@ -107,43 +189,55 @@ def _create(db, execution_id: int, channel_name: str, cases: list[Case], good_st
         if i % 3 == 0 and len([c for c in by_id.values() if c.what == "good"]) < GOOD:
             rid += 1
             number = f"+1628555{next(good):04d}"
-            by_id[rid] = Case("good", number, _msg("Your offer"), "sent", number)
+            by_id[rid] = Case("good", number, good_attributes, "sent", number)
             rows.append({"RPContactID": rid, "ChannelExecutionID": execution_id, "AddressKey": number,
-                         "Attributes": _msg("Your offer")})
+                         "Attributes": good_attributes})
     with db.begin() as conn:
         db.bulk_insert(conn, db.tables.offer_history, rows)
     return by_id
+
+
+def _client(sb, chans, name: str):
+    return client_for_channel(TwilioCredentials(sb.account_sid, sb.auth_token), chans.get(name),
+                              Endpoints(sb.base_url, sb.base_url, sb.base_url))
+
+
+def _send_and_check(db, sb, chans, eid: int, name: str, expected: dict[int, Case], texted: dict[str, int]) -> None:
+    """Send the execution the way production does (connectivity, refresh, plan, send, commit); every case
+    ends with its outcome and reason (or exact text at the sandbox), and the results add up."""
+    with _client(sb, chans, name) as client:
+        run = run_outbound(db, client, chans, eid, run_id=f"run-{uuid.uuid4().hex[:8]}", log=ListLog(), settle_s=0.1)
+    rows = {r["RPContactID"]: r for r in ledger(db, eid)}
+    bodies = {m["sid"]: m["body"] for m in sb.messages(direction="outbound-api")}
+    for rid, case in expected.items():
+        row = rows[rid]
+        assert row["Outcome"] == case.outcome, (case.what, row["Outcome"], row["Reason"])
+        if case.outcome == "sent":
+            assert row["ToNumber"] == case.detail and row["MessageSID"], (case.what, row)
+            texted[case.detail] = texted.get(case.detail, 0) + 1
+            if case.body is not None:
+                assert bodies[row["MessageSID"]] == case.body, (case.what, bodies[row["MessageSID"]])
+        else:
+            assert case.detail in (row["Reason"] or ""), (case.what, row["Reason"])
+            assert row["MessageSID"] is None
+    assert not any("\x00" in (b or "") for b in bodies.values()), "a NUL was texted"
+    r = run.results.results
+    assert_identities(r)
+    outcomes = [c.outcome for c in expected.values()]
+    assert (r["CountBeforeDedup"], r["InvalidNumbers"], r["NotRendered"], r["Duplicates"], r["Sent"],
+            r["SendFailed"]) == (len(outcomes), outcomes.count("invalid"), outcomes.count("not_rendered"),
+                                 outcomes.count("duplicate"), outcomes.count("sent"), 0)
+    assert run.results.status == "sent"
 
 
 def test_bad_numbers_and_bodies_are_recorded_per_recipient_and_affect_nobody_else(db, make_sandbox):
     sb = make_sandbox()
     specs = [channel("Plain SMS", max_concurrency=8), channel("US Region SMS", max_concurrency=8, default_region="US")]
     chans = parse_channels({"channels": specs})
-    log = ListLog()
     expected = {10: _create(db, 10, "Plain SMS", PLAIN, 100), 11: _create(db, 11, "US Region SMS", REGION, 200)}
     texted: dict[str, int] = {}
     for eid, name in ((10, "Plain SMS"), (11, "US Region SMS")):
-        client = client_for_channel(TwilioCredentials(sb.account_sid, sb.auth_token), chans.get(name),
-                                    Endpoints(sb.base_url, sb.base_url, sb.base_url))
-        with client:
-            run = run_outbound(db, client, chans, eid, run_id=f"run-{uuid.uuid4().hex[:8]}", log=log, settle_s=0.1)
-        rows = {r["RPContactID"]: r for r in ledger(db, eid)}
-        for rid, case in expected[eid].items():
-            row = rows[rid]
-            assert row["Outcome"] == case.outcome, (case.what, row["Outcome"], row["Reason"])
-            if case.outcome == "sent":
-                assert row["ToNumber"] == case.detail and row["MessageSID"], (case.what, row)
-                texted[case.detail] = texted.get(case.detail, 0) + 1
-            else:
-                assert case.detail in (row["Reason"] or ""), (case.what, row["Reason"])
-                assert row["MessageSID"] is None
-        r = run.results.results
-        assert_identities(r)
-        outcomes = [c.outcome for c in expected[eid].values()]
-        assert (r["InvalidNumbers"], r["NotRendered"], r["Duplicates"], r["Sent"], r["SendFailed"]) == (
-            outcomes.count("invalid"), outcomes.count("not_rendered"), outcomes.count("duplicate"),
-            outcomes.count("sent"), 0)
-        assert run.results.status == "sent"
+        _send_and_check(db, sb, chans, eid, name, expected[eid], texted)
     ucs2 = next(r for r in ledger(db, 10) if r["ToNumber"] == "+14155550114")
     assert ucs2["Encoding"] == "UCS-2" and ucs2["Segments"] == 1
     long_body = next(r for r in ledger(db, 10) if r["ToNumber"] == "+14155550113")
@@ -157,6 +251,182 @@ def test_bad_numbers_and_bodies_are_recorded_per_recipient_and_affect_nobody_els
     assert bodies["+14155550122"] == "'); DELETE FROM TwilioSMS_SendLedger; --"
     with db.connect() as conn:  # the SQL text did nothing but travel as data
         assert conn.execute(sa.select(sa.func.count()).select_from(db.tables.offer_history)).scalar() > 0
+
+
+def test_hostile_recipients_are_refused_or_texted_as_written_and_affect_nobody_else(db, make_sandbox):
+    """NUL, control characters and invalid Unicode anywhere in a recipient's row, odd Attributes, odd
+    numbers, and merge fields of Unicode names with JSON values: each recipient gets its own counted,
+    recorded outcome (or exactly the text a person would expect), the execution is sent for everyone
+    else, and no NUL reaches Twilio - on SQLite and PostgreSQL alike."""
+    sb = make_sandbox()
+    chans = parse_channels({"channels": [channel("Hostile SMS", max_concurrency=8)]})
+    hostile = [c for c in HOSTILE if db.dialect == "sqlite" or not c.sqlite_only]
+    expected = {
+        30: _create(db, 30, "Hostile SMS", hostile, 300),
+        31: _create(db, 31, "Hostile SMS", MERGE, 400, template=MERGE_TEMPLATE, good_attributes=_merge()),
+    }
+    texted: dict[str, int] = {}
+    for eid in (30, 31):
+        _send_and_check(db, sb, chans, eid, "Hostile SMS", expected[eid], texted)
+    assert sb.stats()["messages_created_by_to"] == texted
+    assert all(n == 1 for n in texted.values())
+
+
+# Rows of one execution, in the order the upstream wrote them: (RPContactID, AddressKey).
+REPEATED = [
+    (1, "+14155550302"), (1, "+14155550301"),       # same contact, two numbers: the lowest AddressKey is kept
+    (2, "not a number"), (2, "+14155550303"),       # a valid number is kept before an invalid one
+    (3, "+14155550304"), (3, "+14155550304"),       # the same row twice
+    (4, "+1 415 555 0301"),                         # contact 1's kept number: a Duplicate of contact 1
+    (5, "+14155550302"),                            # contact 1's other number: not a duplicate, sent
+    (6, None), (6, None),                           # an invalid contact, twice
+    (0, "+14155550306"), (-7, "+14155550307"), (2**63 - 1, "+14155550308"),  # any BIGINT is a contact key
+    (-1, "+14155550309"),                           # -1 (an upstream's "unknown") next to the channel's seed
+]
+KEPT = {1: "+14155550301", 2: "+14155550303", 3: "+14155550304", 5: "+14155550302", 0: "+14155550306",
+        -7: "+14155550307", 2**63 - 1: "+14155550308", -1: "+14155550309"}
+
+
+def test_a_repeated_contact_counts_once_per_row_and_keeps_the_same_row_whatever_the_order(db, make_sandbox):
+    """Dedupe on RPContactID first, then on the number: every OfferHistorySG row counts once in
+    CountBeforeDedup; a second row of a contact is a Duplicate whatever its number; the row kept does not
+    depend on the order rows were written or where a read chunk ends (README "Dedupe")."""
+    sb = make_sandbox()
+    chans = parse_channels({"channels": [channel("Dedupe SMS", max_concurrency=8, seeds=["+14155550399"])]})
+    orders = {40: REPEATED, 41: REPEATED[::-1], 42: REPEATED[3:] + REPEATED[:3]}
+    for eid, rows in orders.items():
+        create_execution(db, eid, "Dedupe SMS", "Hi {{Name}}", [])
+        with db.begin() as conn:
+            db.bulk_insert(conn, db.tables.offer_history, [
+                {"RPContactID": rid, "ChannelExecutionID": eid, "AddressKey": a, "Attributes": json.dumps({"Name": "x"})}
+                for rid, a in rows])
+    # One execution planned a row at a time: contacts straddle every chunk boundary.
+    plan_execution(db, chans.get("Dedupe SMS"), 42, run_id="plan-1-row", log=ListLog(), chunk_rows=1)
+    for eid in orders:
+        with _client(sb, chans, "Dedupe SMS") as client:
+            run = run_outbound(db, client, chans, eid, run_id=f"run-{eid}", log=ListLog(), settle_s=0.1)
+        rows = {r["RPContactID"]: r for r in ledger(db, eid)}
+        assert {rid: r["ToNumber"] for rid, r in rows.items() if r["Outcome"] == "sent" and not r["IsSeed"]} == KEPT
+        assert [r["ToNumber"] for r in rows.values() if r["IsSeed"] and r["Outcome"] == "sent"] == ["+14155550399"]
+        assert rows[4]["Outcome"] == "duplicate" and rows[4]["Reason"] == "duplicate of RPContactID 1"
+        assert rows[6]["Outcome"] == "invalid"
+        r = run.results.results
+        assert_identities(r)
+        assert (r["CountBeforeDedup"], r["Duplicates"], r["InvalidNumbers"], r["Sent"], r["SeedsSent"]) == (
+            14, 5, 1, 8, 1), (eid, r)
+        assert run.plan.count_before_dedup == 14 and run.plan.duplicates == 5
+    again = plan_execution(db, chans.get("Dedupe SMS"), 40, run_id="replan", log=ListLog())
+    assert (again.count_before_dedup, again.duplicates, again.newly_planned, again.seeds) == (14, 5, 0, 1)
+
+
+EXECUTION_LEVEL = [
+    # (what, MessageBody, MediaUrl, fragment of the one-line StatusReason, PostgreSQL can store it)
+    ("unbalanced merge braces", "Hi {{Name}, your offer", None, "{{ that is not a merge field", True),
+    ("empty merge field", "Hi {{ }}", None, "{{ that is not a merge field", True),
+    ("merge field of punctuation", "Hi {{Na@me}}", None, "{{ that is not a merge field", True),
+    ("stray closing braces", "Hi }} there", None, "}} that is not a merge field", True),
+    ("NUL in MessageBody", "Hi\x00 there", None, "MessageBody contains a NUL character", False),
+    ("escape character in MessageBody", "Hi \x1b[31mred", None, "control character U+001B", False),
+    ("MessageBody of only whitespace", " \t\r\n ", None, "MessageBody cannot be texted to anyone: body is empty",
+     True),
+    ("MessageBody NULL without media", None, None, "body is empty", True),
+    ("MessageBody of 2,000 emoji", "\U0001F600" * 2000, None, "body is 2000 characters, over Twilio's 1600", True),
+    ("javascript: MediaUrl", "Hi", "javascript:alert(1)", "not an http(s) URL", True),
+    ("ftp MediaUrl", "Hi", "ftp://example.com/a.png", "not an http(s) URL", True),
+    ("MediaUrl with a space", "Hi", "https://example.com/a b.png", "not an http(s) URL", True),
+    ("MediaUrl of 10 KB", "Hi", "https://example.com/" + "a" * 10_000, "over 1000", False),
+]
+
+
+def test_a_bad_message_body_or_media_url_fails_the_execution_in_one_line(db, make_sandbox):
+    """A MessageBody or MediaUrl nobody could sensibly get: the execution is `failed` with one line saying
+    why, nobody is planned and nothing is sent (a `{{Name}` used to be texted literally to everyone)."""
+    sb = make_sandbox()
+    chans = parse_channels({"channels": [channel("Exec SMS")]})
+    cases = [c for c in EXECUTION_LEVEL if db.dialect == "sqlite" or c[4]]
+    for eid, (what, body, media, fragment, _) in enumerate(cases, start=50):
+        create_execution(db, eid, "Exec SMS", body, [(1, "+14155550401", {"Name": "Ada"})], media_url=media)
+        with _client(sb, chans, "Exec SMS") as client, pytest.raises(OutboundInputError) as err:
+            run_outbound(db, client, chans, eid, run_id=f"run-{eid}", log=ListLog(), settle_s=0.1)
+        message = str(err.value)
+        assert fragment in message and "\n" not in message and len(message) <= 300, (what, message)
+        ex = db.tables.executions
+        with db.connect() as conn:
+            status, reason = conn.execute(sa.select(ex.c.Status, ex.c.StatusReason)
+                                          .where(ex.c.ChannelExecutionID == eid)).one()
+        assert (status, reason) == ("failed", message), what
+        assert ledger(db, eid) == [], what
+    assert sb.stats()["messages_outbound"] == 0
+
+
+def test_the_copy_encoder_refuses_a_nul_in_one_line(db):
+    """PostgreSQL text cannot hold a NUL: should one ever reach the bulk load, the error names the table and
+    column in one line instead of the driver's "invalid byte sequence"; SQLite stores it as given."""
+    oh = db.tables.offer_history
+    row = {"RPContactID": 1, "ChannelExecutionID": 1, "AddressKey": "+1415\x00", "Attributes": None}
+    with db.begin() as conn:
+        if db.dialect == "postgresql":
+            with pytest.raises(ValueError, match=r"cannot store a NUL character in \S*OfferHistorySG\.AddressKey"):
+                db.bulk_insert(conn, oh, [row])
+        else:
+            assert db.bulk_insert(conn, oh, [row]) == 1
+
+
+def test_invalid_utf8_stored_in_sqlite_is_refused_per_recipient(sqlite_db, make_sandbox):
+    """Bytes that are not UTF-8 in a recipient's AddressKey or Attributes (another tool wrote them into
+    SQLite; PostgreSQL refuses them on insert) make that recipient invalid / NotRendered instead of
+    failing the whole audience read."""
+    db = sqlite_db
+    sb = make_sandbox()
+    chans = parse_channels({"channels": [channel("Bytes SMS")]})
+    create_execution(db, 60, "Bytes SMS", "Hi {{Name}}", [
+        (1, "+14155550501", {"Name": "Ada"}), (2, "+14155550502", {"Name": "Bob"}),
+        (3, "+14155550503", {"Name": "Cy"})])
+    oh = db.tables.offer_history
+    with db.begin() as conn:
+        conn.exec_driver_sql(f"UPDATE {oh.name} SET AddressKey = CAST(X'2B31343135FF' AS TEXT) WHERE RPContactID = 2")
+        conn.exec_driver_sql(f"UPDATE {oh.name} SET Attributes = CAST(X'7B224E616D65223A2022C3227D' AS TEXT) "
+                             "WHERE RPContactID = 3")
+    with _client(sb, chans, "Bytes SMS") as client:
+        run = run_outbound(db, client, chans, 60, run_id="run-60", log=ListLog(), settle_s=0.1)
+    rows = {r["RPContactID"]: r for r in ledger(db, 60)}
+    assert rows[1]["Outcome"] == "sent"
+    assert rows[2]["Outcome"] == "invalid" and "invalid Unicode" in rows[2]["Reason"], rows[2]
+    assert rows[2]["AddressKey"] == "+1415\ufffd"
+    assert rows[3]["Outcome"] == "not_rendered" and "invalid Unicode" in rows[3]["Reason"], rows[3]
+    assert_identities(run.results.results)
+    # The same in the execution's own fields: the execution fails in one line, nobody is texted.
+    ex = db.tables.executions
+    for eid, column, fragment in ((61, "MessageBody", "MessageBody contains invalid Unicode"),
+                                  (62, "ChannelName", "names channel 'Bytes SMS\\udcff', which is not in")):
+        create_execution(db, eid, "Bytes SMS", "Hi", [(1, "+14155550511", None)])
+        with db.begin() as conn:
+            conn.exec_driver_sql(f"UPDATE {ex.name} SET {column} = CAST(X'427974657320534D53FF' AS TEXT) "
+                                 f"WHERE ChannelExecutionID = {eid}")
+        with _client(sb, chans, "Bytes SMS") as client, pytest.raises(OutboundInputError, match=re.escape(fragment)):
+            run_outbound(db, client, chans, eid, run_id=f"run-{eid}", log=ListLog(), settle_s=0.1)
+        assert ledger(db, eid) == []
+    assert sb.stats()["messages_created_by_to"] == {"+14155550501": 1}
+
+
+def test_a_reply_holding_a_nul_or_a_broken_surrogate_stops_no_sync_and_loses_no_stop(db, make_sandbox):
+    """A reply body is kept as seen, but PostgreSQL cannot hold a NUL and no UTF-8 encoder takes a lone
+    surrogate: those become U+FFFD, so one odd reply does not fail every sync (and the STOPs with it)."""
+    sb = make_sandbox()
+    chan = parse_channels({"channels": [channel("Reply SMS")]}).channels[0]
+    now = sb.clock()["now_epoch"]
+    sent_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - 600))
+    sb.inbound_bulk([{"From": "+14155550601", "To": SENDER, "Body": "Hi\x00there", "DateSent": sent_at},
+                     {"From": "+14155550602", "To": SENDER, "Body": "bad \ud83d half", "DateSent": sent_at},
+                     {"From": "+14155550603", "To": SENDER, "Body": "STOP", "DateSent": sent_at}])
+    with _client(sb, parse_channels({"channels": [channel("Reply SMS")]}), "Reply SMS") as client:
+        refresh_inbound(db, client, chan, log=ListLog())
+    ib = db.tables.inbound
+    with db.connect() as conn:
+        bodies = {r[0]: r[1] for r in conn.execute(sa.select(ib.c.FromNumber, ib.c.Body))}
+        suppressed = {r[0] for r in conn.execute(suppressed_numbers(db, chan))}
+    assert bodies == {"+14155550601": "Hi\ufffdthere", "+14155550602": "bad \ufffd half", "+14155550603": "STOP"}
+    assert "+14155550603" in suppressed
 
 
 # ---- channel file and execution errors through the real CLI -------------------------------------------
@@ -180,6 +450,27 @@ CHANNEL_FILES = [
     ("unknown region", GOOD_CHANNEL + "    default_region: XX\n", "key 'default_region'"),
     ("no channels key", None, "needs a top-level key 'channels' holding a list of channels"),
     ("empty channel list", "", "key 'channels'"),
+    # issue 13: hostile channel files
+    ("repeated key", GOOD_CHANNEL + "    name: Other\n", "key 'name' is repeated at line 4"),
+    ("tab indentation", "  - name: Demo\n\tfrom_number: '+15005550006'\n", "is not valid YAML at line 3"),
+    ("NUL in a name", '  - name: "De\\0mo"\n    from_number: "+15005550006"\n', "contains a NUL character"),
+    ("escape character in a seed", GOOD_CHANNEL + '    seeds: ["+1415555\\e0100"]\n', "control character U+001B"),
+    ("names differing in case", GOOD_CHANNEL + GOOD_CHANNEL.replace("Demo", "DEMO"),
+     "channel names 'Demo' and 'DEMO' differ only in case or Unicode form"),
+    ("names differing in Unicode form", GOOD_CHANNEL.replace("Demo", "Caf\u00e9") +
+     GOOD_CHANNEL.replace("Demo", "Cafe\u0301"), "differ only in case or Unicode form"),
+    ("a 10,000-character name", GOOD_CHANNEL.replace("Demo", "N" * 10_000), "at most 200 characters"),
+    ("200 unknown keys", GOOD_CHANNEL + "".join(f"    key_{i}: {i}\n" for i in range(200)), "more problem(s)"),
+    ("300 channels with a 300-character keyword each", "".join(
+        GOOD_CHANNEL.replace("Demo", f"D{i}") + f"    keywords: [{'K' * 300}]\n" for i in range(300)),
+     "must be one word of letters or digits"),
+    ("javascript: media in a follow-up", GOOD_CHANNEL + "    keywords: [OFFER]\n"
+     "    follow_ups: {OFFER: {body: hi, media_url: 'javascript:alert(1)'}}\n", "not an http(s) URL"),
+    ("a follow-up body with a broken merge field", GOOD_CHANNEL + "    keywords: [OFFER]\n"
+     "    follow_ups: {OFFER: {body: 'Hi {{Name}'}}\n", "the body has {{ that is not a merge field"),
+    ("a YAML bomb", "".join(f"  - &{c} [" + ",".join([f"*{p}"] * 9) + "]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+     .replace("  - &b", "  - &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n  - &b", 1) + "  - *i\n",
+     "expands to more than 100000 values (YAML aliases); refused"),
 ]
 
 
@@ -215,10 +506,45 @@ def in_process_cli(make_cli, monkeypatch, capsys):
 def test_bad_channel_file_is_one_clear_line(in_process_cli, what, body, fragment):
     in_process_cli.cli.write_channels("- just a list\n" if body is None else "channels:\n" + body if body else
                                       "channels: []\n")
+    started = time.monotonic()
     code, err = in_process_cli("send", "1")
     assert code == 2 and len(err) == 1 and err[0].startswith("error: "), (what, code, err)
     assert fragment in err[0], (fragment, err[0])
     assert "; channel file: key 'channels'" not in err[0], f"a second, misleading problem reported: {err[0]}"
+    assert len(err[0]) <= len("error: ") + 300, (what, len(err[0]), err[0][:400])
+    assert time.monotonic() - started < 5, f"{what}: {time.monotonic() - started:.1f} s"
+
+
+def _write_bytes(cli, data: bytes) -> None:
+    cli.channels_path.write_bytes(data)
+
+
+def test_channel_file_bytes_size_and_expansion_are_bounded(in_process_cli):
+    """A byte-order mark is fine; bytes that are not UTF-8 and a file over 1 MiB are one clear line; a
+    YAML bomb is refused in milliseconds with bounded memory (it took 18 s, 1.6 GB and a 312 MB line)."""
+    cli = in_process_cli.cli
+    good = ("channels:\n" + GOOD_CHANNEL).encode()
+    _write_bytes(cli, b"\xef\xbb\xbf" + good)
+    code, err = in_process_cli("send", "1")
+    assert code == 2 and err == ["error: execution 1 does not exist in SMS_ChannelExecutions"], err
+    for data, fragment in ((good.replace(b"Demo", b"D\xe9mo"), "is not UTF-8 text (byte 0xe9 at offset 21)"),
+                           (good + b"# " + b"x" * (1 << 20) + b"\n", "is over 1024 KiB; refused")):
+        _write_bytes(cli, data)
+        code, err = in_process_cli("send", "1")
+        assert code == 2 and len(err) == 1 and fragment in err[0] and len(err[0]) <= 307, err
+    bomb = "a: &a [" + ",".join(['"lol"'] * 9) + "]\n" + "".join(
+        f"{c}: &{c} [" + ",".join([f"*{p}"] * 9) + "]\n" for p, c in zip("abcdefghijkl", "bcdefghijklm"))
+    cli.write_channels(bomb + "channels:\n  - name: *m\n    from_number: '+15005550006'\n")
+    tracemalloc.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(ChannelConfigError) as err:
+            load_channels(cli.channels_path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert time.monotonic() - started < 1 and peak < 20 * 2**20, (time.monotonic() - started, peak)
+    assert "expands to more than 100000 values" in str(err.value) and len(str(err.value)) <= 300
 
 
 def test_execution_without_recipients_is_one_clear_line(in_process_cli):
@@ -226,6 +552,28 @@ def test_execution_without_recipients_is_one_clear_line(in_process_cli):
     create_execution(in_process_cli.cli.db, 6, "Demo", "Hi", [])
     code, err = in_process_cli("send", "6")
     assert code == 2 and len(err) == 1 and "execution 6 has no recipients" in err[0], (code, err)
+    assert not (in_process_cli.cli.home / "storage").exists(), "no Dagster run may start for bad input"
+
+
+def _status_of(db, execution_id: int) -> tuple[str, str | None]:
+    ex = db.tables.executions
+    with db.connect() as conn:
+        return tuple(conn.execute(sa.select(ex.c.Status, ex.c.StatusReason)
+                                  .where(ex.c.ChannelExecutionID == execution_id)).one())
+
+
+def test_cli_send_of_an_unsendable_execution_is_exit_2_and_records_why(in_process_cli):
+    """A MessageBody nobody can get ({{Name} unbalanced) or no recipients: exit 2 with one line before any run,
+    and the execution is `failed` with that line as its reason (no exception class name), as from any launch."""
+    db = in_process_cli.cli.db
+    create_execution(db, 7, "Demo", "Hi {{Name}", [(1, "+14155550100", {"Name": "Ada"})])
+    create_execution(db, 8, "Demo", "Hi", [])
+    for eid, fragment in ((7, "{{Name}"), (8, "has no recipients")):
+        code, err = in_process_cli("send", str(eid))
+        assert code == 2 and len(err) == 1 and fragment in err[0], (eid, code, err)
+        status, reason = _status_of(db, eid)
+        assert status == "failed" and fragment in reason and "Error:" not in reason, (eid, status, reason)
+        assert err[0] == f"error: {reason}"
     assert not (in_process_cli.cli.home / "storage").exists(), "no Dagster run may start for bad input"
 
 
