@@ -11,6 +11,7 @@ instance concurrency context as the multiprocess executor).
 
 from __future__ import annotations
 
+import os
 import socket
 import uuid
 
@@ -78,6 +79,25 @@ def worker_argv(concurrency: int, name: str | None = None, loglevel: str = "INFO
             f"--loglevel={loglevel}", "--without-gossip", "--without-mingle"]
 
 
+def _stop_recording_signals() -> None:
+    """The CLI records SIGTERM/SIGINT for its in-process runs (twilio_pipeline.signals, a wakeup-fd pipe). In
+    a worker the main process's signals are celery's (SIGTERM = warm shutdown), and every pool process forked
+    from it would inherit that pipe and take the worker's SIGTERM for its own, interrupting the step it
+    should finish. So the worker's main process stops recording before the pool forks; a step still
+    records the signals its own process receives."""
+    import signal
+
+    from twilio_pipeline import signals
+
+    if signals._pipe is None:
+        return
+    signal.set_wakeup_fd(-1)
+    for fd in signals._pipe:
+        os.close(fd)
+    signals._pipe = None
+    signals._seen.clear()
+
+
 def run_worker(concurrency: int, name: str | None = None) -> int:
     """Run a worker in the foreground until SIGTERM/SIGINT. Celery's warm shutdown lets the steps under
     way finish (unstarted prefetched messages go back to the broker) and then the worker exits 0."""
@@ -85,6 +105,7 @@ def run_worker(concurrency: int, name: str | None = None) -> int:
         raise SettingsError(f"--concurrency must be at least 1, not {concurrency}")
     settings = executor_settings()
     app = worker_app(settings)
+    _stop_recording_signals()
     try:
         app.worker_main(worker_argv(concurrency, name))
     except SystemExit as exc:

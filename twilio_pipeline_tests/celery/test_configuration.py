@@ -32,6 +32,7 @@ def test_the_executor_settings_default_and_refuse_a_bad_value_in_one_line():
         executor_settings({"TWILIO_PIPELINE_EXECUTOR": "celery", "TWILIO_PIPELINE_CELERY_BROKER": "rabbit"})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("value, name", [("", "multiprocess"), ("in_process", "in_process"), ("celery", "celery")])
 def test_every_job_of_the_code_location_gets_the_configured_executor(value, name):
     if name == "celery":
@@ -71,6 +72,7 @@ def _cli(env, *args):
                           text=True, timeout=240)
 
 
+@pytest.mark.slow
 def test_a_cli_send_in_sandbox_mode_uses_the_shared_sandbox_whatever_the_executor(shared):
     pytest.importorskip("dagster_celery", reason="the celery extra is not installed")
     out = _cli({**shared["env"], "TWILIO_PIPELINE_EXECUTOR": "celery",
@@ -83,6 +85,7 @@ def test_a_cli_send_in_sandbox_mode_uses_the_shared_sandbox_whatever_the_executo
     assert not (shared["tmp"] / "data" / "sandbox" / "server.json").exists()  # no embedded sandbox started
 
 
+@pytest.mark.slow
 def test_a_bad_executor_or_an_unreachable_shared_sandbox_is_one_line(shared):
     out = _cli({**shared["env"], "TWILIO_PIPELINE_EXECUTOR": "k8s"}, "send", "42")
     assert out.returncode == 2, out.stdout + out.stderr
