@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from twilio_pipeline.cli_errors import EXIT_FAILED, EXIT_OK, CliError
+from twilio_pipeline.cli_errors import EXIT_FAILED, EXIT_INPUT, EXIT_OK, CliError
 
 
 def _prepare_dagster_home() -> None:
@@ -177,6 +177,17 @@ def cmd_demo(args) -> int:
         return run_demo(settings, db, channels, contacts=args.contacts, say=_say)
 
 
+def cmd_worker(args) -> int:
+    """A celery worker for this code location's steps (TWILIO_PIPELINE_EXECUTOR=celery deployments)."""
+    from twilio_pipeline.settings import SettingsError
+    from twilio_pipeline.worker import run_worker
+
+    try:
+        return run_worker(args.concurrency)
+    except SettingsError as exc:
+        raise CliError(str(exc)) from None
+
+
 def _execution_id(text: str) -> int:
     try:
         value = int(text)
@@ -202,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("execution_id", type=_execution_id, metavar="EXECUTION_ID")
     p = sub.add_parser("demo", help="what `make demo` runs")
     p.add_argument("--contacts", type=int, default=2000, metavar="N")
+    p = sub.add_parser("worker", help="a celery worker running this code location's steps")
+    p.add_argument("--concurrency", type=int, default=os.cpu_count() or 1, metavar="N",
+                   help="steps run at once (default: the number of CPUs)")
     return parser
 
 
@@ -214,8 +228,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     record_signals()  # SIGTERM cleans up like Ctrl-C, and the StatusReason can name the signal
     _prepare_dagster_home()
+    from twilio_pipeline.settings import SettingsError
+
     handlers = {"init-db": cmd_init_db, "send": cmd_send, "sync": cmd_sync, "results": cmd_results,
-                "demo": cmd_demo}
+                "demo": cmd_demo, "worker": cmd_worker}
     try:
         return handlers[args.command](args)
     except CliError as exc:
@@ -224,6 +240,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"interrupted by {stop_signal() or 'SIGINT'}", file=sys.stderr, flush=True)
         return EXIT_FAILED
+    except SettingsError as exc:  # raised while loading the Definitions (e.g. TWILIO_PIPELINE_EXECUTOR)
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_INPUT
 
 
 if __name__ == "__main__":

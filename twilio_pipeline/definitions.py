@@ -8,6 +8,7 @@ from twilio_pipeline.defs.outbound import OUTBOUND_ASSETS
 from twilio_pipeline.defs.resources import build_resources
 from twilio_pipeline.defs.schedules import channel_sync_schedule, daily_suppression_refresh
 from twilio_pipeline.defs.sensors import execution_sync_chain, queue_listener
+from twilio_pipeline.worker import job_executor
 
 defs = dg.Definitions(
     assets=[*OUTBOUND_ASSETS, *INBOUND_ASSETS],
@@ -15,4 +16,5 @@ defs = dg.Definitions(
     sensors=[queue_listener, execution_sync_chain],
     schedules=[channel_sync_schedule, daily_suppression_refresh],
     resources=build_resources(),
+    executor=job_executor(),  # TWILIO_PIPELINE_EXECUTOR: multiprocess, in_process or celery
 )

@@ -140,3 +140,32 @@ def automation_on(env: dict[str, str] | None = None) -> bool:
         raise SettingsError(f"TWILIO_PIPELINE_AUTOMATION must be 'on' or 'off', not {value!r}")
     account_configured = bool((env.get("TWILIO_ACCOUNT_SID") or "").strip() or named_accounts(env))
     return not account_configured
+
+
+EXECUTORS = ("multiprocess", "in_process", "celery")
+DEFAULT_CELERY_BROKER = "amqp://guest:guest@127.0.0.1:5672//"
+DEFAULT_CELERY_BACKEND = "rpc://"
+
+
+@dataclass(frozen=True)
+class ExecutorSettings:
+    name: str
+    celery_broker: str = DEFAULT_CELERY_BROKER
+    celery_backend: str = DEFAULT_CELERY_BACKEND
+
+
+def executor_settings(env: dict[str, str] | None = None) -> ExecutorSettings:
+    """TWILIO_PIPELINE_EXECUTOR (+ _CELERY_BROKER/_BACKEND): where every job's steps run, chosen by
+    configuration so that a deployment scales out without a code change."""
+    env = dict(os.environ if env is None else env)
+    name = (env.get("TWILIO_PIPELINE_EXECUTOR") or "multiprocess").strip().lower().replace("-", "_")
+    if name not in EXECUTORS:
+        raise SettingsError(f"TWILIO_PIPELINE_EXECUTOR must be one of {', '.join(EXECUTORS)}, not "
+                            f"{env.get('TWILIO_PIPELINE_EXECUTOR')!r}")
+    broker = (env.get("TWILIO_PIPELINE_CELERY_BROKER") or DEFAULT_CELERY_BROKER).strip()
+    backend = (env.get("TWILIO_PIPELINE_CELERY_BACKEND") or DEFAULT_CELERY_BACKEND).strip()
+    for var, url in (("TWILIO_PIPELINE_CELERY_BROKER", broker), ("TWILIO_PIPELINE_CELERY_BACKEND", backend)):
+        if "://" not in url:
+            raise SettingsError(f"{var} must be a URL such as amqp://user:password@host:5672// or rpc://, "
+                                f"not {url!r}")
+    return ExecutorSettings(name, broker, backend)

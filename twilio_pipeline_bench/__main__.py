@@ -31,6 +31,7 @@ SCENARIOS = {
     "memory": "memory",
     "suppression": "suppression_refresh",
     "deploy": "deployment",
+    "celery": "celery_scaleout",
 }
 ALIASES = {"429": "throttle", "sync": "status", "bulkload": "bulk", "mem": "memory", "refresh": "suppression",
            "send_throughput": "send", "cpu_per_message": "cpu", "throttle_429": "throttle",

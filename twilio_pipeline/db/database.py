@@ -12,6 +12,7 @@ import io
 import os
 import re
 import socket
+import threading
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -28,7 +29,12 @@ from twilio_pipeline.db.schema import Tables, build_tables
 from twilio_pipeline.processes import pid_alive, pid_started_after
 
 HOST = socket.gethostname()
-STAGING_ORPHAN_AGE = timedelta(hours=6)
+# A staging table's owner renews its registry row's HeartbeatAt every STAGING_HEARTBEAT_S while the table
+# is in use; a row not renewed for STAGING_STALE_AFTER belongs to a dead worker, whichever host it ran on
+# (a dead pid is only visible on its own host). Hosts' clocks must agree to well within that window (NTP).
+STAGING_HEARTBEAT_S = 30.0
+STAGING_STALE_AFTER = timedelta(minutes=10)
+STAGING_ORPHAN_AGE = timedelta(hours=6)  # rows of an earlier release, which wrote no heartbeat
 
 
 def utcnow() -> datetime:
@@ -287,14 +293,32 @@ class Database:
         md = sa.MetaData(schema=self.schema)
         table = sa.Table(name, md, *[c._copy() for c in columns])
         reg = self.tables.staging_registry
+        now = utcnow()
         with self.begin() as conn:
-            conn.execute(reg.insert().values(TableName=name, Host=HOST, Pid=os.getpid(), CreatedAt=utcnow()))
+            conn.execute(reg.insert().values(TableName=name, Host=HOST, Pid=os.getpid(), CreatedAt=now,
+                                             HeartbeatAt=now))
+        stop = threading.Event()
+        beat = threading.Thread(target=self._staging_heartbeat, args=(name, stop), daemon=True,
+                                name=f"staging-{name}")
+        beat.start()
         try:
             with self.begin() as conn:
                 table.create(conn)
             yield table
         finally:
+            stop.set()
+            beat.join(timeout=10)
             self._drop_staging(table)
+
+    def _staging_heartbeat(self, name: str, stop: threading.Event) -> None:
+        """Keep the table's registry row fresh so that no host's cleanup takes it for an orphan."""
+        reg = self.tables.staging_registry
+        while not stop.wait(STAGING_HEARTBEAT_S):
+            try:
+                with self.begin() as conn:
+                    conn.execute(reg.update().where(reg.c.TableName == name).values(HeartbeatAt=utcnow()))
+            except Exception:  # noqa: BLE001 - a DB hiccup: the next beat retries, the window is minutes
+                continue
 
     def _drop_staging(self, table: sa.Table) -> None:
         reg = self.tables.staging_registry
@@ -307,14 +331,18 @@ class Database:
             return [r[0] for r in conn.execute(sa.select(self.tables.staging_registry.c.TableName))]
 
     def drop_orphan_staging(self) -> list[str]:
-        """Drop staging tables whose run is gone (same host and dead pid, or older than 6 hours)."""
+        """Drop staging tables whose worker is gone: on this host, a dead pid; on any host, a heartbeat
+        older than STAGING_STALE_AFTER. A live worker renews its heartbeat however long it runs."""
         reg = self.tables.staging_registry
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(reg.c.TableName, reg.c.Host, reg.c.Pid, reg.c.CreatedAt)).all()
-        cutoff = utcnow() - STAGING_ORPHAN_AGE
+            rows = conn.execute(sa.select(reg.c.TableName, reg.c.Host, reg.c.Pid, reg.c.CreatedAt,
+                                          reg.c.HeartbeatAt)).all()
+        now = utcnow()
         dropped = []
-        for name, host, pid, created in rows:
-            orphan = (host == HOST and not pid_alive(pid)) or created < cutoff
+        for name, host, pid, created, heartbeat in rows:
+            stale = (heartbeat < now - STAGING_STALE_AFTER if heartbeat is not None
+                     else created < now - STAGING_ORPHAN_AGE)
+            orphan = (host == HOST and not pid_alive(pid)) or stale
             if orphan:
                 self._drop_staging(sa.Table(name, sa.MetaData(schema=self.schema)))
                 dropped.append(name)

@@ -173,6 +173,8 @@ def build_tables(schema: str | None = None, prefix: str = "") -> Tables:
         sa.Column("Host", sa.Unicode(255), nullable=False),
         sa.Column("Pid", sa.Integer, nullable=False),
         sa.Column("CreatedAt", sa.DateTime, nullable=False),
+        # Renewed while the table is in use: how a table of a worker on another host is known to be live.
+        sa.Column("HeartbeatAt", sa.DateTime, nullable=True),
     )
     # Follow-up executions created from keyword replies: one per (channel, keyword, source execution batch).
     follow_ups = sa.Table(

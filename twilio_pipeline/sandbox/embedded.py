@@ -44,6 +44,7 @@ EMBEDDED_FLAGS: dict[str, object] = {
     "reply_keywords": "MORE",
     "access_log": False,
 }
+SANDBOX_URL_ENV = "TWILIO_PIPELINE_SANDBOX_URL"  # a running sandbox every host shares (CONTRACT.md)
 STORE_DIR = "sandbox"
 SERVER_FILE = "server.json"
 START_LOCK = "sandbox.start.lock"
@@ -146,19 +147,45 @@ def _start(data_dir: Path, store: Path, startup_timeout_s: float) -> EmbeddedSan
     raise SandboxError(f"the embedded sandbox did not answer within {startup_timeout_s} s: {_log_tail(log_path)}")
 
 
+def shared_sandbox(base_url: str) -> EmbeddedSandbox:
+    """The running sandbox at `base_url` (TWILIO_PIPELINE_SANDBOX_URL), checked to answer with the sandbox
+    credentials: when a run's steps execute on several hosts, each host's own embedded sandbox would be a
+    different Twilio (a send on one host, its sync on another would never meet)."""
+    base_url = base_url.strip().rstrip("/")
+    if not base_url.startswith(("http://", "https://")):
+        raise SandboxError(f"{SANDBOX_URL_ENV} must be an http(s):// URL, not {base_url!r}")
+    try:
+        stats = admin_call(base_url, SANDBOX_ACCOUNT_SID, SANDBOX_AUTH_TOKEN, "GET", "/_sandbox/stats", timeout=10)
+    except SandboxClientError as exc:
+        raise SandboxError(f"the sandbox at {SANDBOX_URL_ENV}={base_url} answered HTTP {exc.status}"
+                           + (" (it was started with other credentials than the sandbox's own)"
+                              if exc.status == 401 else "")) from None
+    except (OSError, ValueError) as exc:
+        raise SandboxError(f"no sandbox answers at {SANDBOX_URL_ENV}={base_url}: {exc}") from None
+    if not isinstance(stats, dict) or "messages_created_by_to" not in stats:
+        raise SandboxError(f"{SANDBOX_URL_ENV}={base_url} does not answer as a sandbox (no /_sandbox/stats)")
+    return EmbeddedSandbox(base_url, SANDBOX_ACCOUNT_SID, SANDBOX_AUTH_TOKEN, SANDBOX_MESSAGING_SERVICE_SID,
+                           tuple(SANDBOX_POOL_NUMBERS), int(stats.get("pid") or 0), Path(stats.get("store") or ""))
+
+
 def ensure_embedded_sandbox(data_dir: Path, startup_timeout_s: float = 30.0,
                             senders: Iterable[str] = ()) -> EmbeddedSandbox:
-    """The running sandbox of `data_dir/sandbox/`, started (detached) when there is none.
+    """The running sandbox of `data_dir/sandbox/`, started (detached) when there is none; or, when
+    TWILIO_PIPELINE_SANDBOX_URL is set, that running sandbox (nothing is started).
 
     `senders`: phone numbers the channel file sends from. The embedded sandbox plays the user's own
     account, so it buys them (POST IncomingPhoneNumbers) and they send; any other From still gets 21606.
     """
-    data_dir = Path(data_dir).resolve()
-    store = data_dir / STORE_DIR
-    store.mkdir(parents=True, exist_ok=True)
-    with (data_dir / START_LOCK).open("a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        found = _find(store) or _start(data_dir, store, startup_timeout_s)
+    shared = (os.environ.get(SANDBOX_URL_ENV) or "").strip()
+    if shared:
+        found = shared_sandbox(shared)
+    else:
+        data_dir = Path(data_dir).resolve()
+        store = data_dir / STORE_DIR
+        store.mkdir(parents=True, exist_ok=True)
+        with (data_dir / START_LOCK).open("a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            found = _find(store) or _start(data_dir, store, startup_timeout_s)
     for number in dict.fromkeys(n for n in senders if n and n.startswith("+")):
         admin_call(found.base_url, found.account_sid, found.auth_token, "POST",
                    f"/2010-04-01/Accounts/{found.account_sid}/IncomingPhoneNumbers.json",

@@ -1,0 +1,113 @@
+"""Scale-out on celery: the executor every job gets from TWILIO_PIPELINE_EXECUTOR, and `twilio-pipeline
+worker`, a celery worker that runs this code location's steps.
+
+The orchestrating run worker and every celery worker build their celery app from the same settings here,
+so a deployment configures the broker once (TWILIO_PIPELINE_CELERY_BROKER/_BACKEND) for both sides.
+What keeps a send exactly-once does not depend on the executor: the execution lease and the ledger live
+in the pipeline database, and the `twilio_api` pool's slots are claimed by the run's orchestrator in the
+Dagster instance before a step is handed to celery (dagster-celery's execution loop runs the same
+instance concurrency context as the multiprocess executor).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+
+import dagster as dg
+
+from twilio_pipeline.settings import ExecutorSettings, SettingsError, executor_settings
+
+QUEUE = "dagster"  # dagster-celery's queue: its execution loop submits every step there by default
+
+# Celery settings of both sides (dagster-celery passes them as `config_source`). A task is acknowledged
+# only once its step ended, and a worker that dies mid-step hands it back to the broker (RabbitMQ
+# redelivers the unacknowledged message to another worker); a step already under way is never prefetched
+# twice. The redelivered step resumes the send from the ledger under the execution's lease.
+CELERY_CONFIG_SOURCE: dict = {
+    "worker_prefetch_multiplier": 1,
+    "task_acks_late": True,
+    "task_reject_on_worker_lost": True,
+    "broker_connection_retry_on_startup": True,
+}
+
+
+def _require_dagster_celery() -> None:
+    try:
+        import dagster_celery  # noqa: F401
+    except ImportError:
+        raise SettingsError("TWILIO_PIPELINE_EXECUTOR=celery needs the celery extra: "
+                            "pip install 'twilio_pipeline[celery]'") from None
+
+
+def job_executor(env: dict[str, str] | None = None) -> dg.ExecutorDefinition:
+    """The executor of every job, from TWILIO_PIPELINE_EXECUTOR. In-process CLI runs are unaffected
+    (execute_in_process always runs in its own process)."""
+    settings = executor_settings(env)
+    if settings.name == "in_process":
+        return dg.in_process_executor
+    if settings.name == "multiprocess":
+        return dg.multiprocess_executor
+    _require_dagster_celery()
+    from dagster_celery import celery_executor
+
+    return celery_executor.configured(
+        {"broker": settings.celery_broker, "backend": settings.celery_backend,
+         "config_source": dict(CELERY_CONFIG_SOURCE)},
+        name="celery",
+    )
+
+
+def worker_app(settings: ExecutorSettings):
+    """dagster-celery's worker app (its `execute_plan` task) on our broker and backend."""
+    _require_dagster_celery()
+    from dagster_celery.executor import CeleryExecutor
+    from dagster_celery.make_app import make_app
+    from dagster_celery.tasks import create_task
+
+    executor = CeleryExecutor.for_cli(broker=settings.celery_broker, backend=settings.celery_backend,
+                                      config_source=dict(CELERY_CONFIG_SOURCE))
+    app = make_app(executor.app_args())
+    create_task(app)
+    return app
+
+
+def worker_argv(concurrency: int, name: str | None = None, loglevel: str = "INFO") -> list[str]:
+    node = name or f"twilio-pipeline-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
+    return ["worker", f"--concurrency={concurrency}", "-Q", QUEUE, f"--hostname={node}",
+            f"--loglevel={loglevel}", "--without-gossip", "--without-mingle"]
+
+
+def _stop_recording_signals() -> None:
+    """The CLI records SIGTERM/SIGINT for its in-process runs (twilio_pipeline.signals, a wakeup-fd pipe). In
+    a worker the main process's signals are celery's (SIGTERM = warm shutdown), and every pool process forked
+    from it would inherit that pipe and take the worker's SIGTERM for its own, interrupting the step it
+    should finish. So the worker's main process stops recording before the pool forks; a step still
+    records the signals its own process receives."""
+    import signal
+
+    from twilio_pipeline import signals
+
+    if signals._pipe is None:
+        return
+    signal.set_wakeup_fd(-1)
+    for fd in signals._pipe:
+        os.close(fd)
+    signals._pipe = None
+    signals._seen.clear()
+
+
+def run_worker(concurrency: int, name: str | None = None) -> int:
+    """Run a worker in the foreground until SIGTERM/SIGINT. Celery's warm shutdown lets the steps under
+    way finish (unstarted prefetched messages go back to the broker) and then the worker exits 0."""
+    if concurrency < 1:
+        raise SettingsError(f"--concurrency must be at least 1, not {concurrency}")
+    settings = executor_settings()
+    app = worker_app(settings)
+    _stop_recording_signals()
+    try:
+        app.worker_main(worker_argv(concurrency, name))
+    except SystemExit as exc:
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 1
+    return 0
