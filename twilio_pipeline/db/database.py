@@ -8,6 +8,7 @@ executemany/insertmanyvalues elsewhere) into a per-run staging table, then one
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import os
 import re
@@ -24,7 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
-from twilio_pipeline.db.schema import Tables, build_tables
+from twilio_pipeline.db.schema import MYSQL, TABLE_OPTIONS, Tables, build_tables
 from twilio_pipeline.processes import pid_alive, pid_started_after
 
 HOST = socket.gethostname()
@@ -103,6 +104,11 @@ class Database:
     def dialect(self) -> str:
         return self.engine.dialect.name
 
+    @property
+    def is_mysql(self) -> bool:
+        """MySQL or MariaDB (SQLAlchemy names the dialect after the URL: mysql+pymysql or mariadb+pymysql)."""
+        return self.dialect in MYSQL
+
     def _make_engine(self, echo: bool) -> Engine:
         backend = self.url.get_backend_name()
         if backend == "sqlite":
@@ -126,6 +132,21 @@ class Database:
                 # deferred so a long chunked read never blocks a writer under WAL.
                 immediate = conn.get_execution_options().get("twilio_pipeline_write", False)
                 conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        if engine.dialect.name in MYSQL:
+            @sa.event.listens_for(engine, "connect")
+            def _mysql_session(dbapi_conn, _record):
+                # Naive UTC everywhere: CURRENT_TIMESTAMP defaults and the lease clock read UTC, whatever
+                # the server's zone.
+                with dbapi_conn.cursor() as cur:
+                    cur.execute("SET time_zone = '+00:00'")
+
+            @sa.event.listens_for(engine, "checkin")
+            def _mysql_release_locks(dbapi_conn, record):
+                # transaction_lock's named locks belong to the session: free them when the connection goes
+                # back to the pool, i.e. after the transaction that took them committed or rolled back.
+                if dbapi_conn is not None and record.info.pop("twilio_pipeline_locks", False):
+                    with dbapi_conn.cursor() as cur:
+                        cur.execute("DO RELEASE_ALL_LOCKS()")
         return engine
 
     def dispose(self) -> None:
@@ -278,6 +299,19 @@ class Database:
             conn.execute(sa.select(sa.func.set_config("enable_seqscan", "on", True)))
         return result.rowcount if result.rowcount is not None and result.rowcount >= 0 else 0
 
+    def transaction_lock(self, conn: Connection, name: str, timeout_s: int = 3600) -> None:
+        """On MariaDB/MySQL, hold the named lock `name` until `conn` goes back to the pool (the end of a
+        `begin()` transaction): GET_LOCK is the server's advisory lock, but per session, not per transaction.
+        Other dialects have their own transaction-scoped form (see inbound.common.serialize_writers)."""
+        if not self.is_mysql:
+            raise NotImplementedError(self.dialect)
+        digest = hashlib.blake2b(name.encode(), digest_size=24).hexdigest()  # names are at most 64 characters
+        conn.connection._connection_record.info["twilio_pipeline_locks"] = True
+        got = conn.execute(sa.text("SELECT GET_LOCK(:n, :t)"), {"n": f"tp:{digest}", "t": timeout_s}).scalar()
+        if got != 1:
+            raise OperationalError(f"GET_LOCK({name!r})", {}, TimeoutError(
+                f"waited {timeout_s} s for the database lock {name!r} held by another run"))
+
     # ---- staging tables -----------------------------------------------------------------------
     @contextmanager
     def staging_table(self, kind: str, columns: Sequence[sa.Column]) -> Iterator[sa.Table]:
@@ -285,7 +319,7 @@ class Database:
         found, and dropped in `finally` on success and failure alike."""
         name = f"{self.prefix}stg_{kind}_{uuid.uuid4().hex[:12]}"
         md = sa.MetaData(schema=self.schema)
-        table = sa.Table(name, md, *[c._copy() for c in columns])
+        table = sa.Table(name, md, *[c._copy() for c in columns], **TABLE_OPTIONS)
         reg = self.tables.staging_registry
         with self.begin() as conn:
             conn.execute(reg.insert().values(TableName=name, Host=HOST, Pid=os.getpid(), CreatedAt=utcnow()))
@@ -334,9 +368,11 @@ class Database:
         if self.dialect == "sqlite":  # the text format SQLAlchemy stores (microseconds), so it compares
             text = sa.func.strftime("%Y-%m-%d %H:%M:%f", "now", sa.literal(f"{secs:+.3f} seconds")).op("||")("000")
             return sa.type_coerce(text, sa.DateTime)
-        if self.dialect in ("mysql", "mariadb"):
+        if self.is_mysql:
+            # UTC_TIMESTAMP() is the statement's start; SYSDATE() is read when evaluated, in the session's
+            # time zone, which the engine sets to UTC on connect.
             return sa.type_coerce(sa.func.timestampadd(sa.text("MICROSECOND"), int(secs * 1e6),
-                                                       sa.func.utc_timestamp(sa.literal_column("6"))), sa.DateTime)
+                                                       sa.literal_column("SYSDATE(6)")), sa.DateTime)
         if self.dialect == "mssql":
             return sa.type_coerce(sa.func.dateadd(sa.text("millisecond"), int(secs * 1000),
                                                   sa.func.sysutcdatetime()), sa.DateTime)
@@ -356,7 +392,7 @@ class Database:
             try:
                 with self.begin() as conn:
                     q = sa.select(leases).where(leases.c.LeaseKey == key)
-                    if self.dialect in ("postgresql", "mssql"):
+                    if self.dialect in ("postgresql", "mssql") or self.is_mysql:
                         q = q.with_for_update()
                     row = conn.execute(q).mappings().first()
                     # Read after the row lock was granted: the moment the decision is made.

@@ -1,4 +1,4 @@
-"""The database layer on SQLite and on the real PostgreSQL server: DDL, bulk loads, merges, staging, leases."""
+"""The database layer on SQLite and on the real PostgreSQL and MariaDB servers: DDL, bulk loads, merges, staging, leases."""
 
 from __future__ import annotations
 
@@ -50,11 +50,8 @@ def test_tables_of_an_earlier_release_get_the_columns_and_indexes_they_lack(db):
         conn.execute(led.insert().values(ChannelExecutionID=1, RPContactID=7, IsSeed=False, ToNumber="+14155550100",
                                          Outcome="planned", UpdatedAt=utcnow()))
         for index in list(led.indexes):
-            conn.execute(sa.text(f"DROP INDEX {preparer.format_index(index)}"))
-        if db.dialect == "sqlite":
-            conn.execute(sa.text(f"ALTER TABLE {preparer.format_table(led)} DROP COLUMN StatusAt"))
-        else:
-            conn.execute(sa.text(f'ALTER TABLE {preparer.format_table(led)} DROP COLUMN "StatusAt"'))
+            conn.execute(sa.schema.DropIndex(index))
+        conn.execute(sa.text(f"ALTER TABLE {preparer.format_table(led)} DROP COLUMN {preparer.quote('StatusAt')}"))
     again = Database(str(db.engine.url.render_as_string(hide_password=False)), prefix=db.prefix)
     try:
         assert f"column {led.fullname}.StatusAt" in again.upgraded
@@ -228,3 +225,35 @@ def test_bulk_insert_keeps_every_value_exactly(db):
         got = {r["MessageSID"]: dict(r) for r in conn.execute(sa.select(ib)).mappings()}
     for row in rows:
         assert got[row["MessageSID"]] == row, (row["Body"], got[row["MessageSID"]])
+
+
+def test_keys_differing_only_in_case_or_accent_stay_apart(db):
+    """Two different SIDs, numbers or keywords are never one key: MariaDB's default collation is case- and
+    accent-insensitive, so its tables compare text as binary (the test database keeps the server default)."""
+    ib, states = db.tables.inbound, db.tables.states
+    sids = ["SMabc", "SMABC", "SMábc"]
+    with db.begin() as conn:
+        db.bulk_insert(conn, ib, [{"MessageSID": s, "Keyword": s[2:]} for s in sids])
+        inserted = db.insert_missing(conn, states, sa.select(
+            sa.literal(1, sa.BigInteger).label("RPContactID"), sa.literal(5, sa.Integer).label("ChannelExecutionID"),
+            ib.c.Keyword.label("FulfillmentState"), ib.c.Keyword.label("EventName"),
+            ib.c.DateSent.label("Timestamp")),
+            match=("ChannelExecutionID", "RPContactID", "FulfillmentState", "EventName"))
+    assert inserted == 3
+    with db.connect() as conn:
+        assert sorted(conn.execute(sa.select(ib.c.MessageSID)).scalars()) == sorted(sids)
+        assert conn.execute(sa.select(sa.func.count()).select_from(ib).where(ib.c.Keyword == "abc")).scalar() == 1
+
+
+def test_the_database_clock_is_utc_with_microseconds(db):
+    """Lease expiry and server defaults are naive UTC, whatever the server's time zone."""
+    with db.connect() as conn:
+        first = conn.execute(sa.select(db.clock())).scalar()
+        later = conn.execute(sa.select(db.clock(30))).scalar()
+    assert abs(first - utcnow()) < timedelta(seconds=5)
+    assert timedelta(seconds=29) < later - first < timedelta(seconds=31)
+    ex = db.tables.executions
+    with db.begin() as conn:
+        conn.execute(ex.insert().values(ChannelExecutionID=1, ChannelName="c"))
+        created = conn.execute(sa.select(ex.c.CreatedAt)).scalar()
+    assert abs(created - utcnow()) < timedelta(seconds=5)
