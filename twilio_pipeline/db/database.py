@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
-from twilio_pipeline.db.schema import MYSQL, TABLE_OPTIONS, Tables, build_tables
+from twilio_pipeline.db.schema import MYSQL, TABLE_OPTIONS, Tables, build_tables, portable_column
 from twilio_pipeline.processes import pid_alive, pid_started_after
 
 HOST = socket.gethostname()
@@ -319,7 +319,7 @@ class Database:
         found, and dropped in `finally` on success and failure alike."""
         name = f"{self.prefix}stg_{kind}_{uuid.uuid4().hex[:12]}"
         md = sa.MetaData(schema=self.schema)
-        table = sa.Table(name, md, *[c._copy() for c in columns], **TABLE_OPTIONS)
+        table = sa.Table(name, md, *[portable_column(c) for c in columns], **TABLE_OPTIONS)
         reg = self.tables.staging_registry
         with self.begin() as conn:
             conn.execute(reg.insert().values(TableName=name, Host=HOST, Pid=os.getpid(), CreatedAt=utcnow()))

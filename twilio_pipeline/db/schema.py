@@ -13,15 +13,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import mysql
+from sqlalchemy.dialects import mssql, mysql
 
 MYSQL = ("mysql", "mariadb")
 # Short and long text: Unicode(n) becomes NVARCHAR(n) on SQL Server, so keys stay indexable.
 SID = sa.Unicode(64)
 PHONE = sa.Unicode(64)
-# MySQL's DATETIME keeps whole seconds and TEXT 64 KB unless told otherwise.
-DATETIME = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), *MYSQL)
-LONG_TEXT = sa.UnicodeText().with_variant(mysql.MEDIUMTEXT(), *MYSQL)
+# MySQL's DATETIME keeps whole seconds and TEXT 64 KB unless told otherwise; SQL Server's DATETIME rounds to
+# 3.33 ms and NTEXT is deprecated (DATETIME2, NVARCHAR(max)).
+DATETIME = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), *MYSQL).with_variant(mssql.DATETIME2(), "mssql")
+LONG_TEXT = sa.UnicodeText().with_variant(mysql.MEDIUMTEXT(), *MYSQL).with_variant(mssql.NVARCHAR(), "mssql")
+
+
+def portable_column(column: sa.Column) -> sa.Column:
+    """A copy of `column` whose plain DateTime/Text type gets the variants above (staging tables' columns
+    are declared next to their SQL, with plain types)."""
+    copy = column._copy()
+    if type(copy.type) is sa.DateTime and not copy.type._variant_mapping:
+        copy.type = DATETIME
+    elif isinstance(copy.type, sa.Text) and not copy.type._variant_mapping:
+        copy.type = LONG_TEXT
+    return copy
 # Every table, staging tables included: InnoDB (transactions, row locks), utf8mb4, binary comparison.
 TABLE_OPTIONS = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
 
