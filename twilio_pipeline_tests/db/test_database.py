@@ -205,7 +205,7 @@ def test_table_names_are_quoted_not_pasted():
 
 
 AWKWARD_TEXTS = ["plain", "", "tab\there", "line\nbreak", "cr\rreturn", "back\\slash", "\\N", "\\\\N", "NULL",
-                 "emoji 😀 and ünïcödé", "'quote\" double", "a,b;c|d", " lead and trail ", "\t\n\r\\", "x" * 5000]
+                 "emoji 😀 and ünïcödé", "100% %s", "%(x)s {0}", "'quote\" double", "a,b;c|d", " lead and trail ", "\t\n\r\\", "x" * 5000]
 
 
 def test_bulk_insert_keeps_every_value_exactly(db):
@@ -257,3 +257,15 @@ def test_the_database_clock_is_utc_with_microseconds(db):
         conn.execute(ex.insert().values(ChannelExecutionID=1, ChannelName="c"))
         created = conn.execute(sa.select(ex.c.CreatedAt)).scalar()
     assert abs(created - utcnow()) < timedelta(seconds=5)
+
+
+def test_a_bulk_insert_of_a_duplicate_key_fails_and_stores_nothing(db):
+    """The bulk path is a plain INSERT on every backend (MariaDB's too): a duplicate SID is an error that
+    rolls the batch back, never a silently skipped row."""
+    ib = db.tables.inbound
+    rows = [{"MessageSID": f"SM{i}", "Body": "x"} for i in range(3)] + [{"MessageSID": "SM1", "Body": "again"}]
+    with pytest.raises((sa.exc.IntegrityError, db.engine.dialect.dbapi.IntegrityError)):  # COPY: the driver's
+        with db.begin() as conn:
+            db.bulk_insert(conn, ib, rows)
+    with db.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(ib)).scalar() == 0
