@@ -30,6 +30,7 @@ from twilio_pipeline.processes import pid_alive, pid_started_after
 
 HOST = socket.gethostname()
 STAGING_ORPHAN_AGE = timedelta(hours=6)
+MYSQL_DEADLOCK = 1213  # ER_LOCK_DEADLOCK
 
 
 def utcnow() -> datetime:
@@ -448,6 +449,12 @@ class Database:
                         return token, None
             except IntegrityError:
                 continue  # someone inserted first: read again
+            except OperationalError as exc:
+                # InnoDB: two takers of a key nobody holds both wait on the gap their FOR UPDATE locked,
+                # and one is chosen as the deadlock victim; it reads again like the loser of the insert.
+                if self.is_mysql and getattr(exc.orig, "args", (None,))[0] == MYSQL_DEADLOCK:
+                    continue
+                raise
         return None, self.lease_holder(key) or LeaseHolder("unknown", "unknown", 0, utcnow())
 
     def acquire_lease(self, key: str, owner: str, ttl_s: float = 60.0) -> LeaseHolder | None:
