@@ -1,7 +1,7 @@
 """The pipeline's database: engine per dialect, idempotent DDL, bulk loads, staging tables, leases.
 
-Every write path is set-based: rows arrive in bulk (COPY on PostgreSQL, fast_executemany on SQL Server,
-executemany/insertmanyvalues elsewhere) into a per-run staging table, then one
+Every write path is set-based: rows arrive in bulk (COPY on PostgreSQL, multi-row INSERTs of a few MB on
+MariaDB/MySQL, fast_executemany on SQL Server, executemany on SQLite) into a per-run staging table, then one
 `INSERT ... SELECT ... WHERE NOT EXISTS` merges them. Nothing issues a query per row.
 """
 
