@@ -78,6 +78,11 @@ def engine_options(backend: str) -> dict:
         return {"connect_args": {"timeout": 60, "check_same_thread": False}}
     if backend == "mssql":
         return {"fast_executemany": True, "pool_pre_ping": True}
+    if backend in MYSQL:
+        # READ COMMITTED, as on PostgreSQL: InnoDB's default REPEATABLE READ locks the leases row that a
+        # ledger write's fencing EXISTS reads and the gaps its key ranges cover, and a claim, an outcome
+        # flush and a lease renewal then deadlock; under READ COMMITTED those reads lock nothing.
+        return {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 20, "isolation_level": "READ COMMITTED"}
     return {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 20}
 
 
