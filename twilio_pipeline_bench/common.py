@@ -44,6 +44,8 @@ SENDER = "+15005550006"
 BODY_TEMPLATE = "Hi {{FirstName}}, your offer: 20% off today only at example.com/o/123. Reply STOP to opt out."
 FIRST_NAMES = ("Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "Ken", "Radia", "Tim")
 PG_ADMIN_URL = os.environ.get("TWILIO_PIPELINE_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+MYSQL_ADMIN_URL = os.environ.get("TWILIO_PIPELINE_BENCH_MYSQL_URL",
+                                 "mysql+pymysql://root@127.0.0.1:3306/mysql?charset=utf8mb4")
 
 
 # ---- figures ---------------------------------------------------------------------------------------
@@ -310,6 +312,9 @@ def fresh_database(kind: str, workdir: Path, label: str) -> Iterator[str]:
             for suffix in ("", "-wal", "-shm", "-journal"):
                 Path(str(path) + suffix).unlink(missing_ok=True)
         return
+    if kind == "mysql":
+        yield from _fresh_mysql(label)
+        return
     if kind != "postgresql":
         raise ValueError(f"unknown database kind {kind!r}")
     import sqlalchemy as sa
@@ -334,6 +339,41 @@ def fresh_database(kind: str, workdir: Path, label: str) -> Iterator[str]:
                 conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         admin.dispose()
+
+
+def _fresh_mysql(label: str) -> Iterator[str]:
+    """A new MariaDB/MySQL database (server default collation: the tables set their own), dropped after."""
+    import sqlalchemy as sa
+
+    name = f"tp_bench_{label}_{uuid.uuid4().hex[:8]}".lower()
+    admin_url = sa.engine.make_url(MYSQL_ADMIN_URL)
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+        try:
+            yield admin_url.set(database=name).render_as_string(hide_password=False)
+        finally:
+            with admin.connect() as conn:
+                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{name}`")
+    finally:
+        admin.dispose()
+
+
+def mysql_available() -> str | None:
+    """None when the MariaDB/MySQL server answers (and its driver is installed), else why not."""
+    import sqlalchemy as sa
+
+    try:
+        engine = sa.create_engine(sa.engine.make_url(MYSQL_ADMIN_URL))
+        try:
+            with engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+        finally:
+            engine.dispose()
+    except Exception as exc:  # noqa: BLE001 - any failure is a reason to skip
+        return one_line(exc)
+    return None
 
 
 def postgres_available() -> str | None:

@@ -71,7 +71,7 @@ def serialize_writers(db: Database, conn: Connection, key: str) -> None:
     """Hold a transaction-scoped lock on `key` so two overlapping runs merge one after the other.
 
     INSERT ... WHERE NOT EXISTS is exact only when no other transaction inserts the same row at the
-    same time; SQLite already serialises writers (BEGIN IMMEDIATE), PostgreSQL needs an advisory lock.
+    same time; SQLite already serialises writers (BEGIN IMMEDIATE), PostgreSQL and MariaDB need an advisory lock.
     """
     full = f"{db.schema or ''}.{db.prefix}:{key}"
     if db.dialect == "postgresql":
@@ -80,6 +80,8 @@ def serialize_writers(db: Database, conn: Connection, key: str) -> None:
     elif db.dialect == "mssql":
         conn.execute(sa.text("EXEC sp_getapplock @Resource = :r, @LockMode = 'Exclusive', @LockOwner = 'Transaction'"),
                      {"r": full[:255]})
+    elif db.is_mysql:
+        db.transaction_lock(conn, full)
 
 
 def same_account(column: sa.ColumnElement, channel: Channel) -> sa.ColumnElement[bool]:

@@ -121,6 +121,9 @@ def _stage_batch(conn: Connection, stg: sa.Table, p: sa.Table, batch) -> None:
 def retire_sids(db: Database, conn: Connection, batch) -> int:
     """Delete from Twilio_MessageIDs the SIDs whose terminal state this transaction stores."""
     p, ids_t = db.tables.pending_states, db.tables.message_ids
-    done = sa.select(p.c.MessageID).where(batch, p.c.Terminal == sa.true(), p.c.MessageID.is_not(None))
-    res = conn.execute(ids_t.delete().where(ids_t.c.MessageID.in_(done)))
+    terminal = (batch, p.c.Terminal == sa.true(), p.c.MessageID.is_not(None))
+    if db.is_mysql:  # a multi-table DELETE joins; MariaDB runs `IN (SELECT ...)` once per Twilio_MessageIDs row
+        res = conn.execute(ids_t.delete().where(ids_t.c.MessageID == p.c.MessageID, *terminal))
+    else:
+        res = conn.execute(ids_t.delete().where(ids_t.c.MessageID.in_(sa.select(p.c.MessageID).where(*terminal))))
     return max(res.rowcount or 0, 0)

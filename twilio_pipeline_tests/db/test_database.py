@@ -1,4 +1,4 @@
-"""The database layer on SQLite and on the real PostgreSQL server: DDL, bulk loads, merges, staging, leases."""
+"""The database layer on SQLite and on the real PostgreSQL and MariaDB servers: DDL, bulk loads, merges, staging, leases."""
 
 from __future__ import annotations
 
@@ -50,11 +50,8 @@ def test_tables_of_an_earlier_release_get_the_columns_and_indexes_they_lack(db):
         conn.execute(led.insert().values(ChannelExecutionID=1, RPContactID=7, IsSeed=False, ToNumber="+14155550100",
                                          Outcome="planned", UpdatedAt=utcnow()))
         for index in list(led.indexes):
-            conn.execute(sa.text(f"DROP INDEX {preparer.format_index(index)}"))
-        if db.dialect == "sqlite":
-            conn.execute(sa.text(f"ALTER TABLE {preparer.format_table(led)} DROP COLUMN StatusAt"))
-        else:
-            conn.execute(sa.text(f'ALTER TABLE {preparer.format_table(led)} DROP COLUMN "StatusAt"'))
+            conn.execute(sa.schema.DropIndex(index))
+        conn.execute(sa.text(f"ALTER TABLE {preparer.format_table(led)} DROP COLUMN {preparer.quote('StatusAt')}"))
     again = Database(str(db.engine.url.render_as_string(hide_password=False)), prefix=db.prefix)
     try:
         assert f"column {led.fullname}.StatusAt" in again.upgraded
@@ -208,7 +205,7 @@ def test_table_names_are_quoted_not_pasted():
 
 
 AWKWARD_TEXTS = ["plain", "", "tab\there", "line\nbreak", "cr\rreturn", "back\\slash", "\\N", "\\\\N", "NULL",
-                 "emoji 😀 and ünïcödé", "'quote\" double", "a,b;c|d", " lead and trail ", "\t\n\r\\", "x" * 5000]
+                 "emoji 😀 and ünïcödé", "100% %s", "%(x)s {0}", "'quote\" double", "a,b;c|d", " lead and trail ", "\t\n\r\\", "x" * 5000]
 
 
 def test_bulk_insert_keeps_every_value_exactly(db):
@@ -229,3 +226,70 @@ def test_bulk_insert_keeps_every_value_exactly(db):
         got = {r["MessageSID"]: dict(r) for r in conn.execute(sa.select(ib)).mappings()}
     for row in rows:
         assert got[row["MessageSID"]] == row, (row["Body"], got[row["MessageSID"]])
+
+
+def test_keys_differing_only_in_case_or_accent_stay_apart(db):
+    """Two different SIDs, numbers or keywords are never one key: MariaDB's default collation is case- and
+    accent-insensitive, so its tables compare text as binary (the test database keeps the server default)."""
+    ib, states = db.tables.inbound, db.tables.states
+    sids = ["SMabc", "SMABC", "SMábc"]
+    with db.begin() as conn:
+        db.bulk_insert(conn, ib, [{"MessageSID": s, "Keyword": s[2:]} for s in sids])
+        inserted = db.insert_missing(conn, states, sa.select(
+            sa.literal(1, sa.BigInteger).label("RPContactID"), sa.literal(5, sa.Integer).label("ChannelExecutionID"),
+            ib.c.Keyword.label("FulfillmentState"), ib.c.Keyword.label("EventName"),
+            ib.c.DateSent.label("Timestamp")),
+            match=("ChannelExecutionID", "RPContactID", "FulfillmentState", "EventName"))
+    assert inserted == 3
+    with db.connect() as conn:
+        assert sorted(conn.execute(sa.select(ib.c.MessageSID)).scalars()) == sorted(sids)
+        assert conn.execute(sa.select(sa.func.count()).select_from(ib).where(ib.c.Keyword == "abc")).scalar() == 1
+
+
+def test_the_database_clock_is_utc_with_microseconds(db):
+    """Lease expiry and server defaults are naive UTC, whatever the server's time zone."""
+    with db.connect() as conn:
+        first = conn.execute(sa.select(db.clock())).scalar()
+        later = conn.execute(sa.select(db.clock(30))).scalar()
+    assert abs(first - utcnow()) < timedelta(seconds=5)
+    assert timedelta(seconds=29) < later - first < timedelta(seconds=31)
+    ex = db.tables.executions
+    with db.begin() as conn:
+        conn.execute(ex.insert().values(ChannelExecutionID=1, ChannelName="c"))
+        created = conn.execute(sa.select(ex.c.CreatedAt)).scalar()
+    assert abs(created - utcnow()) < timedelta(seconds=5)
+
+
+def test_a_bulk_insert_of_a_duplicate_key_fails_and_stores_nothing(db):
+    """The bulk path is a plain INSERT on every backend (MariaDB's too): a duplicate SID is an error that
+    rolls the batch back, never a silently skipped row."""
+    ib = db.tables.inbound
+    rows = [{"MessageSID": f"SM{i}", "Body": "x"} for i in range(3)] + [{"MessageSID": "SM1", "Body": "again"}]
+    with pytest.raises((sa.exc.IntegrityError, db.engine.dialect.dbapi.IntegrityError)):  # COPY: the driver's
+        with db.begin() as conn:
+            db.bulk_insert(conn, ib, rows)
+    with db.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(ib)).scalar() == 0
+
+
+def test_two_runs_taking_a_free_lease_at_once_one_gets_it_and_neither_fails(db):
+    """On MariaDB both takers lock the same gap and InnoDB kills one as a deadlock victim: that run must
+    read again and see the holder, not fail the send."""
+    import threading
+
+    for attempt in range(20):
+        key, barrier, tokens, errors = f"outbound:{attempt}", threading.Barrier(2), [], []
+
+        def take(owner):
+            barrier.wait()
+            try:
+                tokens.append(db.take_lease(key, owner, 60)[0])
+            except Exception as exc:  # noqa: BLE001 - the assertion shows it
+                errors.append(exc)
+
+        threads = [threading.Thread(target=take, args=(f"run-{i}",)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors and sorted(t is None for t in tokens) == [False, True], (errors, tokens)

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
+import sqlalchemy as sa
 
 from twilio_pipeline.db import utcnow
 from twilio_pipeline.db.database import HOST
@@ -127,11 +128,14 @@ def test_a_blocked_heartbeat_stops_requests_before_the_lease_can_expire(db):
 
 @contextmanager
 def _stalled(db):
-    """Another connection holds the leases table (SQLite: the database's write lock)."""
-    if db.dialect == "postgresql":
+    """Another connection holds the leases table (SQLite: the database's write lock; MariaDB: its rows)."""
+    if db.dialect == "postgresql" or db.is_mysql:
         conn = db.engine.connect()
         tx = conn.begin()
-        conn.exec_driver_sql(f"LOCK TABLE {db._quoted_name(db.tables.leases)} IN ACCESS EXCLUSIVE MODE")
+        if db.is_mysql:
+            conn.execute(sa.select(db.tables.leases).with_for_update())
+        else:
+            conn.exec_driver_sql(f"LOCK TABLE {db._quoted_name(db.tables.leases)} IN ACCESS EXCLUSIVE MODE")
         try:
             yield
         finally:

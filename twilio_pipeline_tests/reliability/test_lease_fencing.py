@@ -4,7 +4,8 @@ a run that lost its lease is fenced out of the ledger; an upstream cancel stops 
 
 Sends run in-process against the real sandbox process with a short lease TTL (2 s) so each stall lasts
 seconds; a second Database object stands in for the second process. Stalls are real locks held by another
-connection: PostgreSQL `LOCK TABLE ... IN ACCESS EXCLUSIVE MODE`, SQLite a `BEGIN IMMEDIATE` writer.
+connection: PostgreSQL `LOCK TABLE ... IN ACCESS EXCLUSIVE MODE`, MariaDB `LOCK TABLES ... WRITE`, SQLite a
+`BEGIN IMMEDIATE` writer.
 """
 
 from __future__ import annotations
@@ -66,6 +67,13 @@ def _stalled(db: Database, table: sa.Table):
         finally:
             tx.commit()
             conn.close()
+    elif db.is_mysql:
+        with db.engine.connect() as conn:
+            conn.exec_driver_sql(f"LOCK TABLES {db._quoted_name(table)} WRITE")
+            try:
+                yield
+            finally:
+                conn.exec_driver_sql("UNLOCK TABLES")
     else:
         raw = sqlite3.connect(db.url.database, isolation_level=None, timeout=30)
         raw.execute("BEGIN IMMEDIATE")
