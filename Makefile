@@ -27,12 +27,16 @@ $(DAGSTER_HOME)/dagster.yaml:
 demo: install
 	$(BIN)/twilio-pipeline demo
 
+# Three test processes: most suites wait on subprocesses, sandboxes and daemons, so 2 cores run three
+# at once well (every test makes its own databases, sandboxes, instances and ports). TEST_WORKERS=0 runs serially.
+TEST_WORKERS ?= 3
+
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 # The developer loop: everything but the suites marked slow (crash, fault, deployment, real-process CLI runs).
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m "not slow"
 
 ui: install
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p $${PORT:-3000}
