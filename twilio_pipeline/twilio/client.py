@@ -491,23 +491,17 @@ class TwilioClient:
 
     def list_service_phone_numbers(self, service_sid: str) -> list[str]:
         """E.164 numbers in a Messaging Service's sender pool (all pages)."""
-        url = f"{self._messaging}/v1/Services/{quote(service_sid, safe='')}/PhoneNumbers"
-        numbers: list[str] = []
-        for page in self._iter_v1_pages(self._messaging, url, "phone_numbers", MAX_PAGE_SIZE):
-            for item in page:
-                if isinstance(item, dict) and isinstance(item.get("phone_number"), str):
-                    numbers.append(item["phone_number"])
-        return numbers
+        return self._list_service_senders(service_sid, "PhoneNumbers", "phone_numbers", "phone_number")
 
     def list_service_short_codes(self, service_sid: str) -> list[str]:
         """Short codes in a Messaging Service's sender pool (all pages)."""
-        url = f"{self._messaging}/v1/Services/{quote(service_sid, safe='')}/ShortCodes"
-        codes: list[str] = []
-        for page in self._iter_v1_pages(self._messaging, url, "short_codes", MAX_PAGE_SIZE):
-            for item in page:
-                if isinstance(item, dict) and isinstance(item.get("short_code"), str):
-                    codes.append(item["short_code"])
-        return codes
+        return self._list_service_senders(service_sid, "ShortCodes", "short_codes", "short_code")
+
+    def _list_service_senders(self, service_sid: str, resource: str, key: str, field: str) -> list[str]:
+        """One Messaging v1 pool subresource (PhoneNumbers, ShortCodes), every page, the `field` of each item."""
+        url = f"{self._messaging}/v1/Services/{quote(service_sid, safe='')}/{resource}"
+        return [item[field] for page in self._iter_v1_pages(self._messaging, url, key, MAX_PAGE_SIZE)
+                for item in page if isinstance(item, dict) and isinstance(item.get(field), str)]
 
     def list_service_receiving_senders(self, service_sid: str) -> list[str]:
         """Every sender of a Messaging Service a reply can reach: its phone numbers, then its short codes.
