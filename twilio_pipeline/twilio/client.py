@@ -448,28 +448,21 @@ class TwilioClient:
             params["DateSent<"] = format_rfc3339(date_sent_before)
         params["PageSize"] = str(max(1, min(int(page_size), MAX_PAGE_SIZE)))
 
-        url: str | None = f"{self._account_path}/Messages.json"
-        query: dict[str, str] | None = params
-        while url:
-            data = self._get_json(url, query, require_list="messages")
-            yield data["messages"]
-            nxt = data.get("next_page_uri")
-            if not nxt or not isinstance(nxt, str):
-                return
-            nxt_url = self._rebase(self._api, nxt)
-            if nxt_url == url:
-                raise MalformedResponse(
-                    "Twilio returned the same next_page_uri as the current page", method="GET", url=self._show(url)
-                )
-            url, query = nxt_url, None
+        yield from self._iter_2010_pages("Messages.json", "messages", params)
 
     def _iter_2010_list(self, path: str, key: str, params: dict[str, str]) -> Iterator[dict]:
         """Every item of a 2010-04-01 account list, following next_page_uri."""
+        for page in self._iter_2010_pages(path, key, {**params, "PageSize": str(MAX_PAGE_SIZE)}):
+            yield from (item for item in page if isinstance(item, dict))
+
+    def _iter_2010_pages(self, path: str, key: str, params: dict[str, str]) -> Iterator[list]:
+        """The pages (the `key` list of each) of a 2010-04-01 account list, following next_page_uri; a page
+        that names itself as the next one is a MalformedResponse, not an endless loop."""
         url: str | None = f"{self._account_path}/{path}"
-        query: dict[str, str] | None = {**params, "PageSize": str(MAX_PAGE_SIZE)}
+        query: dict[str, str] | None = params
         while url:
             data = self._get_json(url, query, require_list=key)
-            yield from (item for item in data[key] if isinstance(item, dict))
+            yield data[key]
             nxt = data.get("next_page_uri")
             if not nxt or not isinstance(nxt, str):
                 return
