@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from twilio_pipeline.db import utcnow
 from twilio_pipeline.db.database import HOST
 from twilio_pipeline.outbound import ExecutionBusy, LeaseLost, busy_holder, execution_lease
+from twilio_pipeline_tests.polling import wait_until
 
 
 def _plant(db, owner: str, host: str, pid: int, expires_in_s: float) -> None:
@@ -30,9 +31,8 @@ def _plant(db, owner: str, host: str, pid: int, expires_in_s: float) -> None:
 
 def test_second_live_run_fails_fast_naming_the_holder(db):
     with execution_lease(db, 3, "run-A") as lease:
-        with pytest.raises(ExecutionBusy) as info:
-            with execution_lease(db, 3, "run-B"):
-                pass
+        with pytest.raises(ExecutionBusy) as info, execution_lease(db, 3, "run-B"):
+            pass
         assert info.value.holder.owner == "run-A"
         assert "execution 3 is being sent by run run-A" in str(info.value)
         assert busy_holder(db, 3).owner == "run-A"
@@ -53,9 +53,8 @@ def test_dead_local_holder_is_reclaimed_at_once(db):
 
 def test_remote_holder_blocks_until_its_lease_expires(db):
     _plant(db, "remote-run", "some-other-host", 1, 60)
-    with pytest.raises(ExecutionBusy, match="remote-run"):
-        with execution_lease(db, 3, "run-B"):
-            pass
+    with pytest.raises(ExecutionBusy, match="remote-run"), execution_lease(db, 3, "run-B"):
+        pass
     with db.begin() as conn:
         conn.execute(db.tables.leases.delete())
     _plant(db, "remote-run", "some-other-host", 1, -1)  # its heartbeat stopped over a TTL ago
@@ -66,8 +65,7 @@ def test_remote_holder_blocks_until_its_lease_expires(db):
 def test_heartbeat_renews_the_lease(db):
     with execution_lease(db, 3, "run-A", ttl_s=0.6) as lease:
         first = db.lease_holder("outbound:3").expires_at
-        time.sleep(1.0)
-        assert db.lease_holder("outbound:3").expires_at > first
+        wait_until(lambda: db.lease_holder("outbound:3").expires_at > first, 5, "the heartbeat to renew the lease")
         assert not lease.lost.is_set()
         lease.check()
 
@@ -75,9 +73,8 @@ def test_heartbeat_renews_the_lease(db):
 def test_a_live_holder_on_this_host_is_never_taken_over_even_when_its_row_expired(db):
     """Its heartbeat may be stuck on a stalled database while it still sends: taking over would text twice."""
     _plant(db, "stuck-run", HOST, os.getpid(), -30)
-    with pytest.raises(ExecutionBusy, match="stuck-run"):
-        with execution_lease(db, 3, "run-B"):
-            pass
+    with pytest.raises(ExecutionBusy, match="stuck-run"), execution_lease(db, 3, "run-B"):
+        pass
     assert busy_holder(db, 3).owner == "stuck-run"
     assert db.live_lease_holder("outbound:3").owner == "stuck-run"
 
@@ -110,20 +107,19 @@ def test_a_blocked_heartbeat_stops_requests_before_the_lease_can_expire(db):
     """While renewal hangs on a stalled table, requests stop at half the TTL and the lease counts as lost
     at the TTL - without waiting for the blocked renewal to return."""
     ttl = 1.0
-    with execution_lease(db, 3, "run-A", ttl_s=ttl) as lease:
-        with _stalled(db):
-            stalled_at = time.monotonic()
-            while not lease.lost.is_set():
-                assert time.monotonic() - stalled_at < ttl * 1.5, "a blocked heartbeat never lost the lease"
-                try:
-                    lease.check()
-                except LeaseLost:
-                    break
-                time.sleep(0.02)
-            with pytest.raises(LeaseLost):
+    with execution_lease(db, 3, "run-A", ttl_s=ttl) as lease, _stalled(db):
+        stalled_at = time.monotonic()
+        while not lease.lost.is_set():
+            assert time.monotonic() - stalled_at < ttl * 1.5, "a blocked heartbeat never lost the lease"
+            try:
                 lease.check()
-            assert lease.send_deadline <= stalled_at + ttl * 0.5
-            assert lease.may_send() is False
+            except LeaseLost:
+                break
+            time.sleep(0.02)
+        with pytest.raises(LeaseLost):
+            lease.check()
+        assert lease.send_deadline <= stalled_at + ttl * 0.5
+        assert lease.may_send() is False
 
 
 @contextmanager

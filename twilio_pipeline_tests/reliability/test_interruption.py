@@ -14,13 +14,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import dagster as dg
 import pytest
 import sqlalchemy as sa
 
 from twilio_pipeline.audience import create_execution
+from twilio_pipeline_tests.polling import wait_until
 from twilio_pipeline_tests.reliability.conftest import (
     assert_identities,
     assert_no_traceback,
@@ -32,14 +32,6 @@ from twilio_pipeline_tests.reliability.conftest import (
 pytestmark = pytest.mark.slow
 EXECUTION = 7
 CONTACTS = 400
-
-
-def _wait_until(predicate, timeout_s: float, what: str, alive=lambda: True) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert alive(), f"the send ended before {what}"
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def _execution(db, execution_id: int) -> tuple[str, str | None]:
@@ -96,7 +88,7 @@ def test_a_send_stopped_by_a_signal_while_sending_is_failed_interrupted_and_a_la
         make_sandbox, make_cli, sig):
     sb, cli, audience = _slow_setup(make_sandbox, make_cli)
     run = cli.start("send", str(EXECUTION))
-    _wait_until(lambda: sb.stats()["messages_outbound"] >= 60, 120, "60 messages reached the sandbox", run.alive)
+    wait_until(lambda: sb.stats()["messages_outbound"] >= 60, 120, "60 messages reached the sandbox", alive=run.alive)
     # To the CLI process (`kill -INT`/`kill -TERM`). A terminal's Ctrl-C also reaches Dagster's own
     # compute-log helper processes, whose KeyboardInterrupt tracebacks are not ours to silence.
     os.kill(run.pid, sig)
@@ -119,8 +111,8 @@ def test_sigterm_during_planning_leaves_failed_interrupted_and_a_later_send_send
     create_execution(cli.db, EXECUTION, "Interrupt SMS", "Hi {{FirstName}}",
                      ((i, f"+1415555{i % 300:04d}", {"FirstName": "A"}) for i in range(1, rows + 1)))
     run = cli.start("send", str(EXECUTION))
-    _wait_until(lambda: any("stg_plan_" in name for name in cli.db.staging_tables()), 120,
-                "planning started", run.alive)
+    wait_until(lambda: any("stg_plan_" in name for name in cli.db.staging_tables()), 120,
+               "planning started", alive=run.alive)
     os.kill(run.pid, signal.SIGTERM)
     result = run.wait(60)
     assert result.returncode == 1, result.describe()
@@ -165,8 +157,8 @@ def test_a_dagster_run_termination_while_sending_is_failed_interrupted_and_a_lat
     worker = subprocess.Popen([sys.executable, "-c", WORKER, str(EXECUTION)], env=cli.env, cwd=str(cli.root),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        _wait_until(lambda: sb.stats()["messages_outbound"] >= 60, 150, "60 messages reached the sandbox",
-                    lambda: worker.poll() is None)
+        wait_until(lambda: sb.stats()["messages_outbound"] >= 60, 150, "60 messages reached the sandbox",
+                   alive=lambda: worker.poll() is None)
         with cli.instance() as instance:
             [run] = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/partition": str(EXECUTION)}))
             instance.run_launcher.terminate(run.run_id)

@@ -35,6 +35,7 @@ from twilio_pipeline_tests.outbound.conftest import (
     outbound_created,
     run_id,
 )
+from twilio_pipeline_tests.polling import wait_until
 
 TTL_S = 2.0
 EXECUTION = 7
@@ -46,13 +47,6 @@ def _planned(db, n: int, **overrides):
     create_execution(db, EXECUTION, channel.name, "Hi {{FirstName}}", contacts)
     plan_execution(db, channel, EXECUTION, run_id=run_id(), log=ListLog())
     return channel
-
-
-def _wait_for(condition, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for {what}"
-        time.sleep(0.02)
 
 
 @contextmanager
@@ -126,7 +120,7 @@ def _second_send_during_a_stall(db: Database, make_sandbox, table: str, lease_st
     try:
         a = _Run(db_a, client, channel, claim_batch=20)
         a.start()
-        _wait_for(lambda: count() >= 6, 30, "the first send to be under way")
+        wait_until(lambda: count() >= 6, 30, "the first send to be under way")
         b = _Run(db_b, client, channel, claim_batch=20)
         with _stalled(db, getattr(db.tables, table)):
             time.sleep(TTL_S * 0.75)
@@ -214,7 +208,7 @@ def test_a_run_that_lost_its_lease_claims_nothing_and_keeps_every_sid_it_was_giv
         assert all(r.accepted for r in [b_answer, *a_answers])
         with db.staging_table("send", OutcomeWriter.staging_columns()) as stg_a:
             writer_a = OutcomeWriter(db, channel, EXECUTION, run_a, stg_a)
-            for item, answer in zip(items, a_answers):
+            for item, answer in zip(items, a_answers, strict=False):
                 writer_a.result(item, answer)
             writer_a.close()
     sid_a1, sid_a2, sid_b2 = a_answers[0].message["sid"], a_answers[1].message["sid"], b_answer.message["sid"]
@@ -240,7 +234,7 @@ def test_cancel_stops_a_running_send_within_30_s_and_status_stays_cancelled(db, 
     client = client_for(sb, channel)
     send = _Run(db, client, channel, claim_batch=20)
     send.start()
-    _wait_for(lambda: sum(outbound_created(sb).values()) >= 6, 30, "the send to be under way")
+    wait_until(lambda: sum(outbound_created(sb).values()) >= 6, 30, "the send to be under way")
     set_status(db, EXECUTION, "cancelled")
     cancelled_at = time.monotonic()
     send.finish(60)
@@ -269,7 +263,7 @@ def test_cancel_also_stops_a_request_that_twilio_keeps_throttling(db, make_sandb
     send = _Run(db, client_for(sb, channel), channel)
     started = time.monotonic()
     send.start()
-    _wait_for(lambda: sb.stats()["responses_by_status"].get("429", 0) >= 4, 30, "throttled requests")
+    wait_until(lambda: sb.stats()["responses_by_status"].get("429", 0) >= 4, 30, "throttled requests")
     set_status(db, EXECUTION, "cancelled")
     send.finish(90)
     assert send.error is None and send.summary.cancelled, (send.error, send.summary)

@@ -7,6 +7,7 @@ import time
 import pytest
 
 from twilio_pipeline.sandbox.process import SandboxError, SandboxProcess
+from twilio_pipeline_tests.polling import wait_until
 
 from .conftest import SENDER, TwilioHTTP
 
@@ -37,7 +38,13 @@ def test_write_behind_is_flushed_within_a_second(tmp_path):
     sandbox = SandboxProcess(tmp_path, status_delay_ms=0).start()
     http = TwilioHTTP(sandbox)
     sids = {http.send(f"+1555610{i:04d}")["sid"] for i in range(20)}
-    time.sleep(1.0)
+    journal = sandbox.store / "journal.jsonl"
+
+    def flushed() -> bool:
+        text = journal.read_text(encoding="utf-8") if journal.exists() else ""
+        return text.endswith("\n") and all(sid in text for sid in sids)
+
+    wait_until(flushed, 1.0, "the write-behind journal to hold every message")
     sandbox.kill()  # no chance to flush at shutdown
     sandbox.start()
     assert {m["sid"] for m in sandbox.messages()} == sids
