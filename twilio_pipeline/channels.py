@@ -1,4 +1,4 @@
-"""The channel file (CONTRACT.md "Channel file"): load, validate, explain.
+"""The channel file (docs/reference.md "Channel file"): load, validate, explain.
 
 Every key and default of the contract is here. Unknown keys and wrong values are rejected at load time
 with one line per problem naming the channel, the key and what is wrong, so a typo never turns into a

@@ -1,4 +1,4 @@
-"""`twilio-pipeline`: the command line of CONTRACT.md. Runs go through Dagster in-process and are
+"""`twilio-pipeline`: the command line of docs/reference.md "Commands". Runs go through Dagster in-process and are
 recorded in the instance of DAGSTER_HOME (the repo's own by default, the one `make ui` shows).
 
 Exit codes: 0 success; 1 the run failed; 2 bad input (one line, no traceback); 3 another live run is

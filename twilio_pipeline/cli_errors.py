@@ -1,4 +1,4 @@
-"""CONTRACT.md's exit codes and the one-line error the CLI prints for bad input."""
+"""The exit codes of docs/reference.md "Exit codes" and the one-line error the CLI prints for bad input."""
 
 EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_BUSY = 0, 1, 2, 3
 

@@ -1,4 +1,4 @@
-"""Process environment -> typed settings (CONTRACT.md "Environment").
+"""Process environment -> typed settings (docs/reference.md "Environment").
 
 Read once per process; nothing here talks to the network or the database. With no account SID the
 pipeline runs in *sandbox mode* against the embedded sandbox, and says so everywhere: a missing

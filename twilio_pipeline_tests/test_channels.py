@@ -1,4 +1,4 @@
-"""The channel file: every CONTRACT.md key with its default, and clear one-line errors for bad files."""
+"""The channel file: every docs/reference.md key with its default, and clear one-line errors for bad files."""
 
 from __future__ import annotations
 

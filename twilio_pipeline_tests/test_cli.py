@@ -1,5 +1,5 @@
 """`twilio-pipeline` as a user runs it: real subprocesses against the sandbox, runs recorded in the
-Dagster instance, exit codes and one-line errors as CONTRACT.md promises."""
+Dagster instance, exit codes and one-line errors as docs/reference.md promises."""
 
 from __future__ import annotations
 

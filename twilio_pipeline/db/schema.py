@@ -1,4 +1,4 @@
-"""Table definitions: CONTRACT.md's tables under their contract names plus the pipeline's own.
+"""Table definitions: the tables of docs/reference.md under their documented names plus the pipeline's own.
 
 Names are configurable by schema and prefix and always quoted by SQLAlchemy, never pasted into SQL.
 Datetimes are stored as naive UTC with microseconds (DATETIME2 on SQL Server, TIMESTAMP on PostgreSQL,

@@ -1,4 +1,4 @@
-"""Default status of the sensors and schedules (TWILIO_PIPELINE_AUTOMATION, CONTRACT.md): nothing sends or
+"""Default status of the sensors and schedules (TWILIO_PIPELINE_AUTOMATION, docs/reference.md): nothing sends or
 syncs on its own in a fresh production deployment until an operator turns it on; the stored state wins."""
 
 from __future__ import annotations

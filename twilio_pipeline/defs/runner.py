@@ -1,5 +1,5 @@
 """In-process runs for the CLI and the demo: the same jobs the UI launches, recorded in the instance of
-DAGSTER_HOME, with the failure reduced to one line and mapped to CONTRACT.md's exit codes."""
+DAGSTER_HOME, with the failure reduced to one line and mapped to the exit codes of docs/reference.md."""
 
 from __future__ import annotations
 

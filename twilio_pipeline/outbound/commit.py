@@ -62,7 +62,7 @@ class OutboundResults:
 
 
 def compute_results(db: Database, channel: Channel, execution_id: int) -> dict[str, int | float]:
-    """CONTRACT.md's outbound results from the ledger. `Pending` counts planned rows no run has requested
+    """Outbound results (docs/reference.md "Results") from the ledger. `Pending` counts planned rows no run requested
     yet (an interrupted or cancelled send): CountBeforeDedup = InvalidNumbers + Duplicates + Unsubscribed +
     NotRendered + Targeted + Pending."""
     c = ledger_counts(db, execution_id)

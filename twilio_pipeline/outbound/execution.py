@@ -177,8 +177,8 @@ UNSENT_STATUSES = ("ready", "sending", "failed")
 
 
 def record_unsendable(db: Database, execution_id: int, reason: str) -> bool:
-    """Status `failed` with the reason for an execution that cannot be sent (CONTRACT.md "Execution status,
-    whoever starts the run"), so the upstream and the queue listener see why; True when recorded."""
+    """Status `failed` with the reason for an execution that cannot be sent (docs/reference.md "Execution
+    status"), so the upstream and the queue listener see why; True when recorded."""
     row = read_execution(db, execution_id)
     if row is None or row.status not in UNSENT_STATUSES:
         return False

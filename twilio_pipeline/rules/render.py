@@ -167,7 +167,7 @@ def render_body(
     """Fill merge fields from `attributes` in one pass (a value holding `{{Other}}` is texted as typed).
 
     A missing or NULL field makes the recipient NotRendered (a half-filled text is worse than none);
-    seeds render missing fields as `[Field]` instead (CONTRACT.md seed_attributes).
+    seeds render missing fields as `[Field]` instead (docs/reference.md "Channel file", seed_attributes).
     """
     problem: list[str] = []
 

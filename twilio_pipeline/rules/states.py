@@ -1,4 +1,4 @@
-"""Twilio message statuses -> CONTRACT.md fulfillment states, and their order.
+"""Twilio message statuses -> the fulfillment states of docs/reference.md, and their order.
 
 Statuses never move backwards: a late `sent` never overwrites `delivered`. The rank decides.
 """

@@ -1,6 +1,6 @@
 """`twilio-pipeline sandbox [flags]`: run the Twilio-compatible sandbox in the foreground.
 
-Flags and defaults are the ones CONTRACT.md fixes; credentials default to the environment's
+Flags and defaults are the ones docs/reference.md "Sandbox" lists; credentials default to the environment's
 TWILIO_ACCOUNT_SID / TWILIO_AUTH_TOKEN (and TWILIO_API_KEY_SID / TWILIO_API_KEY_SECRET), else to
 the fixed sandbox credentials of `credentials.py`.
 """

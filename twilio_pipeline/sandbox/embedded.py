@@ -44,7 +44,7 @@ EMBEDDED_FLAGS: dict[str, object] = {
     "reply_keywords": "MORE",
     "access_log": False,
 }
-SANDBOX_URL_ENV = "TWILIO_PIPELINE_SANDBOX_URL"  # a running sandbox every host shares (CONTRACT.md)
+SANDBOX_URL_ENV = "TWILIO_PIPELINE_SANDBOX_URL"  # a running sandbox every host shares (docs/reference.md "Environment")
 STORE_DIR = "sandbox"
 SERVER_FILE = "server.json"
 START_LOCK = "sandbox.start.lock"

@@ -1,4 +1,4 @@
-"""Choosing the executor and the shared sandbox by configuration (CONTRACT.md, second round): bad values are
+"""Choosing the executor and the shared sandbox by configuration (docs/reference.md "Environment"): bad values are
 one line, the CLI's in-process runs work whatever the executor, and sandbox mode on several hosts uses the
 one sandbox TWILIO_PIPELINE_SANDBOX_URL names instead of starting its own."""
 

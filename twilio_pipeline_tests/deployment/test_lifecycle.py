@@ -98,7 +98,7 @@ def test_a_run_worker_killed_mid_send_frees_its_slots_and_a_rerun_from_graphql_t
     assert failed.status == dg.DagsterRunStatus.FAILURE
     d.wait("the killed run's twilio_api slots to be freed", lambda: not _claimed_by(d, run.run_id), timeout=120)
     status, reason = d.execution(KILLED)
-    # CONTRACT.md: never `sent` nor back to `ready`; `sending` (a SIGKILL leaves no chance to write) or
+    # docs/reference.md: never `sent` nor back to `ready`; `sending` (a SIGKILL leaves no chance to write) or
     # `failed` with a reason beginning `interrupted`; either way a later send resumes it.
     assert status == "sending" or (status == "failed" and (reason or "").startswith("interrupted")), (status, reason)
 

@@ -2,7 +2,7 @@
 
 `make_cli(sandbox, channels)` gives a `PipelineCli`: its own SQLite database, channel file and Dagster
 instance (DAGSTER_HOME holding a link to the repo's shipped dagster.yaml, `twilio_api` pool included),
-and the environment CONTRACT.md names, pointing the CLI at the sandbox. `run()` waits for a command,
+and the environment docs/reference.md names, pointing the CLI at the sandbox. `run()` waits for a command,
 `start()` leaves it running (its own process group, so a SIGKILL takes nothing else down).
 """
 

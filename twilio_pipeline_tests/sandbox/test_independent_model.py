@@ -1,5 +1,5 @@
 """The sandbox as an independent model of Twilio: its own rules, owned numbers, accounts, pools,
-final `sent`, list lag and body redaction (CONTRACT.md "Sandbox additions")."""
+final `sent`, list lag and body redaction (docs/reference.md "Sandbox")."""
 
 from __future__ import annotations
 
