@@ -34,7 +34,8 @@ TEST_WORKERS ?= 3
 test: install
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
-# The developer loop: everything but the suites marked slow (crash, fault, deployment, real-process CLI runs).
+# The developer loop (under 2 minutes): everything but the tests marked slow - crash, fault, deployment and celery
+# suites, real-process CLI/dg/dagster runs, the PostgreSQL/MariaDB variants (database tests run once, on SQLite).
 test-fast: install
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m "not slow"
 

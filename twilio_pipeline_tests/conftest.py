@@ -57,7 +57,9 @@ def mysql_url():
     admin.dispose()
 
 
-@pytest.fixture(params=["sqlite", "postgresql", "mysql"])
+# The real servers' variants are `slow`: `make test-fast` runs every database test once, on SQLite.
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow),
+                        pytest.param("mysql", marks=pytest.mark.slow)])
 def db_url(request, tmp_path):
     """A database URL on each backend (tests using it run once per backend)."""
     if request.param == "sqlite":

@@ -101,6 +101,7 @@ def test_follow_up_is_created_once_per_reply_with_a_negative_id(db):
     assert create_follow_ups(db, channel, log=ListLog()) == [-2]
 
 
+@pytest.mark.slow
 def test_a_killed_cli_run_is_marked_failed_and_frees_its_pool_slots():
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -119,6 +120,7 @@ def test_a_killed_cli_run_is_marked_failed_and_frees_its_pool_slots():
         assert instance.event_log_storage.get_concurrency_info("twilio_api").active_slot_count == 0
 
 
+@pytest.mark.slow
 def test_a_run_marked_failed_whose_slot_was_never_freed_gets_it_back():
     """The next CLI run can itself be killed while it cleans up after a dead one. Whatever the moment, no
     slot stays held: here a dead run already marked FAILURE still holds its slot (the window an earlier

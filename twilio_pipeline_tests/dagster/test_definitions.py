@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import dagster as dg
+import pytest
 
 from twilio_pipeline.definitions import defs
 from twilio_pipeline.settings import project_root
@@ -60,6 +61,7 @@ def test_twilio_steps_are_in_the_twilio_api_pool():
         assert node.pools == {"twilio_api"}, name
 
 
+@pytest.mark.slow
 def test_dagster_cli_validates_the_workspace(tmp_path):
     workspace = project_root() / "workspace.yaml"
     proc = subprocess.run([sys.executable, "-m", "dagster", "definitions", "validate", "-w", str(workspace)],
@@ -69,6 +71,7 @@ def test_dagster_cli_validates_the_workspace(tmp_path):
     assert "Validation successful" in proc.stderr + proc.stdout
 
 
+@pytest.mark.slow
 def test_dg_knows_the_project_from_the_repo_root():
     """`dg check defs` and `dg list defs`, Dagster's current CLI, load this code location from the repo root."""
     venv = os.path.dirname(os.path.dirname(sys.executable))

@@ -7,6 +7,7 @@ import os
 import uuid
 
 import dagster as dg
+import pytest
 import yaml
 
 from twilio_pipeline.audience import create_execution
@@ -46,6 +47,7 @@ GUIDE_ORDER = [
 ]
 
 
+@pytest.mark.slow
 def test_the_outbound_job_writes_the_guides_lifecycle_lines_in_order(make_sandbox, tmp_path, monkeypatch):
     sb = make_sandbox()
     channels = tmp_path / "channels.yaml"

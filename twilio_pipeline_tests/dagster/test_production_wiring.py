@@ -145,6 +145,7 @@ def test_queue_listener_reads_the_database_url_from_the_environment(env_resource
     assert [r.partition_key for r in result.run_requests] == ["1"]
 
 
+@pytest.mark.slow
 def test_an_execution_that_cannot_be_sent_is_failed_with_the_reason_and_the_listener_says_so(env_resources):
     resources, db = env_resources
     create_execution(db, 12, CHANNEL, "hi", [])  # no recipients
@@ -175,6 +176,7 @@ def test_an_execution_that_cannot_be_sent_is_failed_with_the_reason_and_the_list
     assert f"1 ready execution whose run ended without sending (re-run it or send it from the CLI): 15 (run {ended.run_id[:8]} failure)" in message
 
 
+@pytest.mark.slow
 def test_a_bad_execution_in_a_multi_partition_sync_run_is_recorded_and_skipped(env_resources):
     resources, db = env_resources
     create_execution(db, 21, CHANNEL, "hi", [CONTACT], status="sent")
@@ -221,6 +223,7 @@ print(json.dumps({**{s.name: s.default_status.value for s in defs.sensors},
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("automation, expected", [(None, "STOPPED"), ("on", "RUNNING")])
 def test_a_code_location_with_a_twilio_account_starts_nothing_until_automation_is_on(automation, expected):
     env = {k: v for k, v in os.environ.items() if not k.startswith("TWILIO_")}
@@ -354,6 +357,7 @@ def test_the_queue_listener_adds_a_new_execution_before_the_follow_ups(env_resou
     assert list(add.partition_keys) == ["2", "-1"]
 
 
+@pytest.mark.slow
 def test_the_run_queue_starts_no_more_sends_than_twilio_api_slots_and_one_run_per_execution(
         sqlite_env_resources, repo_instance):
     """22 ready executions used to start 6-7 runs at once, each holding a process while it waited for one

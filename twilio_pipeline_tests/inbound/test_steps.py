@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from datetime import date, datetime, timedelta
 
+import pytest
 import sqlalchemy as sa
 
 from twilio_pipeline.inbound import fetch_statuses, load_states, sync_channel
@@ -174,6 +175,7 @@ def test_overlapping_syncs_store_each_state_once(db, sb, client):
     assert db.read_results(1)["Status:delivered"] == 30
 
 
+@pytest.mark.slow
 def test_a_batch_of_a_backfill_size_is_loaded_once_and_its_sids_retired(db):
     """Past BIG_BATCH pending rows the load refreshes the planner's statistics inside its transaction
     (PostgreSQL); the outcome is the same: every state once, every terminal SID retired, nothing pending."""

@@ -109,6 +109,7 @@ def _step_failure(result) -> str:
     return failure.step_failure_data.error.message.strip()
 
 
+@pytest.mark.slow
 def test_a_dagster_run_refuses_a_cancelled_or_future_execution_unless_its_run_config_forces_it(
         dagster_resources, sandbox):
     db = dagster_resources["database"].get_database()

@@ -84,6 +84,7 @@ def _buy(sb, number: str) -> None:
     sb.request("POST", f"/2010-04-01/Accounts/{sb.account_sid}/IncomingPhoneNumbers.json", form={"PhoneNumber": number})
 
 
+@pytest.mark.slow
 def test_a_number_released_mid_send_stops_it_and_the_rest_is_sent_once_it_is_back(db, make_sandbox, log):
     sb = make_sandbox(latency_ms=20)
     channel = _plan(db, 80, max_concurrency=1, sender_error_limit=4)

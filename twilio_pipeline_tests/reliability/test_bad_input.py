@@ -577,6 +577,7 @@ def test_cli_send_of_an_unsendable_execution_is_exit_2_and_records_why(in_proces
     assert not (in_process_cli.cli.home / "storage").exists(), "no Dagster run may start for bad input"
 
 
+@pytest.mark.slow
 def test_real_cli_prints_one_line_without_traceback(make_cli):
     """The same through a real process: what a user's shell sees."""
     cli = make_cli(None, "channels: [\n  - name: x\n", name="yaml")

@@ -97,6 +97,7 @@ def test_admin_dump_and_stats(api: TwilioHTTP):
     assert stats["messages_created_by_to"] == {"+15556300001": 1}
 
 
+@pytest.mark.slow
 def test_bulk_inbound_of_100000_is_quick(api: TwilioHTTP):
     items = [{"From": f"+1555{i:07d}", "To": SENDER, "Body": "STOP" if i % 10 == 0 else "hi",
               "DateSent": "2026-01-01T00:00:00Z"} for i in range(100_000)]

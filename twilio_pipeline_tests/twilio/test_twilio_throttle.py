@@ -150,6 +150,7 @@ def test_token_bucket_paces_after_burst():
     assert waits == [pytest.approx(0.1), pytest.approx(0.2)]
 
 
+@pytest.mark.slow
 def test_token_bucket_real_rate():
     bucket = TokenBucket(200.0, burst=1)
     t0 = time.monotonic()
