@@ -1,7 +1,7 @@
 """State bulk-load (the guide's inbound steps 4-6 and 12): pending observations -> OfferHistorySG_States.
 
 One transaction per call: the pending batch is copied (deduplicated) into a per-run staging table,
-merged with `INSERT ... SELECT ... WHERE NOT EXISTS` on the keys of docs/reference.md "Tables" (delivery states: one
+merged with `INSERT ... SELECT ... WHERE NOT EXISTS` on CONTRACT.md's uniqueness (delivery states: one
 row per execution, contact and FulfillmentState; replies: one per execution, contact, EventName and
 Timestamp), then the SIDs whose terminal state it stored are retired from Twilio_MessageIDs and the
 batch leaves the pending table. A crash anywhere rolls all of it back: the next load repeats it, and
