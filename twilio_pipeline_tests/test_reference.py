@@ -36,8 +36,9 @@ def _string_constants(paths) -> set[str]:
 
 def test_every_environment_variable_the_code_reads_is_documented():
     names = {s for s in _string_constants((ROOT / "twilio_pipeline").rglob("*.py")) if ENV_NAME.match(s)}
-    names |= {s for s in _string_constants((ROOT / "twilio_pipeline_tests").rglob("*.py"))
-              if s.startswith("TWILIO_PIPELINE_TEST_") and ENV_NAME.match(s)}
+    test_servers = re.compile(r"[\"'](TWILIO_PIPELINE_TEST_[A-Z0-9_]*[A-Z0-9])[\"']")
+    for path in (ROOT / "twilio_pipeline_tests").rglob("*.py"):
+        names |= set(test_servers.findall(path.read_text(encoding="utf-8")))
     deploy = ROOT / "deploy"
     for path in deploy.rglob("*"):
         if path.is_file():
