@@ -1,5 +1,6 @@
-"""Twilio REST access for the pipeline (requests + tenacity, no Dagster): client, errors, flow control,
-date helpers and secret redaction."""
+"""Twilio REST access for the pipeline (requests + tenacity, no Dagster): the endpoints (`client`), one
+HTTP exchange and its failure sorting (`transport`), the retry policy (`retry`), the Bulk Export
+day-file decoder (`export_stream`), errors, flow control (`throttle`), dates and secret redaction."""
 
 from twilio_pipeline.twilio.client import (
     ACCEPTED,
@@ -7,7 +8,6 @@ from twilio_pipeline.twilio.client import (
     REFUSED,
     CreateResult,
     Endpoints,
-    RetrySettings,
     TwilioClient,
     TwilioCredentials,
 )
@@ -23,6 +23,7 @@ from twilio_pipeline.twilio.errors import (
     is_sender_error,
 )
 from twilio_pipeline.twilio.redact import REDACTED, Redactor
+from twilio_pipeline.twilio.retry import RetrySettings
 from twilio_pipeline.twilio.throttle import AdaptiveLimiter, TokenBucket
 
 __all__ = [

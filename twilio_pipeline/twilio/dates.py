@@ -8,7 +8,7 @@ exception, because one odd record must not stop a sync. Filters go out as RFC 33
 
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from email.utils import parsedate_to_datetime
 
 
@@ -35,8 +35,8 @@ def parse_twilio_date(s: str | None) -> datetime | None:
             return None
     try:
         if dt.tzinfo is None or dt.utcoffset() is None:
-            return dt.replace(tzinfo=timezone.utc)
-        return dt.astimezone(timezone.utc)
+            return dt.replace(tzinfo=UTC)
+        return dt.astimezone(UTC)
     except (ValueError, OverflowError):
         return None
 
@@ -46,5 +46,5 @@ def format_rfc3339(dt: datetime | date) -> str:
     if not isinstance(dt, datetime):
         return f"{dt.isoformat()}T00:00:00Z"
     if dt.tzinfo is not None and dt.utcoffset() is not None:
-        dt = dt.astimezone(timezone.utc)
+        dt = dt.astimezone(UTC)
     return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
