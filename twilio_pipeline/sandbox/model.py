@@ -1,4 +1,4 @@
-"""The sandbox's account: messages, their lifecycle, opt-outs, replies and Bulk Export jobs.
+"""The sandbox's account: messages, their lifecycle, opt-outs and replies (its Bulk Export jobs: `exports.py`).
 
 Everything here runs on the server's event-loop thread, so there are no locks. Work per request
 stays small: a message's whole lifecycle (its status steps, its outcome, its reply) is planned
@@ -9,13 +9,9 @@ sorted indexes by `date_sent`, so a page costs its own size, not the account's.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import heapq
-import json
 import math
-import os
-import random
 import re
 import time
 from bisect import bisect_left, bisect_right, insort
@@ -30,6 +26,7 @@ from twilio_pipeline.sandbox.errors import (
     VALIDITY_EXPIRED_CODE,
     bad_request,
 )
+from twilio_pipeline.sandbox.exports import Exports
 from twilio_pipeline.sandbox.rules import (
     is_e164,
     is_short_code,
@@ -37,7 +34,8 @@ from twilio_pipeline.sandbox.rules import (
     segment_count,
     smart_encoded,
 )
-from twilio_pipeline.sandbox.timefmt import DAY_S, day_start, iso8601, iso_day, parse_instant, rfc2822
+from twilio_pipeline.sandbox.sids import new_sid
+from twilio_pipeline.sandbox.timefmt import DAY_S, iso8601, parse_instant, rfc2822
 
 SERVICE_SID = re.compile(r"^MG[0-9a-fA-F]{32}$")
 MESSAGE_SID = re.compile(r"^(SM|MM)[0-9a-fA-F]{32}$")
@@ -63,7 +61,6 @@ MAX_BODY = 1600
 VALIDITY_MAX_S = 36000
 SCHEDULE_MIN_S = 300
 SCHEDULE_MAX_S = 35 * DAY_S
-EXPORT_MAX_DAYS = 366
 _HIDDEN_SENDER = ("accepted", "scheduled")
 
 
@@ -102,13 +99,6 @@ def _short_segments(body: str) -> int:
 def _segments(body: str) -> int:
     """Segments of a body; short bodies (replies, keywords) repeat a lot, so they are cached."""
     return _short_segments(body) if len(body) <= 160 else segment_count(body)
-
-
-_sid_random = random.Random(os.urandom(32))  # unique, not secret: seeded apart from --seed
-
-
-def _new_sid(prefix: str) -> str:
-    return f"{prefix}{_sid_random.getrandbits(128):032x}"
 
 
 class Msg:
@@ -177,37 +167,6 @@ class Msg:
         )
 
 
-class Job:
-    """A Bulk Export custom job: Submitted, Running after one status step, done after two."""
-
-    __slots__ = ("sid", "friendly_name", "start_day", "end_day", "webhook_url", "webhook_method",
-                 "email", "created", "t_running", "t_done")
-
-    def __init__(self, sid, friendly_name, start_day, end_day, webhook_url, webhook_method, email,
-                 created, t_running, t_done):
-        self.sid = sid
-        self.friendly_name = friendly_name
-        self.start_day = start_day
-        self.end_day = end_day
-        self.webhook_url = webhook_url
-        self.webhook_method = webhook_method
-        self.email = email
-        self.created = created
-        self.t_running = t_running
-        self.t_done = t_done
-
-    def days(self) -> list[str]:
-        start, end = day_start(self.start_day), day_start(self.end_day)
-        return [iso_day(start + i * DAY_S) for i in range(int((end - start) // DAY_S) + 1)]
-
-    def record(self) -> dict:
-        return {"k": "job", **{name: getattr(self, name) for name in self.__slots__}}
-
-    @classmethod
-    def from_record(cls, r: dict) -> Job:
-        return cls(*(r[name] for name in cls.__slots__))
-
-
 class Model:
     """The simulated account. `journal` receives a JSON-able record for every change."""
 
@@ -262,9 +221,7 @@ class Model:
         self.created_by_to: dict[str, int] = {}
         self.blocks: dict[tuple[str | None, str, str], tuple[float, bool]] = {}
         self.pending_replies: list[tuple[float, str]] = []
-        self.jobs: dict[str, Job] = {}
-        self.day_files: dict[str, dict] = {}
-        self.jobs_generated: set[str] = set()
+        self.exports = Exports(self)
         self._set_numbers(())
 
     def now(self) -> float:
@@ -293,11 +250,8 @@ class Model:
                 bulk.extend(Msg.from_inbound_row(row) for row in r["rows"])
             elif kind == "clock":
                 self.clock_offset = float(r["offset"])
-            elif kind == "job":
-                job = Job.from_record(r)
-                self.jobs[job.sid] = job
-            elif kind == "job_del":
-                self.jobs.pop(r["sid"], None)
+            elif kind in ("job", "job_del"):
+                self.exports.restore(r)
             elif kind == "own":
                 self._set_numbers((*self.bought, r["n"]), self.released - {r["n"]})
             elif kind == "release":
@@ -318,7 +272,7 @@ class Model:
             yield {"k": "own", "n": number}
         for number in sorted(self.released):
             yield {"k": "release", "n": number}
-        for job in self.jobs.values():
+        for job in self.exports.jobs.values():
             yield job.record()
         rows: list[list] = []
         for _, sid in self.idx_all:
@@ -521,7 +475,7 @@ class Model:
         n = self.created_by_to.get(to, 0)
         u = _uniforms(cfg.seed, to, n)
         steps, err, key, reply = self._plan(now, bool(service), send_at, validity_s, u)
-        sid = _new_sid("MM" if media else "SM")
+        sid = new_sid("MM" if media else "SM")
         m = Msg(sid, "outbound-api", to, sender, bool(frm), service, body, media, seg, now,
                 steps, err, key, reply, callback, acct)
         self._add(m)
@@ -586,7 +540,7 @@ class Model:
                 raise bad_request(20001, "DateSent cannot be in the future of the sandbox clock")
         body = body or ""
         service = self.service_sid if to in self.service_senders else None
-        return Msg(_new_sid("SM"), "inbound", to, frm, True, service, body, [], _segments(body) or 1, t,
+        return Msg(new_sid("SM"), "inbound", to, frm, True, service, body, [], _segments(body) or 1, t,
                    (("received", t),), None, t, acct=acct)
 
     def inject_inbound(self, items: list[dict], acct: str | None = None) -> list[Msg]:
@@ -748,92 +702,3 @@ class Model:
         page = out[:page_size]
         page.reverse()
         return page, True, more_before
-
-    # -- Bulk Exports ------------------------------------------------------------------------
-    def create_export_job(self, form: dict[str, list[str]]) -> Job:
-        def first(name: str) -> str | None:
-            values = form.get(name)
-            return values[0].strip() if values and values[0].strip() else None
-
-        start, end, name = first("StartDay"), first("EndDay"), first("FriendlyName")
-        for param, value in (("StartDay", start), ("EndDay", end), ("FriendlyName", name)):
-            if value is None:
-                raise bad_request(20001, f"Missing required parameter {param} in the post body")
-        try:
-            t_start, t_end = day_start(start), day_start(end)
-        except ValueError:
-            raise bad_request(20001, "StartDay and EndDay must be days in the format yyyy-mm-dd") from None
-        now = self.now()
-        today = day_start(iso_day(now))
-        if t_end > today - 2 * DAY_S:
-            raise bad_request(20001, f"EndDay {end} must be at least 2 days earlier than the current UTC day {iso_day(now)}")
-        if t_start > t_end:
-            raise bad_request(20001, "StartDay must not be after EndDay")
-        if (t_end - t_start) / DAY_S + 1 > EXPORT_MAX_DAYS:
-            raise bad_request(20001, f"A job may span at most {EXPORT_MAX_DAYS} days")
-        url, method = first("WebhookUrl"), first("WebhookMethod")
-        if (url is None) != (method is None):
-            raise bad_request(20001, "WebhookUrl and WebhookMethod must be given together")
-        if method is not None and method.upper() not in ("GET", "POST"):
-            raise bad_request(20001, "WebhookMethod must be GET or POST")
-        d = self.config.status_delay_s
-        job = Job(_new_sid("JS"), name, start, end, url, method.upper() if method else None,
-                  first("Email"), now, now + d, now + 2 * d)
-        self.jobs[job.sid] = job
-        self.journal(job.record())
-        self.complete_jobs(now)
-        return job
-
-    def delete_export_job(self, sid: str) -> bool:
-        if self.jobs.pop(sid, None) is None:
-            return False
-        self.journal({"k": "job_del", "sid": sid})
-        return True
-
-    def complete_jobs(self, now: float) -> None:
-        """Write the day files of the jobs that are done (lazily, on first look after t_done)."""
-        for job in self.jobs.values():
-            if job.sid in self.jobs_generated or job.t_done > now:
-                continue
-            self.jobs_generated.add(job.sid)
-            for day in job.days():
-                self._write_day(day, job, now)
-
-    def _day_messages(self, day: str, now: float) -> list[Msg]:
-        lo = day_start(day)
-        hi = min(lo + DAY_S, math.nextafter(now, math.inf))
-        lst = self.idx_all
-        # Bulk Exports serve the main account only: a subaccount's messages never leak into them
-        return [m for m in (self.messages[sid] for _, sid in lst[bisect_left(lst, (lo,)):bisect_left(lst, (hi,))])
-                if m.acct is None]
-
-    def _write_day(self, day: str, job: Job, now: float) -> None:
-        msgs = self._day_messages(day, now)
-        if not msgs:
-            self.day_files.pop(day, None)
-            return
-        lines = "".join(json.dumps(self.export_record(m, now)) + "\n" for m in msgs)
-        self.day_files[day] = {
-            "day": day,
-            "bytes": gzip.compress(lines.encode("utf-8"), compresslevel=6, mtime=0),
-            "count": len(msgs),
-            "create_date": iso_day(now),
-            "friendly_name": job.friendly_name,
-        }
-
-    def job_details(self, job: Job, now: float) -> list[dict]:
-        days = job.days()
-        if now < job.t_done:
-            status = "Running" if now >= job.t_running else "Submitted"
-            return [{"status": status, "count": len(days), "days": days}]
-        self.complete_jobs(now)
-        done = [d for d in days if d in self.day_files]
-        empty = [d for d in days if d not in self.day_files]
-        details = []
-        if done:
-            details.append({"status": "Completed", "count": len(done), "days": done})
-        if empty:
-            details.append({"status": "CompletedEmptyRecords", "count": len(empty), "days": empty})
-        return details
-
-
