@@ -18,6 +18,7 @@ from twilio_pipeline.channels import Channel
 from twilio_pipeline.db import Database
 from twilio_pipeline.db.database import to_naive_utc
 from twilio_pipeline.rules.states import STATUS_RANK, state_name
+from twilio_pipeline.suppression import same_account
 from twilio_pipeline.twilio.dates import parse_twilio_date
 
 # Rows buffered before a bulk insert into a staging table: bounds memory on any listing size.
@@ -82,12 +83,6 @@ def serialize_writers(db: Database, conn: Connection, key: str) -> None:
                      {"r": full[:255]})
     elif db.is_mysql:
         db.transaction_lock(conn, full)
-
-
-def same_account(column: sa.ColumnElement, channel: Channel) -> sa.ColumnElement[bool]:
-    """Rows of the channel's account (an `Account` column: NULL is the deployment's own account)."""
-    key = channel.account_key
-    return column.is_(None) if key is None else column == key
 
 
 def sender_numbers_select(db: Database, channel: Channel) -> sa.Select:

@@ -34,10 +34,10 @@ from twilio_pipeline.inbound.common import (
     staging,
     utc_now,
 )
-from twilio_pipeline.inbound.refresh import merge_suppression_from
 from twilio_pipeline.logs import Log
 from twilio_pipeline.rules.keywords import keyword_class, normalise_keyword
 from twilio_pipeline.rules.states import REPLIED
+from twilio_pipeline.suppression import merge_suppression_from
 
 
 def _reply_columns() -> list[sa.Column]:

@@ -37,7 +37,8 @@ from twilio_pipeline.channels import Channel
 from twilio_pipeline.db import Database, utcnow
 from twilio_pipeline.db.database import to_naive_utc
 from twilio_pipeline.outbound.dispatch import Dispatcher
-from twilio_pipeline.outbound.ledger import AMBIGUOUS, Claims, Item, OutcomeWriter
+from twilio_pipeline.outbound.ledger import AMBIGUOUS, Claims, Item
+from twilio_pipeline.outbound.outcomes import OutcomeWriter
 from twilio_pipeline.twilio import CredentialsRejected, TwilioApiError, parse_twilio_date
 
 PAGE_ROWS = 1000

@@ -25,9 +25,9 @@ from twilio_pipeline.outbound.ledger import (
     INFLIGHT,
     PLANNED,
     Claims,
-    OutcomeWriter,
     ledger_counts,
 )
+from twilio_pipeline.outbound.outcomes import OutcomeWriter
 from twilio_pipeline.outbound.reconcile import DEFAULT_ROUNDS, Reconciler
 from twilio_pipeline.outbound.summary import StepSummary
 from twilio_pipeline.rules.phones import SEGMENTS_PER_SECOND, TWILIO_QUEUE_HOURS, drain_capacity, sender_kind

@@ -25,7 +25,8 @@ from twilio_pipeline.logs import ListLog
 from twilio_pipeline.outbound import ExecutionBusy, LeaseLost, commit_execution, plan_execution, send_execution
 from twilio_pipeline.outbound.execution import execution_channel_sender, read_execution, set_status
 from twilio_pipeline.outbound.lease import execution_lease
-from twilio_pipeline.outbound.ledger import Claims, Item, OutcomeWriter
+from twilio_pipeline.outbound.ledger import Claims, Item
+from twilio_pipeline.outbound.outcomes import OutcomeWriter
 from twilio_pipeline_tests.outbound.conftest import (
     assert_exactly_once,
     channels,
