@@ -19,7 +19,6 @@ from twilio_pipeline.db import Database
 from twilio_pipeline.db.database import to_naive_utc
 from twilio_pipeline.rules.states import STATUS_RANK, state_name
 from twilio_pipeline.suppression import same_account
-from twilio_pipeline.twilio.dates import parse_twilio_date
 
 # Rows buffered before a bulk insert into a staging table: bounds memory on any listing size.
 CHUNK_ROWS = 5_000
@@ -113,25 +112,6 @@ def rank_case(column: sa.ColumnElement, *, title_case: bool = False) -> sa.Case:
 def channel_execution_ids(db: Database, channel: Channel) -> sa.Select:
     ex = db.tables.executions
     return sa.select(ex.c.ChannelExecutionID).where(ex.c.ChannelName == channel.name)
-
-
-_MONTHS = {m: i for i, m in enumerate(("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
-                                       "Nov", "Dec"), start=1)}
-
-
-def twilio_time(value) -> datetime | None:
-    """A Twilio date (RFC 2822 from the API, ISO 8601 in export files) as naive UTC.
-
-    The common `Fri, 09 Jul 2021 15:58:57 +0000` is split by hand: a listing of 100,000 messages
-    parses 100,000 of them, and the general parser would be most of its CPU time.
-    """
-    if isinstance(value, str) and len(value) == 31 and value.endswith(" +0000"):
-        try:
-            h, m, s = value[17:25].split(":")
-            return datetime(int(value[12:16]), _MONTHS[value[8:11]], int(value[5:7]), int(h), int(m), int(s))
-        except (KeyError, ValueError):
-            pass
-    return naive(parse_twilio_date(value))
 
 
 @contextmanager

@@ -17,9 +17,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from twilio_pipeline.channels import Channel
+from twilio_pipeline.dates import twilio_time
 from twilio_pipeline.db import Database
 from twilio_pipeline.db.schema import PHONE, SID
-from twilio_pipeline.inbound.common import Summary, serialize_writers, twilio_time, utc_now
+from twilio_pipeline.inbound.common import Summary, serialize_writers, utc_now
 from twilio_pipeline.logs import Log
 from twilio_pipeline.rules.keywords import normalise_keyword
 from twilio_pipeline.rules.render import storable

@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from twilio_pipeline.channels import Channel
+from twilio_pipeline.dates import twilio_time
 from twilio_pipeline.db import Database
 from twilio_pipeline.db.schema import PHONE, SID
 from twilio_pipeline.inbound.bulk_export import ExportUnavailable, iter_exported_messages, plan_days
@@ -33,7 +34,6 @@ from twilio_pipeline.inbound.common import (
     rank_case,
     serialize_writers,
     staging,
-    twilio_time,
     utc_now,
 )
 from twilio_pipeline.logs import Log

@@ -18,17 +18,18 @@ from datetime import datetime
 import sqlalchemy as sa
 
 from twilio_pipeline.channels import Channel
+from twilio_pipeline.dates import twilio_time
 from twilio_pipeline.db import Database, utcnow
 from twilio_pipeline.db.database import to_naive_utc
 from twilio_pipeline.outbound.ledger import AMBIGUOUS, INFLIGHT, REASON_MAX, REFUSED, SENT, Item
 from twilio_pipeline.suppression import OPTED_OUT_CODE, record_refusals_as_stop
-from twilio_pipeline.twilio import CreateResult, parse_twilio_date
+from twilio_pipeline.twilio import CreateResult
 
 
 def _twilio_time(message: dict | None) -> datetime | None:
     if not message:
         return None
-    return to_naive_utc(parse_twilio_date(message.get("date_updated") or message.get("date_created")))
+    return twilio_time(message.get("date_updated") or message.get("date_created"))
 
 
 def _segments(message: dict | None) -> int | None:

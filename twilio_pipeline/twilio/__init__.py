@@ -2,6 +2,7 @@
 HTTP exchange and its failure sorting (`transport`), the retry policy (`retry`), the Bulk Export
 day-file decoder (`export_stream`), errors, flow control (`throttle`), dates and secret redaction."""
 
+from twilio_pipeline.dates import format_rfc3339, parse_twilio_date
 from twilio_pipeline.twilio.client import (
     ACCEPTED,
     AMBIGUOUS,
@@ -11,7 +12,6 @@ from twilio_pipeline.twilio.client import (
     TwilioClient,
     TwilioCredentials,
 )
-from twilio_pipeline.twilio.dates import format_rfc3339, parse_twilio_date
 from twilio_pipeline.twilio.errors import (
     SENDER_ERROR_CODES,
     AmbiguousRequest,

@@ -17,7 +17,7 @@ from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 
 import requests
 
-from twilio_pipeline.twilio.dates import format_rfc3339
+from twilio_pipeline.dates import format_rfc3339
 from twilio_pipeline.twilio.errors import (
     AmbiguousRequest,
     MalformedResponse,

@@ -19,7 +19,6 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
@@ -28,6 +27,7 @@ from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError
 
+from twilio_pipeline.dates import parse_twilio_date
 from twilio_pipeline.twilio.errors import CredentialsRejected, TwilioApiError
 from twilio_pipeline.twilio.redact import Redactor
 from twilio_pipeline.twilio.throttle import AdaptiveLimiter, TokenBucket
@@ -112,12 +112,9 @@ def retry_after_s(value: str | None) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    when = parse_twilio_date(value)  # an HTTP-date is RFC 2822
+    if when is None:
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
