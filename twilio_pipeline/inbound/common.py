@@ -1,4 +1,4 @@
-"""Small pieces the inbound steps share: summaries, the sender's number scope, status-rank SQL and
+"""Small pieces the inbound steps share: the sender's number scope, status-rank SQL and
 the write lock that keeps two overlapping syncs from inserting the same row twice.
 """
 
@@ -7,9 +7,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -18,31 +16,11 @@ from twilio_pipeline.channels import Channel
 from twilio_pipeline.db import Database
 from twilio_pipeline.db.database import to_naive_utc
 from twilio_pipeline.rules.states import STATUS_RANK, state_name
+from twilio_pipeline.summary import Summary as Summary  # still imported from here by sync.py and state_load.py
 from twilio_pipeline.suppression import same_account
 
 # Rows buffered before a bulk insert into a staging table: bounds memory on any listing size.
 CHUNK_ROWS = 5_000
-
-
-@dataclass
-class Summary:
-    """Base of the step summaries: `as_metadata()` gives Dagster-friendly plain values."""
-
-    def as_metadata(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, datetime):
-                value = value.isoformat()
-            elif isinstance(value, (set, frozenset, tuple)):
-                value = sorted(value) if isinstance(value, (set, frozenset)) else list(value)
-            elif isinstance(value, dict):
-                value = {str(k): v for k, v in value.items()}
-            out[f.name] = value
-        return out
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def naive(dt: datetime | None) -> datetime | None:

@@ -28,7 +28,6 @@ from twilio_pipeline.db import Database
 from twilio_pipeline.db.schema import PHONE, SID
 from twilio_pipeline.inbound.common import (
     CHUNK_ROWS,
-    Summary,
     inbound_scope,
     serialize_writers,
     staging,
@@ -37,6 +36,7 @@ from twilio_pipeline.inbound.common import (
 from twilio_pipeline.logs import Log
 from twilio_pipeline.rules.keywords import keyword_class, normalise_keyword
 from twilio_pipeline.rules.states import REPLIED
+from twilio_pipeline.summary import Summary
 from twilio_pipeline.suppression import merge_suppression_from
 
 

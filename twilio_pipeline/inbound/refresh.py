@@ -20,10 +20,11 @@ from twilio_pipeline.channels import Channel
 from twilio_pipeline.dates import twilio_time
 from twilio_pipeline.db import Database
 from twilio_pipeline.db.schema import PHONE, SID
-from twilio_pipeline.inbound.common import Summary, serialize_writers, utc_now
+from twilio_pipeline.inbound.common import serialize_writers, utc_now
 from twilio_pipeline.logs import Log
 from twilio_pipeline.rules.keywords import normalise_keyword
 from twilio_pipeline.rules.render import storable
+from twilio_pipeline.summary import Summary
 from twilio_pipeline.suppression import ACCOUNT, merge_suppression_from
 from twilio_pipeline.twilio import TwilioClient
 

@@ -30,7 +30,6 @@ from twilio_pipeline.db.schema import PHONE, SID
 from twilio_pipeline.inbound.bulk_export import ExportUnavailable, iter_exported_messages, plan_days
 from twilio_pipeline.inbound.common import (
     CHUNK_ROWS,
-    Summary,
     rank_case,
     serialize_writers,
     staging,
@@ -46,6 +45,7 @@ from twilio_pipeline.rules.states import (
     later_status,
     state_name,
 )
+from twilio_pipeline.summary import Summary
 from twilio_pipeline.suppression import ACCOUNT, OPTED_OUT_CODE, SUPPRESSION_MATCH
 from twilio_pipeline.twilio import TwilioApiError, TwilioClient
 

@@ -47,7 +47,6 @@ from twilio_pipeline.outbound.ledger import (
     SUPPRESSED,
     ledger_counts,
 )
-from twilio_pipeline.outbound.summary import StepSummary
 from twilio_pipeline.rules.phones import PhoneResult, normalise_number
 from twilio_pipeline.rules.render import (
     Rendered,
@@ -58,6 +57,7 @@ from twilio_pipeline.rules.render import (
     text_problem,
 )
 from twilio_pipeline.rules.segments import count_segments
+from twilio_pipeline.summary import Summary
 from twilio_pipeline.suppression import suppressed_numbers
 
 CHUNK_ROWS = 20_000
@@ -82,7 +82,7 @@ def _parse_number(raw: str | None, region: str | None) -> PhoneResult:
 
 
 @dataclass
-class PlanSummary(StepSummary):
+class PlanSummary(Summary):
     execution_id: int
     channel: str
     count_before_dedup: int = 0
