@@ -20,19 +20,17 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from twilio_pipeline.logs import ListLog
-from twilio_pipeline_bench.common import (
+from twilio_pipeline_bench.fixtures import (
     SENDER,
-    Context,
-    Measured,
     SandboxInfo,
     channel_spec,
     fresh_database,
-    in_child,
     make_channel,
     make_client,
-    ratio,
     start_sandbox,
 )
+from twilio_pipeline_bench.measuring import Measured, in_child
+from twilio_pipeline_bench.reporting import Context, ratio
 
 MESSAGES = 100_000
 NEW_NEXT_DAY = 1_000
