@@ -15,6 +15,7 @@ from bisect import bisect_left
 from typing import TYPE_CHECKING
 
 from twilio_pipeline.sandbox.errors import bad_request
+from twilio_pipeline.sandbox.message import export_record
 from twilio_pipeline.sandbox.sids import new_sid
 from twilio_pipeline.sandbox.timefmt import DAY_S, day_start, iso_day
 
@@ -134,7 +135,7 @@ class Exports:
         if not msgs:
             self.day_files.pop(day, None)
             return
-        lines = "".join(json.dumps(self._model.export_record(m, now)) + "\n" for m in msgs)
+        lines = "".join(json.dumps(export_record(m, now, self._model.config)) + "\n" for m in msgs)
         self.day_files[day] = {
             "day": day,
             "bytes": gzip.compress(lines.encode("utf-8"), compresslevel=6, mtime=0),

@@ -20,13 +20,13 @@ from functools import lru_cache
 
 from twilio_pipeline.sandbox.config import SandboxConfig
 from twilio_pipeline.sandbox.errors import (
-    DELIVERY_ERRORS,
     FAILED_CODES,
     UNDELIVERED_CODES,
     VALIDITY_EXPIRED_CODE,
     bad_request,
 )
 from twilio_pipeline.sandbox.exports import Exports
+from twilio_pipeline.sandbox.message import Msg, phone_param
 from twilio_pipeline.sandbox.rules import (
     is_e164,
     is_short_code,
@@ -35,10 +35,9 @@ from twilio_pipeline.sandbox.rules import (
     smart_encoded,
 )
 from twilio_pipeline.sandbox.sids import new_sid
-from twilio_pipeline.sandbox.timefmt import DAY_S, iso8601, parse_instant, rfc2822
+from twilio_pipeline.sandbox.timefmt import DAY_S, parse_instant
 
 SERVICE_SID = re.compile(r"^MG[0-9a-fA-F]{32}$")
-MESSAGE_SID = re.compile(r"^(SM|MM)[0-9a-fA-F]{32}$")
 _URL = re.compile(r"^https?://([A-Za-z0-9.-]+)(:\d{1,5})?(/\S*)?$")
 
 # Twilio's test "magic" numbers keep their documented errors on the live-account simulation.
@@ -56,21 +55,10 @@ MAGIC_FROM = {
 }
 
 FREE_TEXT_REPLIES = ("thanks!", "Who is this?", "ok, see you there", "Sounds good")
-PRICE_PER_SEGMENT = 0.0079  # USD, a US long-code SMS
 MAX_BODY = 1600
 VALIDITY_MAX_S = 36000
 SCHEDULE_MIN_S = 300
 SCHEDULE_MAX_S = 35 * DAY_S
-_HIDDEN_SENDER = ("accepted", "scheduled")
-
-
-def _phone(value: str | None) -> str | None:
-    """A phone parameter as sent: an unencoded '+' in a form arrives as a space."""
-    if value is None:
-        return None
-    if value[:1] == " ":
-        return "+" + value[1:].strip()
-    return value.strip()
 
 
 @lru_cache(maxsize=65536)
@@ -101,72 +89,6 @@ def _segments(body: str) -> int:
     return _short_segments(body) if len(body) <= 160 else segment_count(body)
 
 
-class Msg:
-    """One message and its planned lifecycle. `key` is when its date_sent is (or will be) set."""
-
-    __slots__ = (
-        "sid", "direction", "to", "frm", "pinned", "service_sid", "body", "media", "segments",
-        "created", "steps", "err", "key", "reply", "status_callback", "acct",
-    )
-
-    def __init__(self, sid, direction, to, frm, pinned, service_sid, body, media, segments,
-                 created, steps, err, key, reply=None, status_callback=None, acct=None):
-        self.sid = sid
-        self.direction = direction
-        self.to = to
-        self.frm = frm  # the sender (outbound) or the remote number (inbound)
-        self.pinned = pinned  # outbound: From given by the client, so shown from the start
-        self.service_sid = service_sid
-        self.body = body
-        self.media = media
-        self.segments = segments
-        self.created = created
-        self.steps = steps  # ((status, time), ...) ascending
-        self.err = err
-        self.key = key
-        self.reply = reply  # (time, body) of the recipient's reply, outbound only
-        self.status_callback = status_callback
-        self.acct = acct  # the account that owns it; None: the main account
-
-    def step_at(self, now: float) -> tuple[str, float]:
-        current = self.steps[0]
-        for step in self.steps:
-            if step[1] <= now:
-                current = step
-            else:
-                break
-        return current
-
-    def record(self) -> dict:
-        return {
-            "k": "m", "sid": self.sid, "dir": self.direction, "to": self.to, "from": self.frm,
-            "pinned": self.pinned, "svc": self.service_sid, "body": self.body, "media": self.media,
-            "seg": self.segments, "t0": self.created, "steps": self.steps,
-            "err": self.err, "key": self.key, "reply": list(self.reply) if self.reply else None,
-            "cb": self.status_callback, **({"acct": self.acct} if self.acct else {}),
-        }
-
-    def inbound_row(self) -> list:
-        """An inbound message as a compact row: bulk inbound is journaled as one record of rows."""
-        row = [self.sid, self.to, self.frm, self.service_sid, self.body, self.segments, self.key]
-        return row + [self.acct] if self.acct else row
-
-    @classmethod
-    def from_inbound_row(cls, row: list) -> Msg:
-        sid, to, frm, service, body, seg, t = row[:7]
-        acct = row[7] if len(row) > 7 else None
-        return cls(sid, "inbound", to, frm, True, service, body, [], seg, t, (("received", t),), None, t,
-                   acct=acct)
-
-    @classmethod
-    def from_record(cls, r: dict) -> Msg:
-        return cls(
-            r["sid"], r["dir"], r["to"], r["from"], r["pinned"], r["svc"], r["body"], r["media"],
-            r["seg"], r["t0"], tuple((s, t) for s, t in r["steps"]), r["err"], r["key"],
-            tuple(r["reply"]) if r.get("reply") else None, r.get("cb"), r.get("acct"),
-        )
-
-
 class Model:
     """The simulated account. `journal` receives a JSON-able record for every change."""
 
@@ -194,7 +116,7 @@ class Model:
 
     def provision_number(self, number: str | None) -> str:
         """Buy a number for the account (idempotent here: a number already owned stays owned)."""
-        number = _phone(number)
+        number = phone_param(number)
         if not number or not is_e164(number):
             raise bad_request(21421, f"PhoneNumber is invalid: {number!r}")
         if number not in self.owned_numbers:
@@ -397,8 +319,8 @@ class Model:
             values = form.get(name)
             return values[0] if values else None
 
-        to = _phone(first("To"))
-        frm = _phone(first("From"))
+        to = phone_param(first("To"))
+        frm = phone_param(first("From"))
         service = (first("MessagingServiceSid") or "").strip() or None
         body = first("Body")
         media = [u for u in form.get("MediaUrl", []) if u.strip()]
@@ -525,7 +447,7 @@ class Model:
     # -- Messages: inbound -------------------------------------------------------------------
     def inbound_message(self, frm: str | None, to: str | None, body: str | None,
                         date_sent: str | None, now: float, acct: str | None = None) -> Msg:
-        frm, to = _phone(frm), _phone(to)
+        frm, to = phone_param(frm), phone_param(to)
         if not frm:
             raise bad_request(21603, "A 'From' phone number is required.")
         if not to:
@@ -561,86 +483,6 @@ class Model:
         else:
             self._add_many(msgs)
         return msgs
-
-    # -- Messages: read ----------------------------------------------------------------------
-    def message_json(self, m: Msg, now: float, initial: bool = False) -> dict:
-        """The Message resource at `now`; `initial`: as the create response shows it (first status)."""
-        status, t_status = m.steps[0] if initial else m.step_at(now)
-        acct = m.acct or self.config.account_sid
-        hidden = m.direction != "inbound" and not m.pinned and status in _HIDDEN_SENDER
-        sent = m.key <= now and not initial
-        uri = f"/2010-04-01/Accounts/{acct}/Messages/{m.sid}"
-        charged = sent and status != "failed"
-        return {
-            "account_sid": acct,
-            "api_version": "2010-04-01",
-            "body": self._shown_body(m, initial),
-            "date_created": rfc2822(m.created),
-            "date_sent": rfc2822(m.key) if sent else None,
-            "date_updated": rfc2822(t_status),
-            "direction": m.direction,
-            "error_code": m.err if status in ("failed", "undelivered") else None,
-            "error_message": DELIVERY_ERRORS.get(m.err) if status in ("failed", "undelivered") else None,
-            "from": None if hidden else m.frm,
-            "messaging_service_sid": m.service_sid,
-            "num_media": str(len(m.media)),
-            "num_segments": "0" if hidden else str(m.segments),
-            "price": f"-{PRICE_PER_SEGMENT * m.segments:.5f}" if charged else None,
-            "price_unit": "USD",
-            "sid": m.sid,
-            "status": status,
-            "subresource_uris": {"media": uri + "/Media.json", "feedback": uri + "/Feedback.json"},
-            "to": m.to,
-            "uri": uri + ".json",
-        }
-
-    def _shown_body(self, m: Msg, initial: bool = False) -> str:
-        """With --redact-bodies an outbound body reads as "" once sent on (Twilio's Message Redaction:
-        the create response still echoes it; listings, fetches and exports do not)."""
-        if self.config.redact_bodies and not initial and m.direction != "inbound":
-            return ""
-        return m.body
-
-    def export_record(self, m: Msg, now: float) -> dict:
-        """A message as a Bulk Export day file writes it: ISO 8601 dates, no URIs or price unit."""
-        status, t_status = m.step_at(now)
-        sent = m.key <= now
-        return {
-            "sid": m.sid,
-            "account_sid": m.acct or self.config.account_sid,
-            "messaging_service_sid": m.service_sid,
-            "from": m.frm,
-            "to": m.to,
-            "body": self._shown_body(m),
-            "status": status,
-            "direction": m.direction,
-            "num_segments": str(m.segments),
-            "num_media": str(len(m.media)),
-            "price": f"-{PRICE_PER_SEGMENT * m.segments:.5f}" if sent and status != "failed" else None,
-            "error_code": m.err if status in ("failed", "undelivered") else None,
-            "date_created": iso8601(m.created),
-            "date_sent": iso8601(m.key) if sent else None,
-            "date_updated": iso8601(t_status),
-        }
-
-    def dump_json(self, m: Msg, now: float) -> dict:
-        """A message for /_sandbox/messages: the facts tests check, ISO 8601 dates."""
-        status, t_status = m.step_at(now)
-        return {
-            "sid": m.sid,
-            "account_sid": m.acct or self.config.account_sid,
-            "direction": m.direction,
-            "to": m.to,
-            "from": m.frm,
-            "status": status,
-            "body": m.body,
-            "messaging_service_sid": m.service_sid,
-            "num_segments": m.segments,
-            "error_code": m.err if status in ("failed", "undelivered") else None,
-            "date_created": iso8601(m.created),
-            "date_sent": iso8601(m.key) if m.key <= now else None,
-            "date_updated": iso8601(t_status),
-        }
 
     def list_messages(self, to: str | None, frm: str | None, lo: float, hi: float,
                       date_filtered: bool, page_size: int, token: str | None, now: float,

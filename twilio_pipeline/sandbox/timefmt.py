@@ -1,6 +1,10 @@
 """Date formats the Twilio APIs speak: RFC 2822 (API 2010), ISO 8601 (v1 APIs, export files).
 
 Internally every time is a float of seconds since the epoch on the simulated clock.
+
+The pipeline reads Twilio's dates in `twilio_pipeline/dates.py`; the sandbox keeps its own on purpose:
+it imports nothing of the pipeline it is the independent model for (a shared parser would let a bug
+agree with itself).
 """
 
 from __future__ import annotations

@@ -7,12 +7,12 @@ import json
 
 from twilio_pipeline.sandbox.errors import bad_request
 from twilio_pipeline.sandbox.http import Request, Response
-from twilio_pipeline.sandbox.model import _phone
+from twilio_pipeline.sandbox.message import dump_json, message_json, phone_param
 from twilio_pipeline.sandbox.timefmt import iso8601, iso_day
 
 
 class AdminRoutes:
-    """Handlers of the `/_sandbox/` routes, mixed into `SandboxApp` (whose `model`, `stats`,
+    """Handlers of the `/_sandbox/` routes, mixed into `SandboxApp` (whose `model`, `config`, `stats`,
     `reset_stats`, `_json` and `_account_of` they use)."""
 
     def admin_inbound(self, request: Request) -> Response:
@@ -30,7 +30,7 @@ class AdminRoutes:
             form = request.form()
             item = {k: v[0] for k, v in form.items() if v}
             msgs = self.model.inject_inbound([item], self._account_of(request))
-        return self._json(201, self.model.message_json(msgs[0], self.model.now()))
+        return self._json(201, message_json(msgs[0], self.model.now(), self.config))
 
     def admin_clock(self, request: Request) -> Response:
         if request.method == "POST":
@@ -56,12 +56,12 @@ class AdminRoutes:
     def admin_messages(self, request: Request) -> Response:
         now = self.model.now()
         params = request.params
-        to = _phone(params["To"][0]) if params.get("To") else None
+        to = phone_param(params["To"][0]) if params.get("To") else None
         direction = params["direction"][0] if params.get("direction") else None
         model = self.model
         out = []
         for _, sid in model.idx_all:
             m = model.messages[sid]
             if (to is None or m.to == to) and (direction is None or m.direction == direction):
-                out.append(model.dump_json(m, now))
+                out.append(dump_json(m, now, self.config))
         return self._json(200, out)

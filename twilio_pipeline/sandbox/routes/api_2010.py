@@ -7,7 +7,7 @@ import math
 
 from twilio_pipeline.sandbox.errors import bad_request, not_found
 from twilio_pipeline.sandbox.http import Request, Response
-from twilio_pipeline.sandbox.model import MESSAGE_SID, _phone
+from twilio_pipeline.sandbox.message import MESSAGE_SID, message_json, phone_param
 from twilio_pipeline.sandbox.paging import int_param, offset_page, page_2010
 from twilio_pipeline.sandbox.timefmt import parse_date_filter, rfc2822
 
@@ -26,20 +26,20 @@ class Api2010Routes:
     def create_message(self, request: Request, account_sid: str) -> Response:
         acct = self._check_account(request, account_sid)
         m = self.model.create_message(request.form(), acct)
-        return self._json(201, self.model.message_json(m, m.created, initial=True))
+        return self._json(201, message_json(m, m.created, self.config, initial=True))
 
     def fetch_message(self, request: Request, account_sid: str, sid: str) -> Response:
         acct = self._check_account(request, account_sid)
         m = self.model.messages.get(sid) if MESSAGE_SID.match(sid) else None
         if m is None or m.acct != acct:
             raise not_found(request.path)
-        return self._json(200, self.model.message_json(m, self.model.now()))
+        return self._json(200, message_json(m, self.model.now(), self.config))
 
     def list_messages(self, request: Request, account_sid: str) -> Response:
         acct = self._check_account(request, account_sid)
         params = request.params
-        to = _phone(params["To"][0]) if params.get("To") else None
-        frm = _phone(params["From"][0]) if params.get("From") else None
+        to = phone_param(params["To"][0]) if params.get("To") else None
+        frm = phone_param(params["From"][0]) if params.get("From") else None
         lo, hi, filtered = -math.inf, math.inf, False
         filters: list[tuple[str, str]] = []
         for name in ("DateSent", "DateSent<", "DateSent>"):
@@ -71,7 +71,7 @@ class Api2010Routes:
         base.extend(filters)
         path = f"/2010-04-01/Accounts/{account_sid}/Messages.json"
         body = page_2010(path, base, page_size, page, token, "messages",
-                               [self.model.message_json(m, now) for m in items],
+                               [message_json(m, now, self.config) for m in items],
                                f"PA{items[-1].sid}" if items and more_after else None,
                                f"PB{items[0].sid}" if items and page > 0 and more_before else None)
         return self._json(200, body)
@@ -80,7 +80,7 @@ class Api2010Routes:
         self._check_account(request, account_sid)
         params = request.params
         wanted = (params.get("PhoneNumber") or [""])[0].replace("*", "").strip()
-        wanted = _phone(wanted) if wanted.startswith(" ") else wanted
+        wanted = phone_param(wanted) if wanted.startswith(" ") else wanted
         friendly = (params.get("FriendlyName") or [""])[0]
         numbers = [self._incoming_number(n, account_sid) for n in self.model.owned_numbers]
         numbers = [n for n in numbers if wanted in n["phone_number"]
