@@ -1,17 +1,11 @@
-"""Twilio REST access for the pipeline (requests + tenacity, no Dagster): the endpoints (`client`), one
-HTTP exchange and its failure sorting (`transport`), the retry policy (`retry`), the Bulk Export
-day-file decoder (`export_stream`), errors, flow control (`throttle`), dates and secret redaction."""
+"""Twilio REST access for the pipeline (requests + tenacity, no Dagster): the endpoints (`client`), the
+account and its base URLs (`account`), one HTTP exchange and its failure sorting (`transport`), the
+retry policy (`retry`), the Bulk Export day-file decoder (`export_stream`), errors, flow control
+(`throttle`) and secret redaction. Twilio's date formats are `twilio_pipeline.dates`."""
 
 from twilio_pipeline.dates import format_rfc3339, parse_twilio_date
-from twilio_pipeline.twilio.client import (
-    ACCEPTED,
-    AMBIGUOUS,
-    REFUSED,
-    CreateResult,
-    Endpoints,
-    TwilioClient,
-    TwilioCredentials,
-)
+from twilio_pipeline.twilio.account import Endpoints, TwilioCredentials
+from twilio_pipeline.twilio.client import ACCEPTED, AMBIGUOUS, REFUSED, CreateResult, TwilioClient
 from twilio_pipeline.twilio.errors import (
     SENDER_ERROR_CODES,
     AmbiguousRequest,
