@@ -3,6 +3,7 @@ own process, channels and clients, and clean audiences (numbers Twilio accepts, 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -48,10 +49,8 @@ def fresh_database(kind: str, workdir: Path, label: str) -> Iterator[str]:
             # A killed benchmark must not leave a query running for hours: sessions of this database
             # notice a vanished client within a second, and no statement runs past 10 minutes.
             for setting in ("client_connection_check_interval = 1000", "statement_timeout = 600000"):
-                try:
+                with contextlib.suppress(sa.exc.DBAPIError):  # an older server without the setting
                     conn.exec_driver_sql(f'ALTER DATABASE "{name}" SET {setting}')
-                except sa.exc.DBAPIError:
-                    pass  # an older server without the setting
         try:
             yield admin_url.set(database=name).render_as_string(hide_password=False)
         finally:
@@ -120,7 +119,7 @@ class SandboxInfo:
     pid: int
 
     @classmethod
-    def of(cls, sandbox) -> "SandboxInfo":
+    def of(cls, sandbox) -> SandboxInfo:
         return cls(sandbox.base_url, sandbox.account_sid, sandbox.auth_token, sandbox.pid)
 
     @property

@@ -68,7 +68,7 @@ class Measured:
     cpu_s: float = 0.0
 
     @contextmanager
-    def measure(self) -> Iterator["Measured"]:
+    def measure(self) -> Iterator[Measured]:
         w, c = time.perf_counter(), cpu_self()
         try:
             yield self

@@ -42,10 +42,7 @@ class Figure:
             return f"{self.name}: ERROR {self.error}"
         value = _fmt(self.value)
         unit = f" {self.unit}" if self.unit else ""
-        if self.target is None:
-            tail = "(reference)"
-        else:
-            tail = f"(target {self.target}, {'PASS' if self.passed else 'FAIL'})"
+        tail = "(reference)" if self.target is None else f"(target {self.target}, {'PASS' if self.passed else 'FAIL'})"
         note = f"  [{self.note}]" if self.note else ""
         return f"{self.name}: {value}{unit} {tail}{note}"
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from twilio_pipeline.logs import ListLog
@@ -106,7 +106,7 @@ def run(ctx: Context) -> None:
     try:
         info = SandboxInfo.of(sb)
         spec = channel_spec()
-        now = datetime.now(timezone.utc).replace(microsecond=0)
+        now = datetime.now(UTC).replace(microsecond=0)
         old = inbound_items(n, now - timedelta(days=SPAN_DAYS), timedelta(days=SPAN_DAYS) - timedelta(minutes=10), 7)
         m = Measured()
         with m.measure():

@@ -39,7 +39,7 @@ def run(ctx: Context) -> None:
         lost = duplicates = throttled_at_sandbox = 0
         with fresh_database(ctx.db_kind, ctx.workdir, "throttle") as url:
             order = (ACCOUNT_LIMIT, ASKED, ASKED, ACCOUNT_LIMIT)
-            for eid, conc in enumerate(order, start=1):
+            for eid, _ in enumerate(order, start=1):
                 create_clean_execution(url, eid, channel_spec()["name"], n, area=415)
             for eid, conc in enumerate(order, start=1):
                 before = sb.stats()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -30,7 +30,7 @@ def naive(dt: datetime | None) -> datetime | None:
 def utc_now(now: datetime | None = None) -> datetime:
     """`now` as naive UTC (the tables' representation); the wall clock when None."""
     if now is None:
-        return datetime.now(timezone.utc).replace(tzinfo=None)
+        return datetime.now(UTC).replace(tzinfo=None)
     return to_naive_utc(now)
 
 

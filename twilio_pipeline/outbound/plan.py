@@ -221,7 +221,7 @@ class _Contacts:
             attributes = (frame["Attributes"].astype(object).tolist() if "Attributes" in frame
                           else [None] * len(ids))
             pending = pending + [(rid, None if _missing(raw) else str(raw), attrs)
-                                 for rid, raw, attrs in zip(ids, addresses, attributes)]
+                                 for rid, raw, attrs in zip(ids, addresses, attributes, strict=True)]
         if frame is not None and pending:
             last = pending[-1][0]
             cut = len(pending)

@@ -168,7 +168,7 @@ class Reconciler:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reconcile") as pool:
             found = list(pool.map(lambda d: self._find(d, known), page))
         missing: list[Item] = []
-        for doubt, (outcome, message, extra) in zip(page, found):
+        for doubt, (outcome, message, extra) in zip(page, found, strict=True):
             self.stats.checked += 1
             if outcome == "found":
                 if message["sid"] in known:  # adopted by another row of this page: look again next round

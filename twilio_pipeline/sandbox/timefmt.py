@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from functools import lru_cache
 
@@ -60,7 +60,7 @@ def day_start(day: str) -> float:
     """Epoch seconds of 00:00 UTC of a `YYYY-MM-DD` day; ValueError when it is not one."""
     if not _DATE_ONLY.match(day):
         raise ValueError(f"not a YYYY-MM-DD day: {day!r}")
-    return datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=timezone.utc).timestamp()
+    return datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC).timestamp()
 
 
 def parse_instant(value: str) -> float:
@@ -84,7 +84,7 @@ def parse_instant(value: str) -> float:
         except (TypeError, ValueError, IndexError) as exc:
             raise ValueError(f"unreadable date: {value!r}") from exc
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
     return parsed.timestamp()
 
 
