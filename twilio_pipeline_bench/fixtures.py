@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +19,7 @@ FIRST_NAMES = ("Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances",
 PG_ADMIN_URL = os.environ.get("TWILIO_PIPELINE_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 MYSQL_ADMIN_URL = os.environ.get("TWILIO_PIPELINE_BENCH_MYSQL_URL",
                                  "mysql+pymysql://root@127.0.0.1:3306/mysql?charset=utf8mb4")
+
 
 # ---- databases -------------------------------------------------------------------------------------
 @contextmanager
@@ -42,22 +43,14 @@ def fresh_database(kind: str, workdir: Path, label: str) -> Iterator[str]:
 
     name = f"tp_bench_{label}_{uuid.uuid4().hex[:8]}".lower()
     admin_url = sa.engine.make_url(PG_ADMIN_URL)
-    admin = sa.create_engine(admin_url.set(drivername="postgresql+psycopg2"), isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-            # A killed benchmark must not leave a query running for hours: sessions of this database
-            # notice a vanished client within a second, and no statement runs past 10 minutes.
-            for setting in ("client_connection_check_interval = 1000", "statement_timeout = 600000"):
-                with contextlib.suppress(sa.exc.DBAPIError):  # an older server without the setting
-                    conn.exec_driver_sql(f'ALTER DATABASE "{name}" SET {setting}')
-        try:
-            yield admin_url.set(database=name).render_as_string(hide_password=False)
-        finally:
-            with admin.connect() as conn:
-                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        admin.dispose()
+    # A killed benchmark must not leave a query running for hours: sessions of this database notice a
+    # vanished client within a second, and no statement runs past 10 minutes (where the server knows how).
+    yield from _server_database(
+        admin_url.set(drivername="postgresql+psycopg2"), admin_url.set(database=name),
+        f'CREATE DATABASE "{name}"', f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)',
+        optional=[f'ALTER DATABASE "{name}" SET {setting}'
+                  for setting in ("client_connection_check_interval = 1000", "statement_timeout = 600000")],
+    )
 
 
 def _fresh_mysql(label: str) -> Iterator[str]:
@@ -66,15 +59,27 @@ def _fresh_mysql(label: str) -> Iterator[str]:
 
     name = f"tp_bench_{label}_{uuid.uuid4().hex[:8]}".lower()
     admin_url = sa.engine.make_url(MYSQL_ADMIN_URL)
+    yield from _server_database(admin_url, admin_url.set(database=name),
+                                f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4", f"DROP DATABASE IF EXISTS `{name}`")
+
+
+def _server_database(admin_url, url, create: str, drop: str, optional: Iterable[str] = ()) -> Iterator[str]:
+    """Run `create` (then each `optional` statement, skipped where the server refuses it) on the server,
+    yield `url`, and run `drop` however the benchmark ends."""
+    import sqlalchemy as sa
+
     admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:
-            conn.exec_driver_sql(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+            conn.exec_driver_sql(create)
+            for statement in optional:
+                with contextlib.suppress(sa.exc.DBAPIError):  # an older server without the setting
+                    conn.exec_driver_sql(statement)
         try:
-            yield admin_url.set(database=name).render_as_string(hide_password=False)
+            yield url.render_as_string(hide_password=False)
         finally:
             with admin.connect() as conn:
-                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{name}`")
+                conn.exec_driver_sql(drop)
     finally:
         admin.dispose()
 
