@@ -1,4 +1,7 @@
-"""The sandbox's account: messages, their lifecycle, opt-outs and replies (its Bulk Export jobs: `exports.py`).
+"""The sandbox's account: its numbers, messages and their lifecycle, opt-outs, replies and listing.
+
+Beside it: what a create request may be (`create_request.py`), one message and how it is shown
+(`message.py`), the Bulk Export jobs (`exports.py`).
 
 Everything here runs on the server's event-loop thread, so there are no locks. Work per request
 stays small: a message's whole lifecycle (its status steps, its outcome, its reply) is planned
@@ -12,53 +15,21 @@ from __future__ import annotations
 import hashlib
 import heapq
 import math
-import re
 import time
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Callable, Iterable
 from functools import lru_cache
 
 from twilio_pipeline.sandbox.config import SandboxConfig
-from twilio_pipeline.sandbox.errors import (
-    FAILED_CODES,
-    UNDELIVERED_CODES,
-    VALIDITY_EXPIRED_CODE,
-    bad_request,
-)
+from twilio_pipeline.sandbox.create_request import read_create_request
+from twilio_pipeline.sandbox.errors import FAILED_CODES, UNDELIVERED_CODES, VALIDITY_EXPIRED_CODE, bad_request
 from twilio_pipeline.sandbox.exports import Exports
 from twilio_pipeline.sandbox.message import Msg, phone_param
-from twilio_pipeline.sandbox.rules import (
-    is_e164,
-    is_short_code,
-    keyword_action,
-    segment_count,
-    smart_encoded,
-)
+from twilio_pipeline.sandbox.rules import is_e164, keyword_action, segment_count
 from twilio_pipeline.sandbox.sids import new_sid
-from twilio_pipeline.sandbox.timefmt import DAY_S, parse_instant
-
-SERVICE_SID = re.compile(r"^MG[0-9a-fA-F]{32}$")
-_URL = re.compile(r"^https?://([A-Za-z0-9.-]+)(:\d{1,5})?(/\S*)?$")
-
-# Twilio's test "magic" numbers keep their documented errors on the live-account simulation.
-MAGIC_TO = {
-    "+15005550001": (21211, "The 'To' number {to} is not a valid phone number."),
-    "+15005550002": (21612, "The 'To' phone number: {to}, is not currently reachable using the 'From' phone number via SMS."),
-    "+15005550003": (21408, "Permission to send an SMS has not been enabled for the region indicated by the 'To' number: {to}."),
-    "+15005550004": (21610, "Attempt to send to unsubscribed recipient"),
-    "+15005550009": (21614, "'To' number is not a valid mobile number"),
-}
-MAGIC_FROM = {
-    "+15005550001": (21212, "The 'From' number {frm} is not a valid phone number, shortcode, or alphanumeric sender ID."),
-    "+15005550007": (21606, "The 'From' phone number provided ({frm}) is not a valid message-capable Twilio phone number for this destination."),
-    "+15005550008": (21611, "This 'From' number has exceeded the maximum number of queued messages."),
-}
+from twilio_pipeline.sandbox.timefmt import parse_instant
 
 FREE_TEXT_REPLIES = ("thanks!", "Who is this?", "ok, see you there", "Sounds good")
-MAX_BODY = 1600
-VALIDITY_MAX_S = 36000
-SCHEDULE_MIN_S = 300
-SCHEDULE_MAX_S = 35 * DAY_S
 
 
 @lru_cache(maxsize=65536)
@@ -310,80 +281,14 @@ class Model:
 
     # -- Messages: create --------------------------------------------------------------------
     def create_message(self, form: dict[str, list[str]], acct: str | None = None) -> Msg:
-        """Validate a create request as Twilio does and plan the new message's lifecycle.
+        """Validate a create request as Twilio does (`create_request.py`) and plan the new message's lifecycle.
 
         `acct`: the subaccount that sends (None: the main account)."""
         cfg = self.config
-
-        def first(name: str) -> str | None:
-            values = form.get(name)
-            return values[0] if values else None
-
-        to = phone_param(first("To"))
-        frm = phone_param(first("From"))
-        service = (first("MessagingServiceSid") or "").strip() or None
-        body = first("Body")
-        media = [u for u in form.get("MediaUrl", []) if u.strip()]
-        if not to:
-            raise bad_request(21604, "A 'To' phone number is required.")
-        if frm and frm.startswith("MG"):
-            service, frm = service or frm, None
-        if not frm and not service:
-            raise bad_request(21603, "A 'From' or 'MessagingServiceSid' parameter is required")
-        if service is not None and service != self.service_sid:
-            raise bad_request(21701, f"The Messaging Service Sid {service} is invalid.")
-        if frm:
-            if frm in MAGIC_FROM:
-                code, text = MAGIC_FROM[frm]
-                raise bad_request(code, text.format(frm=frm))
-            if not (is_e164(frm) or is_short_code(frm) or frm in self.alpha_senders):
-                raise bad_request(21212, f"The 'From' number {frm} is not a valid phone number, shortcode, or alphanumeric sender ID.")
-        if to in MAGIC_TO:
-            code, text = MAGIC_TO[to]
-            raise bad_request(code, text.format(to=to))
-        if not is_e164(to):
-            raise bad_request(21211, f"The 'To' number {to} is not a valid phone number.")
-        if frm and to == frm:
-            raise bad_request(21266, f"'To' and 'From' number cannot be the same: {to}")
-        if frm and frm not in self.senders:  # a From this account does not own
-            code, text = MAGIC_FROM["+15005550007"]
-            raise bad_request(code, text.format(frm=frm))
-        if not body and not media:
-            raise bad_request(21602, "Message body is required.")
-        body = body or ""
-        if len(body) > MAX_BODY:
-            raise bad_request(21617, "The concatenated message body exceeds the 1600 character limit.")
-        callback = first("StatusCallback")
-        if callback and (not _URL.match(callback) or "_" in (_URL.match(callback).group(1) or "")):
-            raise bad_request(21609, f"The StatusCallback URL {callback} is not a valid URL.")
-        validity = first("ValidityPeriod")
-        validity_s: float | None = None
-        if validity not in (None, ""):
-            try:
-                validity_s = float(int(validity))
-            except ValueError:
-                validity_s = -1.0
-            if not 1 <= validity_s <= VALIDITY_MAX_S:
-                raise bad_request(20001, f"ValidityPeriod must be an integer between 1 and {VALIDITY_MAX_S} seconds.")
         now = self.now()
-        send_at: float | None = None
-        schedule_type = first("ScheduleType")
-        if schedule_type:
-            if schedule_type != "fixed":
-                raise bad_request(20001, f"ScheduleType {schedule_type!r} is not supported; use 'fixed'.")
-            if not service:
-                raise bad_request(35118, "MessagingServiceSid is required to schedule a message")
-            raw = first("SendAt")
-            if not raw:
-                raise bad_request(35111, "SendAt timestamp is missing")
-            try:
-                send_at = parse_instant(raw)
-            except ValueError:
-                raise bad_request(35114, "Scheduling does not support this timestamp") from None
-            if not SCHEDULE_MIN_S <= send_at - now <= SCHEDULE_MAX_S:
-                raise bad_request(35114, "SendAt time must be between 300 seconds and 35 days (3024000 seconds) in the future, inclusive.")
-        if first("SmartEncoded") in ("true", "True", "1"):
-            body = smart_encoded(body)
+        req = read_create_request(form, now, service_sid=self.service_sid, senders=self.senders,
+                                  alpha_senders=self.alpha_senders)
+        to, frm, service, body, media = req.to, req.frm, req.service, req.body, req.media
 
         sender = frm or self.pool[int(hashlib.md5(to.encode()).hexdigest(), 16) % len(self.pool)]
         keys = [service] if service and not frm else self._block_keys(sender)
@@ -396,10 +301,10 @@ class Model:
         seg = segment_count(body) or (1 if media else 0)
         n = self.created_by_to.get(to, 0)
         u = _uniforms(cfg.seed, to, n)
-        steps, err, key, reply = self._plan(now, bool(service), send_at, validity_s, u)
+        steps, err, key, reply = self._plan(now, bool(service), req.send_at, req.validity_s, u)
         sid = new_sid("MM" if media else "SM")
         m = Msg(sid, "outbound-api", to, sender, bool(frm), service, body, media, seg, now,
-                steps, err, key, reply, callback, acct)
+                steps, err, key, reply, req.callback, acct)
         self._add(m)
         if reply:
             heapq.heappush(self.pending_replies, (reply[0], sid))
