@@ -210,6 +210,14 @@ def _now_config(step: str, now: datetime | None) -> dict:
     return {"ops": {step: {"config": {"now": now.isoformat()}}}} if now is not None else {}
 
 
+def channel_sync_run(instance: dg.DagsterInstance, channel_name: str | None, *, tags: Mapping[str, str],
+                     now: datetime | None = None, resources: Mapping[str, object] | None = None) -> JobRun:
+    """`channel_sync_job` alone (what the schedule launches): every channel's replies, or one channel's."""
+    config = {"ops": {"keyword_parse": {"config": {"channel": channel_name,
+                                                   **({"now": now.isoformat()} if now is not None else {})}}}}
+    return execute("channel_sync_job", instance, run_config=config, tags=tags, resources=resources)
+
+
 def sync_runs(instance: dg.DagsterInstance, db: Database, channels: ChannelFile, channel_name: str | None, *,
               tags: Mapping[str, str], now: datetime | None = None,
               resources: Mapping[str, object] | None = None) -> SyncRuns:
@@ -220,9 +228,7 @@ def sync_runs(instance: dg.DagsterInstance, db: Database, channels: ChannelFile,
     from twilio_pipeline.defs.sensors import sync_batches
     from twilio_pipeline.inbound import eligible_executions
 
-    config = {"ops": {"keyword_parse": {"config": {"channel": channel_name,
-                                                   **({"now": now.isoformat()} if now is not None else {})}}}}
-    runs = SyncRuns(execute("channel_sync_job", instance, run_config=config, tags=tags, resources=resources))
+    runs = SyncRuns(channel_sync_run(instance, channel_name, tags=tags, now=now, resources=resources))
     if runs.channel_run.failure is not None:
         return runs
     selected = [channels.get(channel_name)] if channel_name else list(channels.channels)
