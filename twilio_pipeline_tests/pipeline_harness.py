@@ -9,6 +9,7 @@ as it does for the CLI.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,15 +31,17 @@ from twilio_pipeline.defs.runner import (
     sync_report,
     sync_runs,
 )
+from twilio_pipeline.logs import ListLog
 from twilio_pipeline.outbound import read_execution
 
 HARNESS_TAGS = {"twilio_pipeline/test": "1"}
 
 
 class StepFailed(Exception):
-    """A run that failed, as the CLI sees it: the failing step and its error in one line."""
+    """A run that failed, as the CLI sees it: the failing step and its error in one line (`log`: what the
+    run's steps logged)."""
 
-    def __init__(self, run: JobRun):
+    def __init__(self, run: JobRun, instance: dg.DagsterInstance):
         failure = run.failure
         assert failure is not None
         super().__init__(f"{failure.error_class}: {failure.message} (step {failure.step}, run {run.run_id})")
@@ -46,6 +49,7 @@ class StepFailed(Exception):
         self.error_class = failure.error_class
         self.message = failure.message
         self.step = failure.step
+        self.log = run_log(instance, run)
 
 
 class Figures:
@@ -81,6 +85,16 @@ def _summed(parts: Iterable[Mapping[str, Any]], prefix: str = "") -> dict[str, A
     return out
 
 
+def run_log(instance: dg.DagsterInstance, run: JobRun) -> ListLog:
+    """The lines the run's steps logged (context.log), in order, warnings also apart: what the UI shows."""
+    log = ListLog()
+    for entry in instance.all_logs(run.run_id):
+        if entry.is_dagster_event:
+            continue
+        (log.warning if entry.level >= logging.WARNING else log.info)(entry.user_message)
+    return log
+
+
 @dataclass
 class SendOutcome:
     """One run of the outbound job."""
@@ -88,6 +102,11 @@ class SendOutcome:
     run: JobRun
     execution_id: int
     db: Database
+    instance: dg.DagsterInstance
+
+    @property
+    def log(self) -> ListLog:
+        return run_log(self.instance, self.run)
 
     @property
     def plan(self) -> Figures:
@@ -207,8 +226,8 @@ class PipelineHarness:
         run = send_run(self.instance, execution_id, channel or "", tags=HARNESS_TAGS, force=force,
                        resources=self.resources)
         if check and run.failure is not None:
-            raise StepFailed(run)
-        return SendOutcome(run, execution_id, self.db)
+            raise StepFailed(run, self.instance)
+        return SendOutcome(run, execution_id, self.db, self.instance)
 
     def sync(self, channel: str | None = None, *, now: datetime | None = None, check: bool = True) -> SyncOutcome:
         """The channel sync as `twilio-pipeline sync` runs it (every channel, or one), at `now` (default: the
@@ -223,7 +242,7 @@ class PipelineHarness:
         run = channel_sync_run(self.instance, channel, tags=HARNESS_TAGS, now=now or self.sandbox_now(),
                                resources=self.resources)
         if check and run.failure is not None:
-            raise StepFailed(run)
+            raise StepFailed(run, self.instance)
         return SyncOutcome([run], [], run.lines("keyword_parse"))
 
     def backfill(self, execution_ids: list[int], *, now: datetime | None = None, check: bool = True) -> SyncOutcome:
@@ -231,7 +250,7 @@ class PipelineHarness:
         run = backfill_run(self.instance, execution_ids, tags=HARNESS_TAGS, now=now or self.sandbox_now(),
                            resources=self.resources)
         if check and run.failure is not None:
-            raise StepFailed(run)
+            raise StepFailed(run, self.instance)
         return SyncOutcome([run], list(execution_ids), [])
 
     def _outcome(self, runs: SyncRuns, check: bool) -> SyncOutcome:
@@ -239,7 +258,7 @@ class PipelineHarness:
         if check:
             for run in every:
                 if run.failure is not None:
-                    raise StepFailed(run)
+                    raise StepFailed(run, self.instance)
         report, _code = sync_report(self.db, runs)
         return SyncOutcome(every, runs.execution_ids, report)
 

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from twilio_pipeline.channels import parse_channels
 from twilio_pipeline.logs import ListLog
-from twilio_pipeline.outbound import client_for_channel
+from twilio_pipeline.twilio.channel_client import client_for_channel
 from twilio_pipeline.sandbox.process import SandboxProcess
 from twilio_pipeline.twilio import Endpoints, TwilioCredentials
 
