@@ -221,10 +221,7 @@ class PipelineHarness:
 
     def send(self, execution_id: int, *, force: bool = False, check: bool = True) -> SendOutcome:
         """One run of the outbound job for the execution; a failed run raises StepFailed unless `check=False`."""
-        row = read_execution(self.db, execution_id)
-        channel = row.channel_name if row is not None else ""
-        run = send_run(self.instance, execution_id, channel or "", tags=HARNESS_TAGS, force=force,
-                       resources=self.resources)
+        run = send_run(self.instance, execution_id, None, tags=HARNESS_TAGS, force=force, resources=self.resources)
         if check and run.failure is not None:
             raise StepFailed(run, self.instance)
         return SendOutcome(run, execution_id, self.db, self.instance)

@@ -174,12 +174,14 @@ def execute(job_name: str, instance: dg.DagsterInstance, *, partition_keys: Sequ
     return JobRun(result, _failure(result))
 
 
-def send_run(instance: dg.DagsterInstance, execution_id: int, channel_name: str, *, tags: Mapping[str, str],
-             force: bool = False, resources: Mapping[str, object] | None = None) -> JobRun:
-    """The outbound job for one execution (its partition added first)."""
+def send_run(instance: dg.DagsterInstance, execution_id: int, channel_name: str | None, *,
+             tags: Mapping[str, str], force: bool = False, resources: Mapping[str, object] | None = None) -> JobRun:
+    """The outbound job for one execution (its partition added first). Without `channel_name` (not checked
+    yet) the run's first step tags the channel once it has found it."""
     _ensure_partitions(instance, [execution_id])
+    run_tags = {**tags, EXECUTION_TAG: str(execution_id), **({CHANNEL_TAG: channel_name} if channel_name else {})}
     return execute("outbound_job", instance, partition_keys=[str(execution_id)], run_config=_force_config(force),
-                   tags={**tags, EXECUTION_TAG: str(execution_id), CHANNEL_TAG: channel_name}, resources=resources)
+                   tags=run_tags, resources=resources)
 
 
 def _force_config(force: bool) -> dict:
