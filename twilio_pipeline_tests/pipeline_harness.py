@@ -215,6 +215,12 @@ class PipelineHarness:
                                      data_dir=str(self.root / "data")),
         }
 
+    @property
+    def database(self) -> Database:
+        """The Database the runs use (one per process and URL, as in production): listen to its engine to see
+        the statements a run issues."""
+        return self.resources["database"].get_database()
+
     def sandbox_now(self) -> datetime:
         """Twilio's "now" for the tests: the sandbox's clock, which tests move on."""
         return datetime.fromtimestamp(self.sandbox.clock()["now_epoch"], tz=UTC)
