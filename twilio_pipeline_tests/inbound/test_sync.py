@@ -517,3 +517,50 @@ def test_the_past_validity_check_counts_only_what_twilio_still_holds(sqlite_db, 
         conn.execute(ids.update().values(SentAt=utcnow() - timedelta(hours=2), LastStatus="queued"))
         conn.execute(ids.update().where(ids.c.RPContactID == 1).values(LastStatus="sent"))
     assert quality.tracked_past_validity(sqlite_db, 1, 60) == 1
+
+
+def test_what_the_cli_prints_of_a_sync_is_what_the_steps_logged(sqlite_db, sb, client, make_pipeline):
+    """`twilio-pipeline sync` prints `sync_report`: each step's own sentences, never figures added up across
+    steps (the suppression refresh lists messages, the keyword parse parses replies: different counts)."""
+    from twilio_pipeline_tests.pipeline_harness import run_log
+
+    channel = make_channel(keywords=["MORE"])
+    pipeline = make_pipeline(sqlite_db, sb, channel)
+    nums = numbers(3)
+    send_execution(sqlite_db, client, channel, 1, nums)
+    sb.advance_clock(5)
+    sb.inbound(nums[0], SENDER, "STOP")
+    sb.inbound(nums[1], SENDER, "more please")
+    synced = pipeline.sync()
+    logged = {line for run in synced.runs for line in run_log(pipeline.instance, run).lines}
+    step_lines = [line.strip() for line in synced.report if line.startswith("  ")]
+    assert any(line.startswith("suppression refresh for ") for line in step_lines), synced.report
+    assert any(line.startswith("keyword parse for ") for line in step_lines), synced.report
+    assert any(line.startswith("status fetch (") for line in step_lines), synced.report
+    assert any(line.startswith("state load: ") for line in step_lines), synced.report
+    assert step_lines and all(line in logged for line in step_lines), (step_lines, logged)
+    # The figures of each step stay its own: 2 replies listed by the refresh, 2 parsed by the keyword parse.
+    assert synced.refresh.new_inbound == 2 and synced.keywords.parsed == 2
+    assert "keywords=" not in "\n".join(synced.report)  # no "k=v" sums of the two steps
+    assert synced.report[-1].startswith("Execution 1 (Inbound Test): loaded by run ")
+
+
+def test_a_channel_whose_account_is_unset_is_skipped_and_the_others_still_sync(sqlite_db, sb, client, make_pipeline,
+                                                                                monkeypatch):
+    """A channel naming an account whose TWILIO_<NAME>_* is unset cannot be synced; it is said (warning,
+    `channels_not_synced` on the materialization) and every other channel's replies and opt-outs are read."""
+    for suffix in ("ACCOUNT_SID", "AUTH_TOKEN", "API_KEY_SID", "API_KEY_SECRET"):
+        monkeypatch.delenv(f"TWILIO_NOWHERE_{suffix}", raising=False)
+    house = make_channel("House")
+    orphan = make_channel("Orphan", from_number="+15005550007", account="nowhere")
+    pipeline = make_pipeline(sqlite_db, sb, [orphan, house])
+    nums = numbers(2)
+    send_execution(sqlite_db, client, house, 1, nums)
+    sb.inbound(nums[0], SENDER, "STOP")
+    synced = pipeline.sync()
+    parse = synced.runs[0].metadata("keyword_parse")
+    assert parse["channels_not_synced"] == "Orphan" and parse["channels"] == 1
+    assert any("channel 'Orphan' not synced" in line and "TWILIO_NOWHERE_ACCOUNT_SID is not set" in line
+               for line in synced.report), synced.report
+    assert suppressed(sqlite_db, house) == {nums[0]}
+    assert synced.execution_ids == [1] and sqlite_db.read_results(1)["Reply:STOP"] == 1
