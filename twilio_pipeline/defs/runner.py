@@ -1,5 +1,8 @@
-"""In-process runs for the CLI and the demo: the same jobs the UI launches, recorded in the instance of
-DAGSTER_HOME, with the failure reduced to one line and mapped to CONTRACT.md's exit codes."""
+"""In-process runs of the code location's jobs: the one composition of a whole send (`send_run`) and a whole
+sync (`sync_runs`: the channel-level job, then the execution-level job batched as the sync chain sensor
+batches it), used by the CLI, the demo, the benchmarks and the tests (`resources` points a run at their own
+database and sandbox). The CLI's runs are recorded in the instance of DAGSTER_HOME, with a failure reduced
+to one line and mapped to the exit codes of the README's *Commands*."""
 
 from __future__ import annotations
 
