@@ -154,8 +154,8 @@ def make_channel(spec: dict):
 
 
 def make_client(info: SandboxInfo, channel):
-    from twilio_pipeline.outbound import client_for_channel
     from twilio_pipeline.twilio import Endpoints, TwilioCredentials
+    from twilio_pipeline.twilio.channel_client import client_for_channel
 
     creds = TwilioCredentials(info.account_sid, info.auth_token)
     return client_for_channel(creds, channel, Endpoints(info.base_url, info.base_url, info.base_url))

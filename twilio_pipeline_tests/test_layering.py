@@ -13,9 +13,6 @@ import twilio_pipeline
 
 ROOT = Path(twilio_pipeline.__file__).parent
 SIDES = ("inbound", "outbound")
-# run_outbound, the second composition of the outbound steps, still calls the suppression refresh; it is
-# being removed (issue 15, "one composition"). Delete this entry with it: nothing else is excused.
-_BEING_REMOVED = {"outbound/fulfillment.py"}
 
 
 def _imported_modules(path: Path, package: list[str]) -> list[tuple[int, str]]:
@@ -43,8 +40,6 @@ def test_outbound_and_inbound_do_not_import_each_other():
         for path in sorted((ROOT / side).rglob("*.py")):
             package = ["twilio_pipeline", *path.relative_to(ROOT).parent.parts]
             for line, module in _imported_modules(path, package):
-                if f"{side}/{path.relative_to(ROOT / side)}" in _BEING_REMOVED:
-                    continue
                 if module == forbidden or module.startswith(forbidden + "."):
                     offenders.append(f"{side}/{path.relative_to(ROOT / side)}:{line} imports {module}")
     assert offenders == []
