@@ -6,7 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import requests
 
@@ -19,7 +19,7 @@ DAY = "%Y-%m-%d"
 
 
 def _today(http: TwilioHTTP) -> datetime:
-    now = datetime.fromtimestamp(http.sandbox.clock()["now_epoch"], timezone.utc)
+    now = datetime.fromtimestamp(http.sandbox.clock()["now_epoch"], UTC)
     return now.replace(hour=0, minute=0, second=0, microsecond=0)
 
 
