@@ -44,7 +44,7 @@ class RetryConfig(_Strict):
     throttle_budget_s: float = Field(600.0, ge=0)
 
     @model_validator(mode="after")
-    def _ordered(self) -> "RetryConfig":
+    def _ordered(self) -> RetryConfig:
         if self.max_delay_s < self.min_delay_s:
             raise ValueError("max_delay_s must be >= min_delay_s")
         return self
@@ -189,7 +189,7 @@ class Channel(_Strict):
         return out
 
     @model_validator(mode="after")
-    def _sender_and_follow_ups(self) -> "Channel":
+    def _sender_and_follow_ups(self) -> Channel:
         if (self.from_number is None) == (self.messaging_service_sid is None):
             raise ValueError("exactly one of from_number and messaging_service_sid is required")
         allowed = set(self.keywords) | set(OPT_IN_KEYWORDS) | set(HELP_KEYWORDS)
@@ -218,7 +218,7 @@ class ChannelFile(_Strict):
     channels: tuple[Channel, ...] = Field(min_length=1)
 
     @model_validator(mode="after")
-    def _unique(self) -> "ChannelFile":
+    def _unique(self) -> ChannelFile:
         """Names must differ by more than case or Unicode form ('Demo'/'demo', composed/decomposed 'Café'):
         an upstream writing one for the other would reach a channel it did not mean."""
         seen: dict[str, str] = {}

@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from twilio_pipeline.cli_errors import EXIT_FAILED, EXIT_INPUT, EXIT_OK, CliError
@@ -29,10 +29,8 @@ def _prepare_dagster_home() -> None:
     home.mkdir(parents=True, exist_ok=True)
     link = home / "dagster.yaml"
     if not link.exists() and (root / "dagster.yaml").exists():
-        try:
+        with suppress(FileExistsError):
             link.symlink_to(root / "dagster.yaml")
-        except FileExistsError:
-            pass
     os.environ["DAGSTER_HOME"] = str(home)
 
 

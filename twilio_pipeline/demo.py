@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import requests
 import sqlalchemy as sa
@@ -41,11 +41,11 @@ def _sandbox_now(base_url: str, auth: tuple[str, str]) -> datetime:
     """The sandbox's clock, which earlier demos moved on: replies must be dated on it."""
     resp = requests.get(f"{base_url}/_sandbox/clock", auth=auth, timeout=30)
     resp.raise_for_status()
-    return datetime.fromtimestamp(resp.json()["now_epoch"], tz=timezone.utc)
+    return datetime.fromtimestamp(resp.json()["now_epoch"], tz=UTC)
 
 
 def _iso(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def run_demo(settings: Settings, db: Database, channels: ChannelFile, contacts: int,

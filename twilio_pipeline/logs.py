@@ -32,3 +32,25 @@ class ListLog:
 
     def debug(self, msg: str) -> None:
         pass
+
+
+class TeeLog(ListLog):
+    """Forwards every line to another log and keeps it: a Dagster step's report (what the CLI prints) is
+    then the very sentences the step logged."""
+
+    def __init__(self, target: Log) -> None:
+        super().__init__()
+        self.target = target
+
+    def info(self, msg: str) -> None:
+        super().info(msg)
+        self.target.info(msg)
+
+    def warning(self, msg: str) -> None:
+        super().warning(msg)
+        self.target.warning(msg)
+
+    def debug(self, msg: str) -> None:
+        debug = getattr(self.target, "debug", None)
+        if debug is not None:
+            debug(msg)

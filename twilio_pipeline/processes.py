@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 
@@ -32,7 +32,7 @@ def pid_started_after(pid: int, moment: datetime, slack: timedelta = timedelta(m
         ticks = int(fields[19])  # starttime, field 22 of proc(5); the list starts at field 3
         btime = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
                      if line.startswith("btime "))
-        started = datetime.fromtimestamp(btime + ticks / os.sysconf("SC_CLK_TCK"), timezone.utc)
+        started = datetime.fromtimestamp(btime + ticks / os.sysconf("SC_CLK_TCK"), UTC)
     except (OSError, ValueError, IndexError, StopIteration):
         return False
     return started.replace(tzinfo=None) > moment + slack

@@ -21,7 +21,7 @@ def invalid_number_rate(db: Database, execution_id: int) -> float:
             sa.select(sa.func.count(), sa.func.sum(sa.case((led.c.Outcome == "invalid", 1), else_=0)))
             .where(led.c.ChannelExecutionID == execution_id, led.c.IsSeed == sa.false())
         ).one()
-    return (invalid or 0) / total if total else 0.0
+    return int(invalid or 0) / total if total else 0.0  # MariaDB's SUM is a DECIMAL: a float, as Dagster plots it
 
 
 def outbound_identity_problems(db: Database, execution_id: int) -> list[str]:

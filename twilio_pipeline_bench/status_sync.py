@@ -2,8 +2,9 @@
 
 10,000 messages are sent through the pipeline's own send path (so Twilio_MessageIDs and the ledger
 are exactly what a real send leaves), the sandbox clock is advanced an hour so every message is final,
-then the channel sync (refresh, keyword parse, status fetch by listing, state load, aggregate) runs
-with 8 in flight. The baseline is the guide's per-SID sync: GET Messages/{sid}.json for every SID,
+then the channel sync runs as production runs it - `channel_sync_job` then `execution_sync_job`, in
+process through the CLI's runner (refresh, keyword parse, status fetch by listing, state load,
+aggregate) - with 8 in flight. The baseline is the guide's per-SID sync: GET Messages/{sid}.json for every SID,
 8 threads (it only reads; it writes nothing), run once after the sync. Both at 0 ms sandbox latency; API calls are the
 sandbox's own `requests_total` delta.
 
@@ -14,56 +15,76 @@ from __future__ import annotations
 
 from typing import Any
 
-from twilio_pipeline.logs import ListLog
-from twilio_pipeline_bench.common import (
-    Context,
-    Measured,
-    SandboxCPU,
+from twilio_pipeline_bench.comparisons import bare_get_loop, pipeline_send
+from twilio_pipeline_bench.fixtures import (
     SandboxInfo,
-    bare_get_loop,
     channel_spec,
     create_clean_execution,
     fresh_database,
-    in_child,
     make_channel,
-    make_client,
-    median,
-    pipeline_send,
-    ratio,
-    start_profiler,
     start_sandbox,
-    stop_profiler,
 )
+from twilio_pipeline_bench.measuring import Measured, SandboxCPU, in_child, start_profiler, stop_profiler
+from twilio_pipeline_bench.reporting import Context, median, ratio
 
 MESSAGES = 10_000
 IN_FLIGHT = 8
 
 
 def pipeline_sync(db_url: str, info: SandboxInfo, spec: dict, profile_path: str | None = None) -> dict[str, Any]:
-    """The channel sync in this (child) process; its wall and CPU time and what it loaded."""
-    import sqlalchemy as sa
+    """The channel sync in this (child) process, through the jobs; its wall and CPU time and what it loaded."""
+    import tempfile
+    from pathlib import Path
 
+    import dagster as dg
+    import sqlalchemy as sa
+    import yaml
+
+    from twilio_pipeline.channels import ChannelFile
     from twilio_pipeline.db import Database
-    from twilio_pipeline.inbound import sync_channel
+    from twilio_pipeline.defs.resources import DatabaseResource, TwilioResource
+    from twilio_pipeline.defs.runner import sync_runs
 
     channel = make_channel(spec)
     db = Database(db_url)
-    client = make_client(info, channel)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-sync-"))
+    channels_path = workdir / "channels.yaml"
+    channels_path.write_text(yaml.safe_dump({"channels": [spec]}))
+    resources = {
+        "database": DatabaseResource(url=db_url),
+        "twilio": TwilioResource(account_sid=info.account_sid, auth_token=info.auth_token,
+                                 api_base_url=info.base_url, bulkexports_base_url=info.base_url,
+                                 messaging_base_url=info.base_url, channels_path=str(channels_path),
+                                 data_dir=str(workdir / "data")),
+    }
+    instance = dg.DagsterInstance.ephemeral()
     profiler = start_profiler(profile_path)
     m = Measured()
     with m.measure():
-        summary = sync_channel(db, client, channel, log=ListLog())
+        runs = sync_runs(instance, db, ChannelFile(channels=(channel,)), None, tags={"twilio_pipeline/bench": "1"},
+                         resources=resources)
     stop_profiler(profiler, profile_path)
+    every = [runs.channel_run, *(part.run for part in runs.executions)]
+    failed = [run.failure for run in every if run.failure is not None]
+    if failed:
+        raise RuntimeError(f"the channel sync failed: {failed[0].error_class}: {failed[0].message}")
+    fetch: dict[str, Any] = {}
+    for part in runs.executions:
+        for key, value in part.run.metadata("status_fetch").items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                fetch[key] = fetch.get(key, 0) + value
+    client_requests = int(runs.channel_run.metadata("keyword_parse").get("refresh_api_calls", 0))
+    client_requests += int(fetch.get("api_calls", 0))
     t = db.tables
     with db.connect() as conn:
         states = dict(conn.execute(sa.select(t.states.c.FulfillmentState, sa.func.count())
                                    .group_by(t.states.c.FulfillmentState)).all())
         tracked = conn.execute(sa.select(sa.func.count()).select_from(t.message_ids)).scalar()
-    out = {"wall_s": m.wall_s, "cpu_s": m.cpu_s, "client_requests": client.request_count,
-           "executions": len(summary.execution_ids), "states": states, "still_tracked": tracked,
-           "results": {str(k): v for k, v in summary.results.items()},
-           "fetch": summary.fetch.as_metadata() if summary.fetch else None}
-    client.close()
+    out = {"wall_s": m.wall_s, "cpu_s": m.cpu_s, "client_requests": client_requests,
+           "executions": len(runs.execution_ids), "states": states, "still_tracked": tracked,
+           "results": {str(eid): db.read_results(eid) for eid in runs.execution_ids},
+           "fetch": fetch or None, "runs": len(every)}
+    instance.dispose()
     db.dispose()
     return out
 
@@ -116,7 +137,7 @@ def run(ctx: Context) -> None:
         r.figure("status_sync_api_calls", pipe["api_calls"], "calls", target=f"<= {target:.0f}",
                  passed=pipe["api_calls"] <= target)
         r.reference("status_sync_wall_time", pipe["wall_s"], "s",
-                    note="whole channel sync: refresh, keyword parse, list, state load, aggregate")
+                    note="whole channel sync through the jobs: refresh, keyword parse, list, state load, aggregate")
         r.reference("status_sync_cpu", pipe["cpu_s"], "s", note="pipeline process")
         per_sid_wall = median(x["wall_s"] for x in per_sid)
         r.reference("status_per_sid_api_calls", median(x["api_calls"] for x in per_sid), "calls")

@@ -114,3 +114,21 @@ def pytest_collection_modifyitems(config, items):
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = keep
+
+
+@pytest.fixture
+def make_pipeline(tmp_path):
+    """Factory of `PipelineHarness`es (the real jobs, in process, against a test database and a sandbox);
+    each one's Dagster instance is disposed at the end of the test."""
+    from twilio_pipeline_tests.pipeline_harness import PipelineHarness
+
+    made: list[PipelineHarness] = []
+
+    def make(db, sandbox, channels, **kw) -> PipelineHarness:
+        harness = PipelineHarness(db, sandbox, channels, tmp_path / f"pipeline{len(made)}", **kw)
+        made.append(harness)
+        return harness
+
+    yield make
+    for harness in made:
+        harness.close()

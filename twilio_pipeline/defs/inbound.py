@@ -4,23 +4,28 @@ aggregate results per channel execution (the guide's state data synchronization,
 
 import warnings
 from collections import defaultdict
+from datetime import datetime
 
 import dagster as dg
+from pydantic import Field
 
 from twilio_pipeline import quality
 from twilio_pipeline.channels import Channel
 from twilio_pipeline.defs.partition_order import add_in_order
-from twilio_pipeline.defs.partitions import TWILIO_POOL, execution_partitions
+from twilio_pipeline.defs.partitions import FULL_WINDOW_TAG, TWILIO_POOL, execution_partitions
 from twilio_pipeline.defs.resources import DatabaseResource, TwilioResource
 from twilio_pipeline.defs.steps import (
     announce,
     channel_of,
     counts_table,
     metadata,
+    report,
     tag_run,
     twilio_failure,
 )
+from twilio_pipeline.logs import TeeLog
 from twilio_pipeline.outbound.execution import record_unsendable
+from twilio_pipeline.rules.keywords import OPT_OUT_KEYWORDS
 from twilio_pipeline.twilio import CredentialsRejected, TwilioUnavailable
 
 # The backfill policy is what keeps a backfill of past executions from flooding the account. Dagster 1.13
@@ -33,12 +38,30 @@ DELIVERY_RATE_THRESHOLD = 0.8
 SYNC_BACKFILL_POLICY = dg.BackfillPolicy.multi_run(max_partitions_per_run=10)
 
 
+NOW_DESCRIPTION = ("The moment the step takes as now (ISO 8601, UTC), e.g. the clock of a sandbox that was moved "
+                   "on; unset: the wall clock.")
+
+
 class KeywordParseConfig(dg.Config):
-    channel: str | None = None  # only this channel (the CLI's --channel); all channels when unset
+    channel: str | None = Field(None, description="Only this channel (the CLI's --channel); all channels when unset.")
+    now: str | None = Field(None, description=NOW_DESCRIPTION)
+
+
+class StatusFetchConfig(dg.Config):
+    now: str | None = Field(None, description=NOW_DESCRIPTION)
+
+
+def _now(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
 
 
 def _is_backfill(context) -> bool:
-    return "dagster/backfill" in context.run.tags or context.run.tags.get("twilio_pipeline/full_window") == "1"
+    return "dagster/backfill" in context.run.tags or context.run.tags.get(FULL_WINDOW_TAG) == "1"
+
+
+def _numbers(summary, prefix: str = "") -> dict[str, int | float]:
+    return {f"{prefix}{k}": v for k, v in summary.as_metadata().items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def _by_channel(context, database: DatabaseResource, twilio: TwilioResource) -> dict[str, tuple[Channel, list[int]]]:
@@ -88,24 +111,35 @@ def keyword_parse(context: dg.AssetExecutionContext, config: KeywordParseConfig,
     db = database.get_database()
     channels = twilio.get_channels()
     selected = [channels.get(config.channel)] if config.channel else list(channels.channels)
-    totals: dict[str, int] = defaultdict(int)
+    now = _now(config.now)
+    log = TeeLog(context.log)
+    totals: dict[str, int | float] = defaultdict(int)
     follow_up_ids: list[int] = []
+    not_synced: list[str] = []
     for channel in selected:
+        problem = twilio.account_problem(channel)
+        if problem is not None:  # one channel's missing account must not stop the others' replies and opt-outs
+            log.warning(f"channel {channel.name!r} not synced: {problem}")
+            not_synced.append(channel.name)
+            continue
         with twilio.get_client(channel, trace=context.log.info) as client:
             try:
-                refreshed = refresh_inbound(db, client, channel, log=context.log)
+                refreshed = refresh_inbound(db, client, channel, log=log, now=now)
             except (CredentialsRejected, TwilioUnavailable) as exc:
                 raise twilio_failure(exc) from None
-        parsed = parse_keywords(db, channel, log=context.log, peers=channels.sharing_sender(channel))
-        for summary in (refreshed, parsed):
-            for k, v in summary.as_metadata().items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool):
-                    totals[k] += v
-        follow_up_ids += create_follow_ups(db, channel, log=context.log)
+        parsed = parse_keywords(db, channel, log=log, limit_records=channel.records_per_sync, now=now,
+                                peers=channels.sharing_sender(channel))
+        # Each step's figures under its own name: the two steps count different things (listed vs parsed).
+        for k, v in {**_numbers(refreshed, "refresh_"), **_numbers(parsed, "parse_")}.items():
+            totals[k] += v
+        follow_up_ids += create_follow_ups(db, channel, log=log)
     if follow_up_ids:
         add_in_order(context.instance, [str(i) for i in follow_up_ids])
     totals["follow_up_executions"] = len(follow_up_ids)
-    return dg.MaterializeResult(metadata={**metadata(dict(totals)), "channels": len(selected)})
+    meta = {**metadata(dict(totals)), "channels": dg.MetadataValue.int(len(selected) - len(not_synced)), **report(log)}
+    if not_synced:
+        meta["channels_not_synced"] = dg.MetadataValue.text(", ".join(not_synced))
+    return dg.MaterializeResult(metadata=meta)
 
 
 @dg.asset(
@@ -120,27 +154,33 @@ def keyword_parse(context: dg.AssetExecutionContext, config: KeywordParseConfig,
     description="Delivery statuses of the execution's tracked SIDs: one listing by sender and DateSent window "
                 "(1,000 per page), a GET only for SIDs the listing did not return; never a step backwards.",
 )
-def status_fetch(context: dg.AssetExecutionContext, database: DatabaseResource, twilio: TwilioResource):
+def status_fetch(context: dg.AssetExecutionContext, config: StatusFetchConfig, database: DatabaseResource,
+                 twilio: TwilioResource):
     from twilio_pipeline.inbound import fetch_statuses
 
     announce(context, twilio)
     db = database.get_database()
+    full_window = _is_backfill(context)
+    log = TeeLog(context.log)
     totals: dict[str, int] = defaultdict(int)
     stale = 0
     for channel, ids in _by_channel(context, database, twilio).values():
         with twilio.get_client(channel, trace=context.log.info) as client:
             try:
-                summary = fetch_statuses(db, client, channel, ids, log=context.log, full_window=_is_backfill(context))
+                # A backfill re-reads everything it was given; a sync takes `records_per_sync`, the rest next time.
+                summary = fetch_statuses(db, client, channel, ids, log=log, full_window=full_window,
+                                         now=_now(config.now),
+                                         limit_records=None if full_window else channel.records_per_sync)
             except (CredentialsRejected, TwilioUnavailable) as exc:
                 raise twilio_failure(exc) from None
-        for k, v in summary.as_metadata().items():
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
-                totals[k] += v
+        for k, v in _numbers(summary).items():
+            totals[k] += v
         stale += sum(quality.tracked_past_validity(db, i, channel.validity_period_s) for i in ids)
     check = dg.AssetCheckResult(check_name="no_sids_past_validity", passed=stale == 0,
                                 severity=dg.AssetCheckSeverity.WARN,
                                 metadata={"tracked_past_validity": dg.MetadataValue.int(stale)})
-    return dg.MaterializeResult(metadata=metadata(dict(totals)), check_results=[check])
+    meta = {**metadata(dict(totals)), "full_window": dg.MetadataValue.bool(full_window), **report(log)}
+    return dg.MaterializeResult(metadata=meta, check_results=[check])
 
 
 @dg.asset(
@@ -162,11 +202,12 @@ def state_bulk_load(context: dg.AssetExecutionContext, database: DatabaseResourc
     announce(context, twilio)
     db = database.get_database()
     ids = [int(k) for k in context.partition_keys]
-    summary = load_states(db, log=context.log, execution_ids=ids)
+    log = TeeLog(context.log)
+    summary = load_states(db, log=log, execution_ids=ids)
     orphans = sum(quality.states_without_offer_history(db, i) for i in ids)
     check = dg.AssetCheckResult(check_name="states_match_offer_history", passed=orphans == 0,
                                 metadata={"states_without_offer_history": dg.MetadataValue.int(orphans)})
-    return dg.MaterializeResult(metadata=metadata(summary.as_metadata()), check_results=[check])
+    return dg.MaterializeResult(metadata={**metadata(summary.as_metadata()), **report(log)}, check_results=[check])
 
 
 @dg.asset(
@@ -202,9 +243,7 @@ def aggregate_results(context: dg.AssetExecutionContext, database: DatabaseResou
         "undelivered": int(results.get("Status:undelivered", 0)),
         "failed": int(results.get("Status:failed", 0)),
         "expired": int(results.get("Expired", 0)),
-        "opt_outs": int(sum(v for k, v in results.items() if k in {f"Reply:{w}" for w in
-                                                                   ("STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL",
-                                                                    "END", "QUIT", "REVOKE", "OPTOUT")})),
+        "opt_outs": int(sum(v for k, v in results.items() if k in {f"Reply:{w}" for w in OPT_OUT_KEYWORDS})),
         "segments": int(results.get("Segments", 0)),
     }
     meta = metadata(plot)

@@ -11,3 +11,5 @@ CHANNEL_TAG = "twilio_pipeline/channel"
 MODE_TAG = "twilio_pipeline/mode"
 HOST_TAG = "twilio_pipeline/host"
 PID_TAG = "twilio_pipeline/pid"
+# A run of the execution-level sync that re-reads each execution's whole DateSent window (as a backfill does).
+FULL_WINDOW_TAG = "twilio_pipeline/full_window"

@@ -20,12 +20,8 @@ from twilio_pipeline.settings import (
     load_settings,
     named_accounts,
 )
-from twilio_pipeline.twilio import (
-    Endpoints,
-    RetrySettings,
-    TwilioClient,
-    TwilioCredentials,
-)
+from twilio_pipeline.twilio import Endpoints, TwilioClient, TwilioCredentials
+from twilio_pipeline.twilio.channel_client import client_for_channel
 
 _DATABASES: dict[tuple[str, str | None, str], Database] = {}
 _DATABASES_LOCK = threading.Lock()
@@ -103,6 +99,16 @@ class TwilioResource(dg.ConfigurableResource):
     def _endpoints(self) -> Endpoints:
         return Endpoints(self.api_base_url, self.bulkexports_base_url, self.messaging_base_url)
 
+    def account_problem(self, channel: Channel) -> str | None:
+        """Why the channel's named account cannot be used (its TWILIO_<NAME>_* unset), or None."""
+        if channel.account is None:
+            return None
+        try:
+            account_credentials(channel.name, channel.account)
+        except SettingsError as exc:
+            return str(exc)
+        return None
+
     def credentials_for(self, channel: Channel) -> tuple[TwilioCredentials, Endpoints]:
         """The channel's account: its named account (`account:`, TWILIO_<NAME>_*, read when the step runs,
         never shown in the UI), else the deployment's account, else the embedded sandbox. A named account
@@ -133,15 +139,7 @@ class TwilioResource(dg.ConfigurableResource):
     def get_client(self, channel: Channel, trace=None) -> TwilioClient:
         """A client with the channel's concurrency, rate and retry settings (one per step)."""
         creds, endpoints = self.credentials_for(channel)
-        r = channel.retry
-        return TwilioClient(
-            creds,
-            endpoints=endpoints,
-            retry=RetrySettings(r.max_attempts, r.min_delay_s, r.max_delay_s, r.throttle_budget_s),
-            max_concurrency=channel.max_concurrency,
-            requests_per_second=channel.requests_per_second,
-            trace=trace if channel.trace else None,
-        )
+        return client_for_channel(creds, channel, endpoints, trace=trace)
 
     def notice(self, channel: Channel | None = None) -> str | None:
         sandboxed = self.sandbox_mode if channel is None else self.channel_sandboxed(channel)

@@ -1,13 +1,19 @@
-"""In-process runs for the CLI and the demo: the same jobs the UI launches, recorded in the instance of
-DAGSTER_HOME, with the failure reduced to one line and mapped to the exit codes of docs/reference.md."""
+"""In-process runs of the code location's jobs: the one composition of a whole send (`send_run`) and a whole
+sync (`sync_runs`: the channel-level job, then the execution-level job batched as the sync chain sensor
+batches it), used by the CLI, the demo, the benchmarks and the tests (`resources` points a run at their own
+database and sandbox). The CLI's runs are recorded in the instance of DAGSTER_HOME, with a failure reduced
+to one line and mapped to the exit codes of docs/reference.md."""
 
 from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import sqlalchemy as sa
@@ -21,12 +27,14 @@ from twilio_pipeline.defs.partition_order import add_in_order
 from twilio_pipeline.defs.partitions import (
     CHANNEL_TAG,
     EXECUTION_TAG,
+    FULL_WINDOW_TAG,
     HOST_TAG,
     MODE_TAG,
     PID_TAG,
     execution_partitions,
 )
 from twilio_pipeline.defs.stale_runs import fail_stale_runs
+from twilio_pipeline.defs.steps import REPORT
 from twilio_pipeline.settings import Settings
 
 QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
@@ -36,11 +44,54 @@ OUTBOUND_ORDER = ["CountBeforeDedup", "InvalidNumbers", "Duplicates", "Unsubscri
                   "InvalidSeeds", "UnsubscribedSeeds"]
 
 
+@dataclass
 class RunFailure:
-    def __init__(self, error_class: str, message: str, step: str | None = None):
-        self.error_class = error_class
-        self.message = message
-        self.step = step
+    error_class: str
+    message: str
+    step: str | None = None
+
+
+@dataclass
+class JobRun:
+    """One in-process run of a job: its result and, when it failed, the failing step's error in one line."""
+
+    result: dg.ExecuteInProcessResult
+    failure: RunFailure | None
+
+    @property
+    def run_id(self) -> str:
+        return self.result.run_id
+
+    def metadata(self, node: str) -> dict[str, Any]:
+        """The plain values (numbers, text, booleans) of what the step materialized."""
+        return {k: v.value for mat in self.result.asset_materializations_for_node(node)
+                for k, v in mat.metadata.items() if isinstance(v.value, (int, float, str, bool))}
+
+    def lines(self, node: str) -> list[str]:
+        """The step's own summary lines (`report` metadata: the sentences it logged)."""
+        report = self.metadata(node).get(REPORT)
+        return report.splitlines() if isinstance(report, str) and report else []
+
+
+@dataclass
+class ExecutionSync:
+    """One run of the execution-level sync over neighbouring executions of one channel."""
+
+    channel: str
+    execution_ids: list[int]
+    run: JobRun
+
+
+@dataclass
+class SyncRuns:
+    """A whole channel sync as production runs it: the channel-level run, then the execution-level runs."""
+
+    channel_run: JobRun
+    executions: list[ExecutionSync] = field(default_factory=list)
+
+    @property
+    def execution_ids(self) -> list[int]:
+        return [eid for part in self.executions for eid in part.execution_ids]
 
 
 @contextmanager
@@ -93,15 +144,47 @@ def _failure(result) -> RunFailure | None:
     return RunFailure("RunFailure", "the run failed (see the Dagster UI for its log)")
 
 
-def _ensure_partition(instance: dg.DagsterInstance, execution_id: int) -> None:
-    key = str(execution_id)
-    if not instance.has_dynamic_partition(execution_partitions.name, key):
-        try:
-            add_in_order(instance, [key])
-        except sa.exc.IntegrityError:
-            # A run started at the same moment added it first (the partition key is unique).
-            if not instance.has_dynamic_partition(execution_partitions.name, key):
-                raise
+def _ensure_partitions(instance: dg.DagsterInstance, execution_ids: Sequence[int]) -> None:
+    keys = [str(e) for e in execution_ids if not instance.has_dynamic_partition(execution_partitions.name, str(e))]
+    if not keys:
+        return
+    try:
+        add_in_order(instance, keys)
+    except sa.exc.IntegrityError:
+        # A run started at the same moment added one first (the partition key is unique).
+        missing = [k for k in keys if not instance.has_dynamic_partition(execution_partitions.name, k)]
+        if missing:
+            add_in_order(instance, missing)
+
+
+def execute(job_name: str, instance: dg.DagsterInstance, *, partition_keys: Sequence[str] = (),
+            run_config: Mapping | None = None, tags: Mapping[str, str] | None = None,
+            resources: Mapping[str, object] | None = None) -> JobRun:
+    """Run one of the code location's jobs in this process, over one partition or a range of neighbouring
+    ones. `resources` replaces the code location's (a test points them at its database and sandbox)."""
+    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+    run_tags = dict(tags or {})
+    partition_key = None
+    if len(partition_keys) == 1:
+        partition_key = partition_keys[0]
+    elif partition_keys:
+        run_tags.update({ASSET_PARTITION_RANGE_START_TAG: partition_keys[0],
+                         ASSET_PARTITION_RANGE_END_TAG: partition_keys[-1]})
+    result = _job(job_name).execute_in_process(
+        instance=instance, partition_key=partition_key, run_config={**QUIET_LOGS, **(run_config or {})},
+        raise_on_error=False, tags=run_tags, resources=resources)
+    return JobRun(result, _failure(result))
+
+
+def send_run(instance: dg.DagsterInstance, execution_id: int, channel_name: str | None, *,
+             tags: Mapping[str, str], force: bool = False, resources: Mapping[str, object] | None = None) -> JobRun:
+    """The outbound job for one execution (its partition added first). Without `channel_name` (not checked
+    yet) the run's first step tags the channel once it has found it."""
+    _ensure_partitions(instance, [execution_id])
+    run_tags = {**tags, EXECUTION_TAG: str(execution_id), **({CHANNEL_TAG: channel_name} if channel_name else {})}
+    return execute("outbound_job", instance, partition_keys=[str(execution_id)], run_config=_force_config(force),
+                   tags=run_tags, resources=resources)
 
 
 def _force_config(force: bool) -> dict:
@@ -128,25 +211,71 @@ def _interrupted(db: Database, channel: Channel, execution_id: int, failure: Run
                                phase=PHASES.get(failure.step or "", "the run"))
 
 
+def _now_config(step: str, now: datetime | None) -> dict:
+    return {"ops": {step: {"config": {"now": now.isoformat()}}}} if now is not None else {}
+
+
+def channel_sync_run(instance: dg.DagsterInstance, channel_name: str | None, *, tags: Mapping[str, str],
+                     now: datetime | None = None, resources: Mapping[str, object] | None = None) -> JobRun:
+    """`channel_sync_job` alone (what the schedule launches): every channel's replies, or one channel's."""
+    config = {"ops": {"keyword_parse": {"config": {"channel": channel_name,
+                                                   **({"now": now.isoformat()} if now is not None else {})}}}}
+    return execute("channel_sync_job", instance, run_config=config, tags=tags, resources=resources)
+
+
+def sync_runs(instance: dg.DagsterInstance, db: Database, channels: ChannelFile, channel_name: str | None, *,
+              tags: Mapping[str, str], now: datetime | None = None,
+              resources: Mapping[str, object] | None = None) -> SyncRuns:
+    """The channel sync: `channel_sync_job` (replies, keywords, opt-outs, follow-ups), then for every
+    execution the database finds eligible `execution_sync_job`, neighbouring executions of one channel
+    in one run, as the sync chain sensor batches them. `now` stands in for the wall clock (a sandbox whose
+    clock was moved on)."""
+    from twilio_pipeline.defs.sensors import sync_batches
+    from twilio_pipeline.inbound import eligible_executions
+
+    runs = SyncRuns(channel_sync_run(instance, channel_name, tags=tags, now=now, resources=resources))
+    if runs.channel_run.failure is not None:
+        return runs
+    selected = [channels.get(channel_name)] if channel_name else list(channels.channels)
+    eligible: dict[int, str] = {}
+    for channel in selected:
+        for eid in eligible_executions(db, channel, limit_records=channel.records_per_sync):
+            eligible.setdefault(eid, channel.name)
+    _ensure_partitions(instance, sorted(eligible))
+    keys = list(instance.get_dynamic_partitions(execution_partitions.name))
+    for batch in sync_batches(keys, eligible):
+        channel = eligible[batch[0]]
+        run_tags = {**tags, CHANNEL_TAG: channel, **({EXECUTION_TAG: str(batch[0])} if len(batch) == 1 else {})}
+        run = execute("execution_sync_job", instance, partition_keys=[str(e) for e in batch],
+                      run_config=_now_config("status_fetch", now), tags=run_tags, resources=resources)
+        runs.executions.append(ExecutionSync(channel, batch, run))
+    return runs
+
+
+def backfill_run(instance: dg.DagsterInstance, execution_ids: Sequence[int], *, tags: Mapping[str, str],
+                 now: datetime | None = None, resources: Mapping[str, object] | None = None) -> JobRun:
+    """The execution-level sync over neighbouring executions re-reading each one's whole window, as a
+    backfill launched from the UI runs it."""
+    _ensure_partitions(instance, execution_ids)
+    return execute("execution_sync_job", instance, partition_keys=[str(e) for e in execution_ids],
+                   run_config=_now_config("status_fetch", now), tags={**tags, FULL_WINDOW_TAG: "1"},
+                   resources=resources)
+
+
 def run_send(settings: Settings, db: Database, channel: Channel, execution_id: int,
              say: Callable[[str], None], force: bool = False) -> int:
     """Run the outbound job for an execution the caller has already checked (`load_execution` and
     `send_refusal`, which the CLI calls before Dagster is even imported)."""
-    from twilio_pipeline.outbound import ExecutionBusy
+    from twilio_pipeline.outbound import ExecutionBusy, busy_holder
     from twilio_pipeline.outbound.connectivity import SenderNotOwned
-    from twilio_pipeline.outbound.lease import lease_key
 
-    holder = db.live_lease_holder(lease_key(execution_id))
+    holder = busy_holder(db, execution_id)
     if holder is not None:
         say(f"Execution {execution_id} is being sent by run {holder.owner} (pid {holder.pid} on {holder.host}); "
             "not starting a second send")
         return EXIT_BUSY
-    instance = _instance()
-    _ensure_partition(instance, execution_id)
-    result = _job("outbound_job").execute_in_process(
-        instance=instance, partition_key=str(execution_id), run_config={**QUIET_LOGS, **_force_config(force)},
-        raise_on_error=False, tags=_tags(settings, **{EXECUTION_TAG: str(execution_id), CHANNEL_TAG: channel.name}))
-    failure = _failure(result)
+    run = send_run(_instance(), execution_id, channel.name, tags=_tags(settings), force=force)
+    failure = run.failure
     if failure is not None:
         if failure.error_class == ExecutionBusy.__name__:
             say(failure.message)
@@ -156,64 +285,53 @@ def run_send(settings: Settings, db: Database, channel: Channel, execution_id: i
             return EXIT_INPUT
         reason = _interrupted(db, channel, execution_id, failure)
         if reason is not None:
-            say(f"Send of execution {execution_id} stopped (run {result.run_id}): {reason}")
+            say(f"Send of execution {execution_id} stopped (run {run.run_id}): {reason}")
             return EXIT_FAILED
-        say(f"Send of execution {execution_id} failed (run {result.run_id}): {failure.message}")
+        say(f"Send of execution {execution_id} failed (run {run.run_id}): {failure.message}")
         return EXIT_FAILED
-    sent_now = _metadata_value(result, "send", "requests_this_run")
-    if sent_now == 0:
+    if run.metadata("send").get("requests_this_run") == 0:
         say(f"Execution {execution_id}: nothing new to send (every recipient already has its outcome)")
-    say(f"Run {result.run_id} succeeded.")
+    say(f"Run {run.run_id} succeeded.")
     return print_results(db, execution_id, say)
 
 
-def _metadata_value(result, node: str, key: str):
-    for mat in result.asset_materializations_for_node(node):
-        value = mat.metadata.get(key)
-        if value is not None:
-            return value.value
-    return None
+def sync_report(db: Database, runs: SyncRuns) -> tuple[list[str], int]:
+    """What `twilio-pipeline sync` prints, and its exit code: each step's own summary lines (the sentences
+    it logged, never figures added up across steps), then each execution's results."""
+    lines: list[str] = []
+    channel_run = runs.channel_run
+    if channel_run.failure is not None:
+        return [f"Channel sync failed (run {channel_run.run_id}): {channel_run.failure.message}"], EXIT_FAILED
+    lines.append(f"Channel sync (run {channel_run.run_id}):")
+    lines += [f"  {line}" for line in channel_run.lines("keyword_parse")]
+    code = EXIT_OK
+    for part in runs.executions:
+        run = part.run
+        which = ", ".join(str(e) for e in part.execution_ids)
+        if run.failure is not None:
+            lines.append(f"Execution {which}: sync failed (run {run.run_id}): {run.failure.message}")
+            code = EXIT_FAILED
+            continue
+        lines.append(f"Execution sync of {which} ({part.channel}) (run {run.run_id}):")
+        lines += [f"  {line}" for node in ("status_fetch", "state_bulk_load") for line in run.lines(node)]
+        for eid in part.execution_ids:
+            results = db.read_results(eid)
+            status = ", ".join(f"{k[7:]}={_fmt(v)}" for k, v in results.items() if k.startswith("Status:"))
+            replies = ", ".join(f"{k[6:]}={_fmt(v)}" for k, v in results.items() if k.startswith("Reply:"))
+            lines.append(f"Execution {eid} ({part.channel}): loaded by run {run.run_id} | statuses: "
+                         f"{status or 'none yet'} | expired: {_fmt(results.get('Expired', 0))} | "
+                         f"replies: {replies or 'none'}")
+    if not runs.executions:
+        lines.append("No execution had anything to sync.")
+    return lines, code
 
 
 def run_sync(settings: Settings, db: Database, channels: ChannelFile, channel_name: str | None,
              say: Callable[[str], None]) -> int:
-    from twilio_pipeline.inbound import eligible_executions
-
-    instance = _instance()
-    config = {"ops": {"keyword_parse": {"config": {"channel": channel_name}}}, **QUIET_LOGS}
-    result = _job("channel_sync_job").execute_in_process(instance=instance, run_config=config,
-                                                         raise_on_error=False, tags=_tags(settings))
-    failure = _failure(result)
-    if failure is not None:
-        say(f"Channel sync failed (run {result.run_id}): {failure.message}")
-        return EXIT_FAILED
-    parsed = {k: v.value for mat in result.asset_materializations_for_node("keyword_parse")
-              for k, v in mat.metadata.items() if isinstance(v.value, (int, float))}
-    say("Channel sync: " + ", ".join(f"{k}={v}" for k, v in parsed.items()))
-    selected = [channels.get(channel_name)] if channel_name else list(channels.channels)
-    code = EXIT_OK
-    synced = 0
-    for channel in selected:
-        for eid in eligible_executions(db, channel, limit_records=channel.records_per_sync):
-            _ensure_partition(instance, eid)
-            res = _job("execution_sync_job").execute_in_process(
-                instance=instance, partition_key=str(eid), run_config=QUIET_LOGS, raise_on_error=False,
-                tags=_tags(settings, **{EXECUTION_TAG: str(eid), CHANNEL_TAG: channel.name}))
-            failure = _failure(res)
-            if failure is not None:
-                say(f"Execution {eid}: sync failed (run {res.run_id}): {failure.message}")
-                code = EXIT_FAILED
-                continue
-            synced += 1
-            loaded = {k: v.value for mat in res.asset_materializations_for_node("state_bulk_load")
-                      for k, v in mat.metadata.items() if isinstance(v.value, (int, float))}
-            results = db.read_results(eid)
-            status = ", ".join(f"{k[7:]}={_fmt(v)}" for k, v in results.items() if k.startswith("Status:"))
-            replies = ", ".join(f"{k[6:]}={_fmt(v)}" for k, v in results.items() if k.startswith("Reply:"))
-            say(f"Execution {eid} ({channel.name}): loaded " + ", ".join(f"{k}={v}" for k, v in loaded.items())
-                + f" | statuses: {status or 'none yet'} | replies: {replies or 'none'}")
-    if synced == 0 and code == EXIT_OK:
-        say("No execution had anything to sync.")
+    runs = sync_runs(_instance(), db, channels, channel_name, tags=_tags(settings))
+    lines, code = sync_report(db, runs)
+    for line in lines:
+        say(line)
     return code
 
 

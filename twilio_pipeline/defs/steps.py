@@ -10,7 +10,15 @@ import dagster as dg
 from twilio_pipeline.channels import Channel, ChannelConfigError
 from twilio_pipeline.db import Database
 from twilio_pipeline.defs.resources import DatabaseResource, TwilioResource
+from twilio_pipeline.logs import ListLog
 from twilio_pipeline.outbound.execution import record_unsendable
+
+# The metadata entry holding the sentences a step logged about its work (the CLI prints them as they are).
+REPORT = "report"
+
+
+def report(log: ListLog) -> dict[str, dg.MetadataValue]:
+    return {REPORT: dg.MetadataValue.text("\n".join(log.lines))} if log.lines else {}
 
 
 def execution_id_of(context: dg.AssetExecutionContext) -> int:

@@ -21,17 +21,23 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 from twilio_pipeline.db import Database
+from twilio_pipeline.db.database import LeaseHolder
 from twilio_pipeline.outbound.errors import ExecutionBusy, ExecutionCancelled, LeaseLost
 from twilio_pipeline.outbound.execution import STATUS_CANCELLED, read_execution
 
 SEND_FRACTION = 0.5  # of the TTL after a renewal started: requests stop there until the next renewal
 BEAT_FRACTION = 0.25  # of the TTL between renewals (and cancel checks)
 
-_HELD: dict[tuple[int, str, str], "ExecutionLease"] = {}
+_HELD: dict[tuple[int, str, str], ExecutionLease] = {}
 _HELD_LOCK = threading.Lock()
+
+
+def busy_holder(db: Database, execution_id: int) -> LeaseHolder | None:
+    """The live run holding the execution's lease, or None (dead local pids and expired remote leases are free)."""
+    return db.live_lease_holder(lease_key(execution_id))
 
 
 def lease_key(execution_id: int) -> str:
@@ -114,10 +120,8 @@ class ExecutionLease:
                 self._renewed.notify_all()
 
     def _start(self) -> None:
-        try:
+        with suppress(Exception):  # the heartbeat reads it again
             self._read_status()
-        except Exception:  # noqa: BLE001 - the heartbeat reads it again
-            pass
         self._thread = threading.Thread(target=self._beat, name=f"lease-{self.key}", daemon=True)
         self._thread.start()
 
@@ -144,10 +148,8 @@ class ExecutionLease:
             with self._renewed:
                 self._valid_from = started
                 self._renewed.notify_all()
-            try:
+            with suppress(Exception):  # read again next beat
                 self._read_status()
-            except Exception:  # noqa: BLE001 - read again next beat
-                pass
 
     def _release(self) -> None:
         self._stop.set()

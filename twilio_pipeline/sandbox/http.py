@@ -9,6 +9,7 @@ needs control of the socket. One event loop does all of that with no locks aroun
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import struct
 from collections.abc import Awaitable, Callable
@@ -125,10 +126,8 @@ class Connection(asyncio.Protocol):
         self.connections.add(self)
         sock = transport.get_extra_info("socket")
         if sock is not None:
-            try:
+            with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
 
     def connection_lost(self, exc) -> None:
         self.closed = True
@@ -147,10 +146,8 @@ class Connection(asyncio.Protocol):
             return
         sock = self.transport.get_extra_info("socket")
         if sock is not None:
-            try:
+            with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            except OSError:
-                pass
         self.closed = True
         self.transport.abort()
 

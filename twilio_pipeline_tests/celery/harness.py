@@ -9,6 +9,7 @@ run it; when neither can, the URL's own vhost is used and its `dagster` queue pu
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
 import subprocess
@@ -56,11 +57,8 @@ def _rabbitmqctl(*args: str) -> bool:
 def _purge(url: str) -> None:
     from kombu import Connection
 
-    with Connection(url, connect_timeout=10) as conn:
-        try:
-            conn.default_channel.queue_purge("dagster")
-        except Exception:  # noqa: BLE001 - no such queue yet
-            pass
+    with Connection(url, connect_timeout=10) as conn, contextlib.suppress(Exception):  # no such queue yet
+        conn.default_channel.queue_purge("dagster")
 
 
 def broker_reachable(url: str) -> str | None:
@@ -104,10 +102,9 @@ def session_vhost(url: str) -> Iterator[str]:
 def start_worker(d: Deployment, name: str, concurrency: int = 2) -> subprocess.Popen:
     """`twilio-pipeline worker` as the README starts it, in its own process group (killed with the
     deployment); returns once celery says it is ready."""
-    log = open(d.workdir / f"{name}.log", "ab")
-    proc = subprocess.Popen(["twilio-pipeline", "worker", "--concurrency", str(concurrency)], env=d.env,
-                            cwd=project_root(), start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
-    log.close()
+    with open(d.workdir / f"{name}.log", "ab") as log:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(["twilio-pipeline", "worker", "--concurrency", str(concurrency)], env=d.env,
+                                cwd=project_root(), start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
     d.started.append(proc)
     d.procs[name] = proc
     d.wait(f"celery worker {name} to be ready",

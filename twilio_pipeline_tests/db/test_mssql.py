@@ -16,37 +16,38 @@ from sqlalchemy.sql.ddl import ExecutableDDLElement
 from twilio_pipeline.audience import create_execution
 from twilio_pipeline.channels import parse_channels
 from twilio_pipeline.db import Database
-from twilio_pipeline.inbound import sync_channel
-from twilio_pipeline.logs import ListLog
-from twilio_pipeline.outbound import run_outbound
-from twilio_pipeline_tests.inbound.helpers import SENDER, make_client, numbers, sandbox_now
+from twilio_pipeline_tests.inbound.helpers import SENDER, numbers
 
 MSSQL_URL = "mssql+pyodbc://sa:s3cret-pw@127.0.0.1:1/pipeline?driver=ODBC+Driver+18+for+SQL+Server"
 MAX_PARAMETERS = 2_100
 
 
-def _campaign_statements(db: Database, sb) -> list[tuple[sa.ClauseElement, list[dict]]]:
-    """Every SQLAlchemy statement of a send, a reply, an opt-out and two syncs, with its parameter sets."""
+def _campaign_statements(db: Database, pipeline) -> list[tuple[sa.ClauseElement, list[dict]]]:
+    """Every SQLAlchemy statement of a send, a reply, an opt-out and two syncs (the jobs, as production runs
+    them), with its parameter sets."""
     seen: list[tuple[sa.ClauseElement, list[dict]]] = []
 
-    @sa.event.listens_for(db.engine, "before_execute")
     def _record(conn, element, multiparams, params, execution_options):
         if isinstance(element, sa.ClauseElement):
             seen.append((element, list(multiparams) if multiparams else [params or {}]))
 
+    sb = pipeline.sandbox
+    sa.event.listen(db.engine, "before_execute", _record)
     db.create_all()
-    channels = parse_channels({"channels": [{"name": "E2E", "from_number": SENDER, "keywords": ["MORE"],
-                                             "connectivity_test": False}]})
     nums = numbers(30)
     create_execution(db, 7, "E2E", "Hi {{FirstName}} 😀", [(i + 1, n, {"FirstName": "Ada"}) for i, n in enumerate(nums)])
-    with make_client(sb) as client:
-        run_outbound(db, client, channels, 7, run_id="mssql", log=ListLog())
+    sa.event.remove(db.engine, "before_execute", _record)
+    engine = pipeline.database.engine  # the engine the runs use
+    sa.event.listen(engine, "before_execute", _record)
+    try:
+        pipeline.send(7)
         sb.advance_clock(5)
         sb.inbound(nums[0], SENDER, "STOP")
         sb.inbound(nums[1], SENDER, "MORE")
         for _ in range(2):
-            sync_channel(db, client, channels.get("E2E"), log=ListLog(), now=sandbox_now(sb))
-    sa.event.remove(db.engine, "before_execute", _record)
+            pipeline.sync()
+    finally:
+        sa.event.remove(engine, "before_execute", _record)
     return seen
 
 
@@ -62,12 +63,14 @@ def _parameter_count(compiled, param_sets: list[dict]) -> int:
     return biggest
 
 
-def test_every_statement_of_a_campaign_compiles_to_t_sql(tmp_path, make_sandbox):
+def test_every_statement_of_a_campaign_compiles_to_t_sql(tmp_path, make_sandbox, make_pipeline):
     db = Database(f"sqlite:///{tmp_path / 'pipeline.db'}", create=False)
     mssql_db = Database(MSSQL_URL, create=False)  # builds the engine; connects to nothing
     dialect = mssql_db.engine.dialect
+    channels = parse_channels({"channels": [{"name": "E2E", "from_number": SENDER, "keywords": ["MORE"],
+                                             "connectivity_test": False}]})
     try:
-        statements = _campaign_statements(db, make_sandbox(status_delay_ms=50))
+        statements = _campaign_statements(db, make_pipeline(db, make_sandbox(status_delay_ms=50), channels))
     finally:
         db.dispose()
     kinds = {type(e).__name__ for e, _ in statements}

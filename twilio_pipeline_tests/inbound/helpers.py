@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
@@ -39,7 +39,7 @@ def make_channel(name: str = "Inbound Test", **kw) -> Channel:
 
 def sandbox_now(sb) -> datetime:
     """The sandbox's simulated clock (naive UTC): what Twilio's "now" is for the tests."""
-    return datetime.fromtimestamp(sb.clock()["now_epoch"], tz=timezone.utc).replace(tzinfo=None)
+    return datetime.fromtimestamp(sb.clock()["now_epoch"], tz=UTC).replace(tzinfo=None)
 
 
 def numbers(n: int, start: int = 0) -> list[str]:
@@ -70,7 +70,7 @@ def send_execution(db: Database, client: TwilioClient, channel: Channel, executi
         messages = list(pool.map(send, recipients))
     ledger, ids_rows, states = [], [], []
     sids: dict[str, str] = {}
-    for (rid, number, _), msg in zip(contacts, messages):
+    for (rid, number, _), msg in zip(contacts, messages, strict=True):
         sids[number] = msg["sid"]
         at = to_naive_utc(parse_twilio_date(msg.get("date_updated") or msg.get("date_created")))
         ledger.append({"ChannelExecutionID": execution_id, "RPContactID": rid, "IsSeed": False,

@@ -165,7 +165,7 @@ class PeakRss:
         while not self._stop.wait(0.02):
             self.peak = max(self.peak, self._rss())
 
-    def __enter__(self) -> "PeakRss":
+    def __enter__(self) -> PeakRss:
         self._thread.start()
         return self
 

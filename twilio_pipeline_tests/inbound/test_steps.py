@@ -8,11 +8,10 @@ from datetime import date, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
-from twilio_pipeline.inbound import fetch_statuses, load_states, sync_channel
+from twilio_pipeline.dates import format_rfc3339, twilio_time
+from twilio_pipeline.inbound import fetch_statuses, load_states
 from twilio_pipeline.inbound.bulk_export import plan_days
-from twilio_pipeline.inbound.common import twilio_time
 from twilio_pipeline.logs import ListLog
-from twilio_pipeline.twilio.dates import format_rfc3339
 from twilio_pipeline_tests.inbound.helpers import (
     SENDER,
     count,
@@ -147,8 +146,11 @@ def test_twilio_time_reads_both_formats():
     assert format_rfc3339(twilio_time("Fri, 09 Jul 2021 15:58:57 +0000")) == "2021-07-09T15:58:57Z"
 
 
-def test_overlapping_syncs_store_each_state_once(db, sb, client):
+def test_overlapping_syncs_store_each_state_once(db, sb, client, make_pipeline):
+    """Three whole syncs (the jobs, each with its own Dagster instance, as three deployments or a schedule
+    overlapping a CLI run would be) at the same moment."""
     channel = make_channel()
+    pipelines = [make_pipeline(db, sb, channel) for _ in range(3)]
     nums = numbers(30)
     send_execution(db, client, channel, 1, nums)
     sb.advance_clock(5)
@@ -157,13 +159,13 @@ def test_overlapping_syncs_store_each_state_once(db, sb, client):
     now = sandbox_now(sb)
     errors: list[BaseException] = []
 
-    def run():
+    def run(pipeline):
         try:
-            sync_channel(db, client, channel, log=ListLog(), now=now)
+            pipeline.sync(now=now)
         except BaseException as exc:  # noqa: BLE001 - re-raised by the test thread below
             errors.append(exc)
 
-    threads = [threading.Thread(target=run) for _ in range(3)]
+    threads = [threading.Thread(target=run, args=(p,)) for p in pipelines]
     for t in threads:
         t.start()
     for t in threads:

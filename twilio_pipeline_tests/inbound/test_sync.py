@@ -1,4 +1,5 @@
-"""The channel sync end to end against the sandbox, on SQLite and PostgreSQL."""
+"""The channel sync end to end against the sandbox, on SQLite, PostgreSQL and MariaDB: whole syncs run the
+Dagster jobs in process (`PipelineHarness`), the tests of one step call the step."""
 
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ from twilio_pipeline.inbound import (
     load_states,
     parse_keywords,
     refresh_inbound,
-    sync_channel,
 )
 from twilio_pipeline.inbound import state_load as state_load_module
 from twilio_pipeline.sandbox import SANDBOX_MESSAGING_SERVICE_SID
@@ -61,10 +61,11 @@ def assert_unique_states(db) -> None:
         assert conn.execute(replies).all() == []
 
 
-def test_send_deliveries_replies_sync(db, lossy_server, log):
+def test_send_deliveries_replies_sync(db, lossy_server, log, make_pipeline):
     sb = lossy_server
     sb.reset()
     channel = make_channel(keywords=["MORE"])
+    pipeline = make_pipeline(db, sb, channel)
     with make_client(sb) as client:
         nums = numbers(40)
         send_execution(db, client, channel, 1, nums)
@@ -73,8 +74,7 @@ def test_send_deliveries_replies_sync(db, lossy_server, log):
         sb.inbound(nums[1], SENDER, "more")
         sb.inbound(nums[2], SENDER, "Thanks!")
         sb.inbound(nums[3], SENDER, "help")
-        now = sandbox_now(sb)
-        first = sync_channel(db, client, channel, log=log, now=now)
+        first = pipeline.sync()
         assert first.execution_ids == [1]
         truth = {m["sid"]: m for m in sb.messages(direction="outbound-api")}
         rows = state_rows(db, 1)
@@ -110,7 +110,7 @@ def test_send_deliveries_replies_sync(db, lossy_server, log):
         assert db.staging_tables() == []
         # A second sync adds nothing and costs one listing of inbound replies.
         before = (rows, inbound_results(db, 1))
-        second = sync_channel(db, client, channel, log=log, now=sandbox_now(sb))
+        second = pipeline.sync()
         assert second.execution_ids == [] and second.api_calls == 1
         assert (state_rows(db, 1), inbound_results(db, 1)) == before
         # Recomputing the results gives the same rows.
@@ -127,7 +127,8 @@ def _sync_until_load(db, client, channel, log, now):
     return ids
 
 
-def test_failure_between_load_and_retirement_loses_and_duplicates_nothing(db, sb, client, log, monkeypatch):
+def test_failure_between_load_and_retirement_loses_and_duplicates_nothing(db, sb, client, log, monkeypatch,
+                                                                          make_pipeline):
     channel = make_channel()
     nums = numbers(10)
     send_execution(db, client, channel, 1, nums)
@@ -150,7 +151,7 @@ def test_failure_between_load_and_retirement_loses_and_duplicates_nothing(db, sb
     assert count(db, db.tables.pending_states) == pending
     monkeypatch.undo()
     # The next sync re-observes (more pending rows for the same states) and loads each state once.
-    sync_channel(db, client, channel, log=log, now=sandbox_now(sb))
+    make_pipeline(db, sb, channel).sync()
     assert count(db, db.tables.message_ids) == 0
     assert count(db, db.tables.pending_states) == 0
     assert len(state_rows(db)) == 10 * 2 + 1
@@ -195,14 +196,15 @@ def test_killed_process_during_load_loses_and_duplicates_nothing(db, sb, client,
 
 
 @pytest.mark.parametrize("attribution", ["latest", "all"])
-def test_stop_lands_on_latest_or_all_executions(db, sb, client, log, attribution):
+def test_stop_lands_on_latest_or_all_executions(db, sb, client, make_pipeline, attribution):
     channel = make_channel(reply_attribution=attribution)
+    pipeline = make_pipeline(db, sb, channel)
     target = numbers(1, 900)[0]
     for eid in range(1, 6):
         send_execution(db, client, channel, eid, [target, *numbers(2, eid * 10)])
         sb.advance_clock(120)
     sb.inbound(target, SENDER, "STOP")
-    sync_channel(db, client, channel, log=log, now=sandbox_now(sb))
+    pipeline.sync()
     st = db.tables.states
     with db.connect() as conn:
         replied = sorted(conn.execute(sa.select(st.c.ChannelExecutionID, st.c.RPContactID, st.c.EventName)
@@ -215,7 +217,8 @@ def test_stop_lands_on_latest_or_all_executions(db, sb, client, log, attribution
 
 
 
-def test_a_reply_to_a_shared_sender_goes_to_the_execution_that_messaged_the_number_last(db, sb, client, log):
+def test_a_reply_to_a_shared_sender_goes_to_the_execution_that_messaged_the_number_last(db, sb, client,
+                                                                                       make_pipeline):
     """Two channels send from one number. A person replies to the number, not to a channel: whichever
     channel's sync parses the reply attributes it to the latest execution that texted them (here the
     other channel's) and recognises the other channel's own keyword."""
@@ -224,15 +227,16 @@ def test_a_reply_to_a_shared_sender_goes_to_the_execution_that_messaged_the_numb
     promo, alerts = make_channel("Promo", keywords=["MORE"]), make_channel("Alerts", keywords=["DEAL"])
     channels = ChannelFile(channels=(promo, alerts))
     assert channels.sharing_sender(promo) == (alerts,) and channels.sharing_sender(alerts) == (promo,)
+    pipeline = make_pipeline(db, sb, channels)
     target = numbers(1, 700)[0]
     send_execution(db, client, promo, 1, [target])
     sb.advance_clock(120)
     send_execution(db, client, alerts, 2, [target])
     sb.advance_clock(120)
     sb.inbound(target, SENDER, "deal")
-    s = sync_channel(db, client, promo, log=log, now=sandbox_now(sb), peers=channels.sharing_sender(promo))
+    s = pipeline.sync("Promo")
     assert (s.keywords.parsed, s.keywords.free_text, s.keywords.replies_attributed) == (1, 0, 1)
-    sync_channel(db, client, alerts, log=log, now=sandbox_now(sb), peers=channels.sharing_sender(alerts))
+    pipeline.sync("Alerts")
     st = db.tables.states
     with db.connect() as conn:
         replied = conn.execute(sa.select(st.c.ChannelExecutionID, st.c.EventName)
@@ -240,14 +244,15 @@ def test_a_reply_to_a_shared_sender_goes_to_the_execution_that_messaged_the_numb
     assert replied == [(2, "DEAL")]
     assert db.read_results(2).get("Reply:DEAL") == 1 and "Reply:DEAL" not in db.read_results(1)
 
-def test_free_text_is_kept_and_counted_but_not_a_keyword(sqlite_db, sb, client, log):
+def test_free_text_is_kept_and_counted_but_not_a_keyword(sqlite_db, sb, client, make_pipeline):
     db = sqlite_db
     channel = make_channel(keywords=["MORE"])
+    pipeline = make_pipeline(db, sb, channel)
     nums = numbers(4)
     send_execution(db, client, channel, 1, nums)
-    for n, body in zip(nums, ["STOP PLEASE", "Thanks!", "more info", "Who is this?"]):
+    for n, body in zip(nums, ["STOP PLEASE", "Thanks!", "more info", "Who is this?"], strict=True):
         sb.inbound(n, SENDER, body)
-    s = sync_channel(db, client, channel, log=log, now=sandbox_now(sb))
+    s = pipeline.sync()
     assert (s.keywords.parsed, s.keywords.free_text, s.keywords.keywords) == (4, 4, 0)
     ib = db.tables.inbound
     with db.connect() as conn:
@@ -258,26 +263,28 @@ def test_free_text_is_kept_and_counted_but_not_a_keyword(sqlite_db, sb, client, 
     assert not any(k.startswith("Reply:") for k in db.read_results(1))
 
 
-def test_stop_then_start_lifts_the_suppression_through_the_sync(db, sb, client, log):
+def test_stop_then_start_lifts_the_suppression_through_the_sync(db, sb, client, make_pipeline):
     channel = make_channel()
+    pipeline = make_pipeline(db, sb, channel)
     nums = numbers(2)
     send_execution(db, client, channel, 1, nums)
     sb.inbound(nums[0], SENDER, "STOP")
-    sync_channel(db, client, channel, log=log, now=sandbox_now(sb))
+    pipeline.sync()
     assert suppressed(db, channel) == {nums[0]}
     sb.advance_clock(30)
     sb.inbound(nums[0], SENDER, "Start")
-    sync_channel(db, client, channel, log=log, now=sandbox_now(sb))
+    pipeline.sync()
     assert suppressed(db, channel) == set()
     results = db.read_results(1)
     assert (results["Reply:STOP"], results["Reply:START"]) == (1, 1)
 
 
-def test_bulk_export_mode_loads_the_same_states_as_listing(db, other_db, lossy_server, log):
+def test_bulk_export_mode_loads_the_same_states_as_listing(db, other_db, lossy_server, make_pipeline):
     sb = lossy_server
     sb.reset()
     listing = make_channel()
     exporting = make_channel(status_sync="bulk_export", notification_email="ops@example.com")
+    listing_pipeline, exporting_pipeline = make_pipeline(db, sb, listing), make_pipeline(other_db, sb, exporting)
     with make_client(sb) as client:
         nums = numbers(30)
         send_execution(db, client, listing, 1, nums, mirrors=[other_db])
@@ -285,10 +292,10 @@ def test_bulk_export_mode_loads_the_same_states_as_listing(db, other_db, lossy_s
         send_execution(db, client, listing, 2, numbers(5, 100), mirrors=[other_db])  # today: listed
         sb.advance_clock(5)
         sb.inbound(nums[0], SENDER, "STOP")
-        now = sandbox_now(sb)
-        listed = sync_channel(db, client, listing, log=log, now=now)
+        now = listing_pipeline.sandbox_now()
+        listed = listing_pipeline.sync(now=now)
         before = sb.stats()["requests_by_endpoint"]
-        exported = sync_channel(other_db, client, exporting, log=log, now=now)
+        exported = exporting_pipeline.sync(now=now)
         after = sb.stats()["requests_by_endpoint"]
     used = {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) != before.get(k, 0)}
     assert any("Export" in k for k in used), used
@@ -300,33 +307,37 @@ def test_bulk_export_mode_loads_the_same_states_as_listing(db, other_db, lossy_s
     assert count(other_db, other_db.tables.message_ids) == 0
 
 
-def test_backfill_of_three_executions_equals_three_syncs(db, other_db, lossy_server, log):
+def test_backfill_of_three_executions_equals_three_syncs(db, other_db, lossy_server, make_pipeline):
+    """A UI backfill of the sync assets (after the channel-level sync of the other database) loads what three
+    scheduled syncs loaded."""
     sb = lossy_server
     sb.reset()
     channel = make_channel(keywords=["MORE"])
+    pipeline, other = make_pipeline(db, sb, channel), make_pipeline(other_db, sb, channel)
     with make_client(sb) as client:
         for eid in (1, 2, 3):
             nums = numbers(8, eid * 100)
             send_execution(db, client, channel, eid, nums, mirrors=[other_db])
             sb.advance_clock(60)
             sb.inbound(nums[0], SENDER, "MORE")
-            sync_channel(db, client, channel, log=log, now=sandbox_now(sb))
+            pipeline.sync()
         synced = (state_rows(db), [inbound_results(db, e) for e in (1, 2, 3)])
-        backfill = sync_channel(other_db, client, channel, log=log, execution_ids=[1, 2, 3], full_window=True,
-                                now=sandbox_now(sb))
+        other.sync_channels()
+        backfill = other.backfill([1, 2, 3])
         assert backfill.fetch.full_window and backfill.fetch.tracked == 24
         assert (state_rows(other_db), [inbound_results(other_db, e) for e in (1, 2, 3)]) == synced
         # Backfilling the synced database re-reads retired SIDs and changes nothing.
-        again = sync_channel(db, client, channel, log=log, execution_ids=[1, 2, 3], full_window=True,
-                             now=sandbox_now(sb))
+        pipeline.sync_channels()
+        again = pipeline.backfill([1, 2, 3])
         assert again.fetch.tracked == 24 and again.load.delivery_states == 0
         assert (state_rows(db), [inbound_results(db, e) for e in (1, 2, 3)]) == synced
     assert_unique_states(other_db)
 
 
-def test_records_per_sync_bounds_a_sync_and_drops_nothing(sqlite_db, sb, client, log):
+def test_records_per_sync_bounds_a_sync_and_drops_nothing(sqlite_db, sb, client, make_pipeline):
     db = sqlite_db
     channel = make_channel(records_per_sync=5)
+    pipeline = make_pipeline(db, sb, channel)
     send_execution(db, client, channel, 1, numbers(12))
     send_execution(db, client, channel, 2, numbers(3, 50), first_contact_id=1)
     sb.advance_clock(5)
@@ -334,7 +345,7 @@ def test_records_per_sync_bounds_a_sync_and_drops_nothing(sqlite_db, sb, client,
     assert eligible_executions(db, channel) == [1, 2]
     rounds = []
     while eligible_executions(db, channel):
-        s = sync_channel(db, client, channel, log=log, now=sandbox_now(sb))
+        s = pipeline.sync()
         rounds.append((s.execution_ids, s.fetch.tracked))
         assert len(rounds) < 10
     assert all(tracked <= 5 for _, tracked in rounds)
@@ -350,16 +361,17 @@ def slow_server(tmp_path_factory):
         yield sb
 
 
-def test_each_observed_state_is_stored_once(sqlite_db, slow_server, log):
+def test_each_observed_state_is_stored_once(sqlite_db, slow_server, make_pipeline):
     db = sqlite_db
     sb = slow_server
     sb.reset()
     with make_client(sb) as client:
         channel = make_channel()
+        pipeline = make_pipeline(db, sb, channel)
         send_execution(db, client, channel, 1, numbers(3))
         seen = []
         for _ in range(4):
-            s = sync_channel(db, client, channel, log=log, now=sandbox_now(sb))
+            s = pipeline.sync()
             seen.append((s.fetch.listed, s.fetch.fetched))
             sb.advance_clock(600)
         assert seen[0] == (0, 3)  # queued: no date_sent, so not listed; fetched one by one
@@ -371,46 +383,48 @@ def test_each_observed_state_is_stored_once(sqlite_db, slow_server, log):
     assert count(db, db.tables.message_ids) == 0
 
 
-def test_expired_closes_sids_still_queued_an_hour_after_their_validity(db, slow_server, log):
+def test_expired_closes_sids_still_queued_an_hour_after_their_validity(db, slow_server, make_pipeline):
     sb = slow_server
     sb.reset()
     with make_client(sb) as client:
         channel = make_channel(validity_period_s=60)
+        pipeline = make_pipeline(db, sb, channel)
         send_execution(db, client, channel, 1, numbers(5))
         now = sandbox_now(sb)
-        early = sync_channel(db, client, channel, log=log, now=now + timedelta(seconds=120))
+        early = pipeline.sync(now=now + timedelta(seconds=120))
         assert early.fetch.fetched == 5 and early.fetch.expired == 0  # past validity, within the hour
         assert count(db, db.tables.message_ids) == 5
-        late = sync_channel(db, client, channel, log=log, now=now + timedelta(seconds=60 + 3600 + 60))
+        late = pipeline.sync(now=now + timedelta(seconds=60 + 3600 + 60))
         assert late.fetch.expired == 5
         assert count(db, db.tables.message_ids) == 0
         results = inbound_results(db, 1)
         assert results == {"Status:queued": 5, "Expired": 5}
         assert db.read_results(1)["Sent"] == 5
         later = now + timedelta(seconds=60 + 3600 + 120)
-        assert sync_channel(db, client, channel, log=log, now=later).execution_ids == []
+        assert pipeline.sync(now=later).execution_ids == []
 
 
-def test_a_message_left_sent_is_read_until_the_horizon_and_stays_sent(db, log, tmp_path):
+def test_a_message_left_sent_is_read_until_the_horizon_and_stays_sent(db, tmp_path, make_pipeline):
     """Carriers often send no receipt: `sent` may be final, so it is never reported Expired."""
     with SandboxProcess(tmp_path / "sent-final", status_delay_ms=1000, sent_final_rate=1,
                         access_log=False) as sb, make_client(sb) as client:
         channel = make_channel(validity_period_s=60, status_horizon_hours=72)
+        pipeline = make_pipeline(db, sb, channel)
         send_execution(db, client, channel, 1, numbers(4))
         sb.advance_clock(5)
-        first = sync_channel(db, client, channel, log=log, now=sandbox_now(sb))
+        first = pipeline.sync()
         assert first.fetch.expired == 0 and inbound_results(db, 1) == {"Status:sent": 4, "Expired": 0}
         sb.advance_clock(11 * 3600)  # well past the validity period: still read, not Expired
-        kept = sync_channel(db, client, channel, log=log, now=sandbox_now(sb))
+        kept = pipeline.sync()
         assert kept.execution_ids == [1] and kept.fetch.expired == 0 and kept.fetch.closed_sent == 0
         assert count(db, db.tables.message_ids) == 4
         sb.advance_clock(72 * 3600)  # the horizon: closed as Sent, no longer read
-        closed = sync_channel(db, client, channel, log=log, now=sandbox_now(sb))
+        closed = pipeline.sync()
         assert closed.fetch.expired == 0 and closed.fetch.closed_sent == 4
         assert count(db, db.tables.message_ids) == 0
         assert inbound_results(db, 1) == {"Status:sent": 4, "Expired": 0}
         assert {state for _, _, state, _, _ in state_rows(db, 1)} == {"Queued", "Sent"}
-        assert sync_channel(db, client, channel, log=log, now=sandbox_now(sb)).execution_ids == []
+        assert pipeline.sync().execution_ids == []
 
 
 def test_closing_state_rules():
@@ -426,26 +440,28 @@ def test_closing_state_rules():
     assert closing_state("delivered", horizon * 2, validity, horizon) is None
 
 
-def test_messaging_service_sync_lists_the_pool(sqlite_db, sb, client, log):
+def test_messaging_service_sync_lists_the_pool(sqlite_db, sb, client, make_pipeline):
     db = sqlite_db
     channel = make_channel("Pool", messaging_service_sid=SANDBOX_MESSAGING_SERVICE_SID)
+    pipeline = make_pipeline(db, sb, channel)
     nums = numbers(20)
     send_execution(db, client, channel, 1, nums)
     sb.advance_clock(5)
-    s = sync_channel(db, client, channel, log=log, now=sandbox_now(sb))
+    s = pipeline.sync()
     assert s.fetch.fetched == 0 and s.fetch.matched == 20
     assert inbound_results(db, 1) == {"Status:delivered": 20, "Expired": 0}
 
 
-def test_api_calls_scale_with_pages_not_messages(sqlite_db, sb, client, log):
+def test_api_calls_scale_with_pages_not_messages(sqlite_db, sb, client, make_pipeline):
     db = sqlite_db
     channel = make_channel()
+    pipeline = make_pipeline(db, sb, channel)
     n = 2000
     send_execution(db, client, channel, 1, numbers(n - 500), workers=16)
     send_execution(db, client, channel, 2, numbers(500, 5000), first_contact_id=1, workers=16)
     sb.advance_clock(5)
     before = sb.stats()["requests_total"]
-    s = sync_channel(db, client, channel, log=log, now=sandbox_now(sb))
+    s = pipeline.sync()
     calls = sb.stats()["requests_total"] - before
     assert calls == s.api_calls
     assert calls <= n / 1000 + 2 + 5, calls
@@ -453,45 +469,41 @@ def test_api_calls_scale_with_pages_not_messages(sqlite_db, sb, client, log):
     assert db.read_results(2)["Status:delivered"] == 500
 
 
-def test_real_outbound_send_then_sync(db, lossy_server, log):
-    """The outbound fulfillment's rows (ledger, SIDs, first states, Sent) are what the sync builds on."""
+def test_real_outbound_send_then_sync(db, lossy_server, make_pipeline):
+    """The outbound job's rows (ledger, SIDs, first states, Sent) are what the sync jobs build on."""
     from twilio_pipeline.audience import create_execution
-    from twilio_pipeline.channels import parse_channels
-    from twilio_pipeline.outbound import run_outbound
 
     sb = lossy_server
     sb.reset()
-    channels = parse_channels({"channels": [{"name": "E2E", "from_number": SENDER, "keywords": ["MORE"],
-                                             "connectivity_test": False}]})
-    channel = channels.get("E2E")
+    channel = make_channel("E2E", keywords=["MORE"], connectivity_test=False)
+    pipeline = make_pipeline(db, sb, channel)
     nums = numbers(25)
     create_execution(db, 7, "E2E", "Hi {{FirstName}}", [(i + 1, n, {"FirstName": "Ada"}) for i, n in enumerate(nums)])
-    with make_client(sb) as client:
-        run_outbound(db, client, channels, 7, run_id="e2e", log=log)
-        sent = db.read_results(7)["Sent"]
-        sb.advance_clock(5)
-        sb.inbound(nums[0], SENDER, "STOP")
-        sb.inbound(nums[1], SENDER, "MORE")
-        first = sync_channel(db, client, channel, log=log, now=sandbox_now(sb))
-        assert first.execution_ids == [7]
-        results = db.read_results(7)
-        assert sum(v for k, v in results.items() if k.startswith("Status:")) == sent == 25
-        assert (results["Reply:STOP"], results["Reply:MORE"]) == (1, 1)
-        assert suppressed(db, channel) == {nums[0]}
-        rows = state_rows(db, 7)
-        assert sync_channel(db, client, channel, log=log, now=sandbox_now(sb)).execution_ids == []
-        assert state_rows(db, 7) == rows
+    pipeline.send(7)
+    sent = db.read_results(7)["Sent"]
+    sb.advance_clock(5)
+    sb.inbound(nums[0], SENDER, "STOP")
+    sb.inbound(nums[1], SENDER, "MORE")
+    first = pipeline.sync()
+    assert first.execution_ids == [7]
+    results = db.read_results(7)
+    assert sum(v for k, v in results.items() if k.startswith("Status:")) == sent == 25
+    assert (results["Reply:STOP"], results["Reply:MORE"]) == (1, 1)
+    assert suppressed(db, channel) == {nums[0]}
+    rows = state_rows(db, 7)
+    assert pipeline.sync().execution_ids == []
+    assert state_rows(db, 7) == rows
     assert_unique_states(db)
 
 
-def test_a_short_code_channel_sync_warns_that_short_codes_get_no_states(sqlite_db, log, tmp_path):
+def test_a_short_code_channel_sync_warns_that_short_codes_get_no_states(sqlite_db, tmp_path, make_pipeline):
     """The guide's limitation 7: no delivery states for short codes (beta) - said, not left silent."""
     with SandboxProcess(tmp_path / "short-code", pool_short_codes="24680", status_delay_ms=50,
                         access_log=False) as sb, make_client(sb) as client:
         channel = make_channel("Short", from_number="24680")
         send_execution(sqlite_db, client, channel, 1, numbers(2))
-        sync_channel(sqlite_db, client, channel, log=log, now=sandbox_now(sb))
-    assert any("short code 24680" in w and "limitation 7" in w for w in log.warnings), log.warnings
+        synced = make_pipeline(sqlite_db, sb, channel).sync()
+    assert any("short code 24680" in w and "limitation 7" in w for w in synced.report), synced.report
 
 
 def test_the_past_validity_check_counts_only_what_twilio_still_holds(sqlite_db, sb, client):
@@ -505,3 +517,50 @@ def test_the_past_validity_check_counts_only_what_twilio_still_holds(sqlite_db, 
         conn.execute(ids.update().values(SentAt=utcnow() - timedelta(hours=2), LastStatus="queued"))
         conn.execute(ids.update().where(ids.c.RPContactID == 1).values(LastStatus="sent"))
     assert quality.tracked_past_validity(sqlite_db, 1, 60) == 1
+
+
+def test_what_the_cli_prints_of_a_sync_is_what_the_steps_logged(sqlite_db, sb, client, make_pipeline):
+    """`twilio-pipeline sync` prints `sync_report`: each step's own sentences, never figures added up across
+    steps (the suppression refresh lists messages, the keyword parse parses replies: different counts)."""
+    from twilio_pipeline_tests.pipeline_harness import run_log
+
+    channel = make_channel(keywords=["MORE"])
+    pipeline = make_pipeline(sqlite_db, sb, channel)
+    nums = numbers(3)
+    send_execution(sqlite_db, client, channel, 1, nums)
+    sb.advance_clock(5)
+    sb.inbound(nums[0], SENDER, "STOP")
+    sb.inbound(nums[1], SENDER, "more please")
+    synced = pipeline.sync()
+    logged = {line for run in synced.runs for line in run_log(pipeline.instance, run).lines}
+    step_lines = [line.strip() for line in synced.report if line.startswith("  ")]
+    assert any(line.startswith("suppression refresh for ") for line in step_lines), synced.report
+    assert any(line.startswith("keyword parse for ") for line in step_lines), synced.report
+    assert any(line.startswith("status fetch (") for line in step_lines), synced.report
+    assert any(line.startswith("state load: ") for line in step_lines), synced.report
+    assert step_lines and all(line in logged for line in step_lines), (step_lines, logged)
+    # The figures of each step stay its own: 2 replies listed by the refresh, 2 parsed by the keyword parse.
+    assert synced.refresh.new_inbound == 2 and synced.keywords.parsed == 2
+    assert "keywords=" not in "\n".join(synced.report)  # no "k=v" sums of the two steps
+    assert synced.report[-1].startswith("Execution 1 (Inbound Test): loaded by run ")
+
+
+def test_a_channel_whose_account_is_unset_is_skipped_and_the_others_still_sync(sqlite_db, sb, client, make_pipeline,
+                                                                                monkeypatch):
+    """A channel naming an account whose TWILIO_<NAME>_* is unset cannot be synced; it is said (warning,
+    `channels_not_synced` on the materialization) and every other channel's replies and opt-outs are read."""
+    for suffix in ("ACCOUNT_SID", "AUTH_TOKEN", "API_KEY_SID", "API_KEY_SECRET"):
+        monkeypatch.delenv(f"TWILIO_NOWHERE_{suffix}", raising=False)
+    house = make_channel("House")
+    orphan = make_channel("Orphan", from_number="+15005550007", account="nowhere")
+    pipeline = make_pipeline(sqlite_db, sb, [orphan, house])
+    nums = numbers(2)
+    send_execution(sqlite_db, client, house, 1, nums)
+    sb.inbound(nums[0], SENDER, "STOP")
+    synced = pipeline.sync()
+    parse = synced.runs[0].metadata("keyword_parse")
+    assert parse["channels_not_synced"] == "Orphan" and parse["channels"] == 1
+    assert any("channel 'Orphan' not synced" in line and "TWILIO_NOWHERE_ACCOUNT_SID is not set" in line
+               for line in synced.report), synced.report
+    assert suppressed(sqlite_db, house) == {nums[0]}
+    assert synced.execution_ids == [1] and sqlite_db.read_results(1)["Reply:STOP"] == 1

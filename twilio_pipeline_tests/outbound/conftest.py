@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
 
 from twilio_pipeline.channels import parse_channels
 from twilio_pipeline.logs import ListLog
-from twilio_pipeline.outbound import client_for_channel
 from twilio_pipeline.sandbox.process import SandboxProcess
 from twilio_pipeline.twilio import Endpoints, TwilioCredentials
+from twilio_pipeline.twilio.channel_client import client_for_channel
 
 SENDER = "+15005550006"
 
@@ -46,11 +46,11 @@ def run_id() -> str:
 
 
 def iso(dt: datetime) -> str:
-    return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def days_ago(n: float) -> datetime:
-    return datetime.now(timezone.utc) - timedelta(days=n)
+    return datetime.now(UTC) - timedelta(days=n)
 
 
 def ledger_rows(db, execution_id: int) -> list[dict]:

@@ -1,5 +1,6 @@
-"""The whole outbound fulfillment against the real sandbox: counts, identities, the Interaction log,
-first states, suppression, input errors and rejected credentials."""
+"""The whole outbound fulfillment against the real sandbox, as production runs it (the outbound job, in
+process): counts, identities, the Interaction log, first states, suppression, input errors and rejected
+credentials."""
 
 from __future__ import annotations
 
@@ -12,21 +13,19 @@ from twilio_pipeline.outbound import (
     OutboundInputError,
     load_execution,
     plan_execution,
-    run_outbound,
 )
 from twilio_pipeline.outbound.plan import SEED_ID_BASE
-from twilio_pipeline.twilio import CredentialsRejected
 from twilio_pipeline_tests.outbound.conftest import (
     SENDER,
     assert_exactly_once,
     channels,
-    client_for,
     days_ago,
     identities,
     iso,
     ledger_rows,
     run_id,
 )
+from twilio_pipeline_tests.pipeline_harness import StepFailed
 
 BODY = "Hi {{FirstName}}, 20% off today at the store"
 OPTED_OUT = "+14155550111"
@@ -57,6 +56,7 @@ AUDIENCE = [
 
 
 def _setup(db, sb, **channel_overrides):
+    channel_overrides.setdefault("reconcile", {"settle_s": 0.1})
     chans = channels(seeds=[SEED, "not-a-seed"], **channel_overrides)
     channel = chans.channels[0]
     create_execution(db, 101, channel.name, BODY, AUDIENCE)
@@ -66,11 +66,10 @@ def _setup(db, sb, **channel_overrides):
     return chans, channel
 
 
-def test_counts_identities_and_interaction_log(db, sandbox, log):
+def test_counts_identities_and_interaction_log(db, sandbox, make_pipeline):
     chans, channel = _setup(db, sandbox, price_per_segment=0.0079)
-    client = client_for(sandbox, channel)
-    run = run_outbound(db, client, chans, 101, run_id=run_id(), log=log, settle_s=0.1)
-    r = run.results.results
+    run = make_pipeline(db, sandbox, chans).send(101)
+    r = run.results
     assert r["CountBeforeDedup"] == 19
     assert r["Duplicates"] == 4            # 2, 3, 17, 18
     assert r["InvalidNumbers"] == 6        # 5..10
@@ -111,7 +110,7 @@ def test_counts_identities_and_interaction_log(db, sandbox, log):
     assert db.staging_tables() == []
 
     prefix = f"Action: {channel.name} Activity: "
-    guide = [line[len(prefix):] for line in log.lines if line.startswith(prefix)]
+    guide = [line[len(prefix):] for line in run.log.lines if line.startswith(prefix)]
     expected = [
         "Testing channel availability, attempt 1",
         "Channel availability test returned the following results:",
@@ -137,24 +136,25 @@ def test_counts_identities_and_interaction_log(db, sandbox, log):
     remaining = iter(guide)
     missing = [line for line in expected if not any(g == line for g in remaining)]
     assert not missing, (missing, guide)  # every line present, in this (chronological) order
-    assert run.results.as_metadata()["Sent"] == 4
+    assert run.commit.as_metadata()["Sent"] == 4
     assert "Count before deduplication: 19" in run.plan.as_metadata()["interaction_log"]
 
 
-def test_rerun_sends_nothing_and_recomputes_same_results(db, sandbox, log):
+def test_rerun_sends_nothing_and_recomputes_same_results(db, sandbox, make_pipeline):
     chans, channel = _setup(db, sandbox)
-    client = client_for(sandbox, channel)
-    first = run_outbound(db, client, chans, 101, run_id=run_id(), log=log, settle_s=0.1)
+    pipeline = make_pipeline(db, sandbox, chans)
+    first = pipeline.send(101)
+    first_results = first.results
     posts = sandbox.stats()["requests_by_endpoint"]["POST Messages"]
-    second = run_outbound(db, client, chans, 101, run_id=run_id(), log=log, settle_s=0.1)
+    second = pipeline.send(101)
     assert second.send.nothing_to_send and second.send.requests_this_run == 0
     assert second.plan.newly_planned == 0
     assert sandbox.stats()["requests_by_endpoint"]["POST Messages"] == posts
-    assert second.results.results == first.results.results
+    assert second.results == first_results
     assert_exactly_once(db, sandbox, 101)
 
 
-def test_input_errors_fail_before_any_request(db, sandbox, log):
+def test_input_errors_fail_before_any_request(db, sandbox, log, make_pipeline):
     chans = channels()
     with pytest.raises(OutboundInputError, match="execution 404 does not exist"):
         load_execution(db, chans, 404)
@@ -167,35 +167,38 @@ def test_input_errors_fail_before_any_request(db, sandbox, log):
     with pytest.raises(ChannelConfigError, match="from_number"):
         channels(from_number="+1-not-a-number")
     bad = Channel.model_construct(**{**chans.channels[0].model_dump(), "from_number": "12"})
-    bad_file = type(chans).model_construct(channels=(bad,))
     create_execution(db, 3, bad.name, BODY, [(1, "+14155550100", {"FirstName": "A"})])
-    with pytest.raises(OutboundInputError, match="from_number '12' must be an E.164 number"):
-        run_outbound(db, client_for(sandbox, chans.channels[0]), bad_file, 3, run_id=run_id(), log=log)
+    # The channel file with the malformed sender, as a user would write it: the run fails in one line.
+    pipeline = make_pipeline(db, sandbox, chans)
+    pipeline.channels_path.write_text(pipeline.channels_path.read_text().replace(SENDER, "12"))
+    with pytest.raises(StepFailed, match="key 'from_number': must be an E.164 number"):
+        pipeline.send(3)
     with pytest.raises(OutboundInputError, match="from_number '12'"):
         plan_execution(db, bad, 3, run_id=run_id(), log=log)
     assert sandbox.stats()["requests_total"] == 0
     assert ledger_rows(db, 3) == []
 
 
-def test_rejected_credentials_fail_at_once(db, sandbox, log):
+def test_rejected_credentials_fail_at_once(db, sandbox, make_pipeline):
     chans, channel = _setup(db, sandbox)
-    client = client_for(sandbox, channel, auth_token="wrong-token")
-    with pytest.raises(CredentialsRejected, match="rejected the credentials"):
-        run_outbound(db, client, chans, 101, run_id=run_id(), log=log)
+    with pytest.raises(StepFailed, match="rejected the credentials") as failed:
+        make_pipeline(db, sandbox, chans, auth_token="wrong-token").send(101)
+    log = failed.value.log
+    assert failed.value.step == "suppression_refresh"
     assert sandbox.stats()["requests_by_endpoint"].get("POST Messages", 0) == 0
     assert sum(1 for line in log.lines if "Testing channel availability" in line) == 1
     ex = db.tables.executions
     with db.connect() as conn:
         status, reason = conn.execute(sa.select(ex.c.Status, ex.c.StatusReason)
                                       .where(ex.c.ChannelExecutionID == 101)).one()
-    assert status == "failed" and reason.startswith("credentials rejected")
+    assert status == "failed" and "rejected the credentials" in reason
     assert "wrong-token" not in reason and not any("wrong-token" in line for line in log.lines)
     assert db.staging_tables() == []
     assert db.lease_holder("outbound:101") is None
 
 
-def test_connectivity_test_false_skips_the_probe(db, sandbox, log):
+def test_connectivity_test_false_skips_the_probe(db, sandbox, make_pipeline):
     chans, channel = _setup(db, sandbox, connectivity_test=False)
-    run = run_outbound(db, client_for(sandbox, channel), chans, 101, run_id=run_id(), log=log, settle_s=0.1)
+    run = make_pipeline(db, sandbox, chans).send(101)
     assert "GET IncomingPhoneNumbers" not in sandbox.stats()["requests_by_endpoint"]
-    assert run.connectivity is None and run.results.results["Sent"] == 4
+    assert run.connectivity is None and run.results["Sent"] == 4

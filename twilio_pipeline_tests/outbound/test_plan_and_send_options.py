@@ -1,12 +1,12 @@
 """Planning rules (idempotence, late additions, suppression, seeds, UCS-2, chunking) and send options
-(Messaging Service, media, opt-out line, drain warning)."""
+(Messaging Service, media, opt-out line, drain warning). Whole sends run the outbound job in process."""
 
 from __future__ import annotations
 
 import sqlalchemy as sa
 
 from twilio_pipeline.audience import REFUSED_NUMBERS, add_contacts, create_execution, demo_audience
-from twilio_pipeline.outbound import commit_execution, plan_execution, run_outbound, send_execution
+from twilio_pipeline.outbound import commit_execution, plan_execution, send_execution
 from twilio_pipeline.rules.phones import normalise_number
 from twilio_pipeline_tests.outbound.conftest import (
     SENDER,
@@ -64,9 +64,9 @@ def test_dedupe_is_global_across_chunks(db, log):
     assert small.count_before_dedup == len(contacts)
 
 
-def test_suppression_seeds_and_opt_back_in(db, sandbox, log):
+def test_suppression_seeds_and_opt_back_in(db, sandbox, make_pipeline):
     chans = channels(seeds=["+14155550998", "+14155550999", "+1 415 555 0999"],
-                     seed_attributes={"Store": "Main St"})
+                     seed_attributes={"Store": "Main St"}, reconcile={"settle_s": 0.1})
     channel = chans.channels[0]
     create_execution(db, 8, channel.name, "Hi {{FirstName}}, visit {{Store}}",
                      [(1, "+14155550100", {"FirstName": "A", "Store": "Elm"}),
@@ -74,13 +74,13 @@ def test_suppression_seeds_and_opt_back_in(db, sandbox, log):
     sandbox.inbound("+14155550998", SENDER, "UNSUBSCRIBE", iso(days_ago(1)))   # a seed opted out
     sandbox.inbound("+14155550101", SENDER, "STOP", iso(days_ago(5)))
     sandbox.inbound("+14155550101", SENDER, "UNSTOP", iso(days_ago(4)))        # back in: sent
-    run = run_outbound(db, client_for(sandbox, channel), chans, 8, run_id=run_id(), log=log, settle_s=0.1)
-    r = run.results.results
+    run = make_pipeline(db, sandbox, chans).send(8)
+    r = run.results
     assert r["Sent"] == 2 and r["Unsubscribed"] == 0
     assert r["UnsubscribedSeeds"] == 1 and r["SeedsSent"] == 1 and r["InvalidSeeds"] == 0
     seed_msgs = sandbox.messages(to="+14155550999")
     assert [m["body"] for m in seed_msgs] == ["Hi [FirstName], visit Main St"]
-    assert len(run.plan.as_metadata()) > 5 and any("listed twice" in w for w in log.warnings)
+    assert len(run.plan.as_metadata()) > 5 and any("listed twice" in w for w in run.log.warnings)
     identities(r)
     ids = db.tables.message_ids
     with db.connect() as conn:
@@ -88,35 +88,36 @@ def test_suppression_seeds_and_opt_back_in(db, sandbox, log):
     assert sorted(tracked) == [1, 2]  # seeds are not tracked
 
 
-def test_opt_out_after_plan_is_honoured_before_sending(db, sandbox, log):
-    chans = channels()
+def test_opt_out_after_plan_is_honoured_before_sending(db, sandbox, log, make_pipeline):
+    chans = channels(reconcile={"settle_s": 0.1})
     channel = chans.channels[0]
     create_execution(db, 8, channel.name, "Hello", [(1, "+14155550100", None), (2, "+14155550101", None)])
     plan_execution(db, channel, 8, run_id=run_id(), log=log)
     sandbox.inbound("+14155550101", SENDER, "STOP", iso(days_ago(0.01)))
-    run = run_outbound(db, client_for(sandbox, channel), chans, 8, run_id=run_id(), log=log, settle_s=0.1)
-    assert run.plan.newly_suppressed == 1 and run.results.results["Unsubscribed"] == 1
+    run = make_pipeline(db, sandbox, chans).send(8)
+    assert run.plan.newly_suppressed == 1 and run.results["Unsubscribed"] == 1
     assert sandbox.stats()["messages_created_by_to"] == {"+14155550100": 1}
 
 
-def test_messaging_service_media_opt_out_line_and_ucs2(db, sandbox, log):
+def test_messaging_service_media_opt_out_line_and_ucs2(db, sandbox, make_pipeline):
     chans = channels(messaging_service_sid=sandbox.messaging_service_sid, append_opt_out="Reply STOP to opt out",
-                     validity_period_s=600)
+                     validity_period_s=600, reconcile={"settle_s": 0.1})
     channel = chans.channels[0]
     create_execution(db, 12, channel.name, "It’s {{FirstName}}’s day", [(1, "+14155550100", {"FirstName": "Ada"})],
                      media_url="https://example.com/a.png")
     create_execution(db, 13, channel.name, "Already says STOP to end", [(1, "+14155550101", None)])
-    run = run_outbound(db, client_for(sandbox, channel), chans, 12, run_id=run_id(), log=log, settle_s=0.1)
-    assert run.results.results["Sent"] == 1
+    pipeline = make_pipeline(db, sandbox, chans)
+    run = pipeline.send(12)
+    assert run.results["Sent"] == 1
     msg = sandbox.messages(to="+14155550100")[0]
     assert msg["body"] == "It’s Ada’s day Reply STOP to opt out"
     assert msg["messaging_service_sid"] == sandbox.messaging_service_sid
-    assert any("UCS-2" in w and "U+2019" in w for w in log.warnings)
+    assert any("UCS-2" in w and "U+2019" in w for w in run.log.warnings)
     assert run.plan.ucs2_messages == 1
     st = db.tables.states
     with db.connect() as conn:
         assert conn.execute(sa.select(st.c.FulfillmentState).where(st.c.ChannelExecutionID == 12)).scalar() == "Accepted"
-    run_outbound(db, client_for(sandbox, channel), chans, 13, run_id=run_id(), log=log, settle_s=0.1)
+    pipeline.send(13)
     assert sandbox.messages(to="+14155550101")[0]["body"] == "Already says STOP to end"
 
 

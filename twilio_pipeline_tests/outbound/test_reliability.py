@@ -20,7 +20,6 @@ from twilio_pipeline.outbound import (
     ExecutionBusy,
     commit_execution,
     plan_execution,
-    run_outbound,
     send_execution,
 )
 from twilio_pipeline.outbound.ledger import Claims
@@ -159,13 +158,12 @@ def test_ambiguous_5xx_and_timeouts_are_reconciled(db, make_sandbox, log):
     assert_exactly_once(db, sb, 7)
 
 
-def test_large_audience_on_demo_mix(db, make_sandbox, log):
+def test_large_audience_on_demo_mix(db, make_sandbox, make_pipeline):
     sb = make_sandbox()
-    chans = channels(max_concurrency=30, seeds=["+14155550999"])
+    chans = channels(max_concurrency=30, seeds=["+14155550999"], reconcile={"settle_s": 0.1})
     channel = chans.channels[0]
     create_execution(db, 9, channel.name, "Hi {{FirstName}}, your offer is ready", demo_audience(2000, seed=5))
-    run = run_outbound(db, client_for(sb, channel), chans, 9, run_id=run_id(), log=log, settle_s=0.1)
-    r = run.results.results
+    r = make_pipeline(db, sb, chans).send(9).results
     identities(r)
     assert r["CountBeforeDedup"] == 2000 and r["Duplicates"] > 50 and r["InvalidNumbers"] > 20
     assert r["NotRendered"] > 10 and r["SendFailed"] > 0 and r["SeedsSent"] == 1
@@ -177,8 +175,9 @@ CHILD = textwrap.dedent("""
     import sys, logging
     from twilio_pipeline.db import Database
     from twilio_pipeline.channels import parse_channels
-    from twilio_pipeline.outbound import send_execution, client_for_channel
+    from twilio_pipeline.outbound import send_execution
     from twilio_pipeline.twilio import TwilioCredentials, Endpoints
+    from twilio_pipeline.twilio.channel_client import client_for_channel
     url, prefix, base, sid, token = sys.argv[1:6]
     db = Database(url, prefix=prefix)
     chans = parse_channels({"channels": [{"name": "Test SMS Channel", "from_number": "+15005550006",

@@ -97,7 +97,7 @@ class RunningCli:
         except subprocess.TimeoutExpired:
             self.kill()
             result = self.result()
-            raise AssertionError(f"the CLI did not finish within {timeout} s (a stalled run?)\n{result.describe()}")
+            raise AssertionError(f"the CLI did not finish within {timeout} s (a stalled run?)\n{result.describe()}") from None
         return self.result()
 
     def result(self) -> CliResult:
@@ -215,7 +215,7 @@ class Audience:
     @property
     def refused(self) -> dict[int, int]:
         """RPContactID -> the Twilio error code its create must be refused with."""
-        return {rid: REFUSED[c[1]] for rid, c in zip(range(1, len(self.contacts) + 1), self.contacts)
+        return {rid: REFUSED[c[1]] for rid, c in enumerate(self.contacts, start=1)
                 if c[1] in REFUSED}
 
 

@@ -2,7 +2,7 @@
 2, no traceback), or a counted and recorded per-recipient outcome - and no other recipient is affected.
 
 * phone numbers and bodies: one execution mixing every bad case with good recipients, sent in full
-  (connectivity, refresh, plan, send, commit) against the sandbox, on SQLite and PostgreSQL;
+  by the outbound job (connectivity, refresh, plan, send, commit) against the sandbox, on SQLite and PostgreSQL;
 * the channel file and the execution: the real CLI, one line on stderr, exit 2;
 * Twilio's answers: a scripted local server answering creates and listings with HTML error pages,
   truncated JSON, JSON without `sid`, unknown statuses, 200s carrying an error, unreadable dates.
@@ -17,7 +17,7 @@ import time
 import tracemalloc
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 import pytest
@@ -29,14 +29,13 @@ from twilio_pipeline.db.database import to_naive_utc
 from twilio_pipeline.inbound import fetch_statuses, load_states, parse_keywords, refresh_inbound, suppressed_numbers
 from twilio_pipeline.logs import ListLog
 from twilio_pipeline.outbound import (
-    OutboundInputError,
-    client_for_channel,
     commit_execution,
     plan_execution,
-    run_outbound,
     send_execution,
 )
 from twilio_pipeline.twilio import Endpoints, RetrySettings, TwilioClient, TwilioCredentials, parse_twilio_date
+from twilio_pipeline.twilio.channel_client import client_for_channel
+from twilio_pipeline_tests.pipeline_harness import StepFailed
 from twilio_pipeline_tests.reliability.conftest import (
     SENDER,
     assert_identities,
@@ -202,11 +201,11 @@ def _client(sb, chans, name: str):
                               Endpoints(sb.base_url, sb.base_url, sb.base_url))
 
 
-def _send_and_check(db, sb, chans, eid: int, name: str, expected: dict[int, Case], texted: dict[str, int]) -> None:
-    """Send the execution the way production does (connectivity, refresh, plan, send, commit); every case
-    ends with its outcome and reason (or exact text at the sandbox), and the results add up."""
-    with _client(sb, chans, name) as client:
-        run = run_outbound(db, client, chans, eid, run_id=f"run-{uuid.uuid4().hex[:8]}", log=ListLog(), settle_s=0.1)
+def _send_and_check(pipeline, eid: int, expected: dict[int, Case], texted: dict[str, int]) -> None:
+    """Send the execution the way production does (the outbound job: connectivity, refresh, plan, send,
+    commit); every case ends with its outcome and reason (or exact text at the sandbox), and the results add up."""
+    db, sb = pipeline.db, pipeline.sandbox
+    run = pipeline.send(eid)
     rows = {r["RPContactID"]: r for r in ledger(db, eid)}
     bodies = {m["sid"]: m["body"] for m in sb.messages(direction="outbound-api")}
     for rid, case in expected.items():
@@ -221,23 +220,24 @@ def _send_and_check(db, sb, chans, eid: int, name: str, expected: dict[int, Case
             assert case.detail in (row["Reason"] or ""), (case.what, row["Reason"])
             assert row["MessageSID"] is None
     assert not any("\x00" in (b or "") for b in bodies.values()), "a NUL was texted"
-    r = run.results.results
+    r = run.results
     assert_identities(r)
     outcomes = [c.outcome for c in expected.values()]
     assert (r["CountBeforeDedup"], r["InvalidNumbers"], r["NotRendered"], r["Duplicates"], r["Sent"],
             r["SendFailed"]) == (len(outcomes), outcomes.count("invalid"), outcomes.count("not_rendered"),
                                  outcomes.count("duplicate"), outcomes.count("sent"), 0)
-    assert run.results.status == "sent"
+    assert run.status == "sent"
 
 
-def test_bad_numbers_and_bodies_are_recorded_per_recipient_and_affect_nobody_else(db, make_sandbox):
+def test_bad_numbers_and_bodies_are_recorded_per_recipient_and_affect_nobody_else(db, make_sandbox, make_pipeline):
     sb = make_sandbox()
     specs = [channel("Plain SMS", max_concurrency=8), channel("US Region SMS", max_concurrency=8, default_region="US")]
     chans = parse_channels({"channels": specs})
     expected = {10: _create(db, 10, "Plain SMS", PLAIN, 100), 11: _create(db, 11, "US Region SMS", REGION, 200)}
     texted: dict[str, int] = {}
-    for eid, name in ((10, "Plain SMS"), (11, "US Region SMS")):
-        _send_and_check(db, sb, chans, eid, name, expected[eid], texted)
+    pipeline = make_pipeline(db, sb, chans)
+    for eid in (10, 11):
+        _send_and_check(pipeline, eid, expected[eid], texted)
     ucs2 = next(r for r in ledger(db, 10) if r["ToNumber"] == "+14155550114")
     assert ucs2["Encoding"] == "UCS-2" and ucs2["Segments"] == 1
     long_body = next(r for r in ledger(db, 10) if r["ToNumber"] == "+14155550113")
@@ -253,7 +253,7 @@ def test_bad_numbers_and_bodies_are_recorded_per_recipient_and_affect_nobody_els
         assert conn.execute(sa.select(sa.func.count()).select_from(db.tables.offer_history)).scalar() > 0
 
 
-def test_hostile_recipients_are_refused_or_texted_as_written_and_affect_nobody_else(db, make_sandbox):
+def test_hostile_recipients_are_refused_or_texted_as_written_and_affect_nobody_else(db, make_sandbox, make_pipeline):
     """NUL, control characters and invalid Unicode anywhere in a recipient's row, odd Attributes, odd
     numbers, and merge fields of Unicode names with JSON values: each recipient gets its own counted,
     recorded outcome (or exactly the text a person would expect), the execution is sent for everyone
@@ -266,8 +266,9 @@ def test_hostile_recipients_are_refused_or_texted_as_written_and_affect_nobody_e
         31: _create(db, 31, "Hostile SMS", MERGE, 400, template=MERGE_TEMPLATE, good_attributes=_merge()),
     }
     texted: dict[str, int] = {}
+    pipeline = make_pipeline(db, sb, chans)
     for eid in (30, 31):
-        _send_and_check(db, sb, chans, eid, "Hostile SMS", expected[eid], texted)
+        _send_and_check(pipeline, eid, expected[eid], texted)
     assert sb.stats()["messages_created_by_to"] == texted
     assert all(n == 1 for n in texted.values())
 
@@ -287,7 +288,8 @@ KEPT = {1: "+14155550301", 2: "+14155550303", 3: "+14155550304", 5: "+1415555030
         -7: "+14155550307", 2**63 - 1: "+14155550308", -1: "+14155550309"}
 
 
-def test_a_repeated_contact_counts_once_per_row_and_keeps_the_same_row_whatever_the_order(db, make_sandbox):
+def test_a_repeated_contact_counts_once_per_row_and_keeps_the_same_row_whatever_the_order(db, make_sandbox,
+                                                                                         make_pipeline):
     """Dedupe on RPContactID first, then on the number: every OfferHistorySG row counts once in
     CountBeforeDedup; a second row of a contact is a Duplicate whatever its number; the row kept does not
     depend on the order rows were written or where a read chunk ends (README "Dedupe")."""
@@ -302,15 +304,15 @@ def test_a_repeated_contact_counts_once_per_row_and_keeps_the_same_row_whatever_
                 for rid, a in rows])
     # One execution planned a row at a time: contacts straddle every chunk boundary.
     plan_execution(db, chans.get("Dedupe SMS"), 42, run_id="plan-1-row", log=ListLog(), chunk_rows=1)
+    pipeline = make_pipeline(db, sb, chans)
     for eid in orders:
-        with _client(sb, chans, "Dedupe SMS") as client:
-            run = run_outbound(db, client, chans, eid, run_id=f"run-{eid}", log=ListLog(), settle_s=0.1)
+        run = pipeline.send(eid)
         rows = {r["RPContactID"]: r for r in ledger(db, eid)}
         assert {rid: r["ToNumber"] for rid, r in rows.items() if r["Outcome"] == "sent" and not r["IsSeed"]} == KEPT
         assert [r["ToNumber"] for r in rows.values() if r["IsSeed"] and r["Outcome"] == "sent"] == ["+14155550399"]
         assert rows[4]["Outcome"] == "duplicate" and rows[4]["Reason"] == "duplicate of RPContactID 1"
         assert rows[6]["Outcome"] == "invalid"
-        r = run.results.results
+        r = run.results
         assert_identities(r)
         assert (r["CountBeforeDedup"], r["Duplicates"], r["InvalidNumbers"], r["Sent"], r["SeedsSent"]) == (
             14, 5, 1, 8, 1), (eid, r)
@@ -338,17 +340,18 @@ EXECUTION_LEVEL = [
 ]
 
 
-def test_a_bad_message_body_or_media_url_fails_the_execution_in_one_line(db, make_sandbox):
+def test_a_bad_message_body_or_media_url_fails_the_execution_in_one_line(db, make_sandbox, make_pipeline):
     """A MessageBody or MediaUrl nobody could sensibly get: the execution is `failed` with one line saying
     why, nobody is planned and nothing is sent (a `{{Name}` used to be texted literally to everyone)."""
     sb = make_sandbox()
     chans = parse_channels({"channels": [channel("Exec SMS")]})
     cases = [c for c in EXECUTION_LEVEL if db.dialect == "sqlite" or c[4]]
+    pipeline = make_pipeline(db, sb, chans)
     for eid, (what, body, media, fragment, _) in enumerate(cases, start=50):
         create_execution(db, eid, "Exec SMS", body, [(1, "+14155550401", {"Name": "Ada"})], media_url=media)
-        with _client(sb, chans, "Exec SMS") as client, pytest.raises(OutboundInputError) as err:
-            run_outbound(db, client, chans, eid, run_id=f"run-{eid}", log=ListLog(), settle_s=0.1)
-        message = str(err.value)
+        with pytest.raises(StepFailed) as err:
+            pipeline.send(eid)
+        message = err.value.message
         assert fragment in message and "\n" not in message and len(message) <= 300, (what, message)
         ex = db.tables.executions
         with db.connect() as conn:
@@ -372,7 +375,7 @@ def test_the_copy_encoder_refuses_a_nul_in_one_line(db):
             assert db.bulk_insert(conn, oh, [row]) == 1
 
 
-def test_invalid_utf8_stored_in_sqlite_is_refused_per_recipient(sqlite_db, make_sandbox):
+def test_invalid_utf8_stored_in_sqlite_is_refused_per_recipient(sqlite_db, make_sandbox, make_pipeline):
     """Bytes that are not UTF-8 in a recipient's AddressKey or Attributes (another tool wrote them into
     SQLite; PostgreSQL refuses them on insert) make that recipient invalid / NotRendered instead of
     failing the whole audience read."""
@@ -387,14 +390,14 @@ def test_invalid_utf8_stored_in_sqlite_is_refused_per_recipient(sqlite_db, make_
         conn.exec_driver_sql(f"UPDATE {oh.name} SET AddressKey = CAST(X'2B31343135FF' AS TEXT) WHERE RPContactID = 2")
         conn.exec_driver_sql(f"UPDATE {oh.name} SET Attributes = CAST(X'7B224E616D65223A2022C3227D' AS TEXT) "
                              "WHERE RPContactID = 3")
-    with _client(sb, chans, "Bytes SMS") as client:
-        run = run_outbound(db, client, chans, 60, run_id="run-60", log=ListLog(), settle_s=0.1)
+    pipeline = make_pipeline(db, sb, chans)
+    run = pipeline.send(60)
     rows = {r["RPContactID"]: r for r in ledger(db, 60)}
     assert rows[1]["Outcome"] == "sent"
     assert rows[2]["Outcome"] == "invalid" and "invalid Unicode" in rows[2]["Reason"], rows[2]
     assert rows[2]["AddressKey"] == "+1415\ufffd"
     assert rows[3]["Outcome"] == "not_rendered" and "invalid Unicode" in rows[3]["Reason"], rows[3]
-    assert_identities(run.results.results)
+    assert_identities(run.results)
     # The same in the execution's own fields: the execution fails in one line, nobody is texted.
     ex = db.tables.executions
     for eid, column, fragment in ((61, "MessageBody", "MessageBody contains invalid Unicode"),
@@ -403,8 +406,8 @@ def test_invalid_utf8_stored_in_sqlite_is_refused_per_recipient(sqlite_db, make_
         with db.begin() as conn:
             conn.exec_driver_sql(f"UPDATE {ex.name} SET {column} = CAST(X'427974657320534D53FF' AS TEXT) "
                                  f"WHERE ChannelExecutionID = {eid}")
-        with _client(sb, chans, "Bytes SMS") as client, pytest.raises(OutboundInputError, match=re.escape(fragment)):
-            run_outbound(db, client, chans, eid, run_id=f"run-{eid}", log=ListLog(), settle_s=0.1)
+        with pytest.raises(StepFailed, match=re.escape(fragment)):
+            pipeline.send(eid)
         assert ledger(db, eid) == []
     assert sb.stats()["messages_created_by_to"] == {"+14155550501": 1}
 
@@ -468,7 +471,7 @@ CHANNEL_FILES = [
      "    follow_ups: {OFFER: {body: hi, media_url: 'javascript:alert(1)'}}\n", "not an http(s) URL"),
     ("a follow-up body with a broken merge field", GOOD_CHANNEL + "    keywords: [OFFER]\n"
      "    follow_ups: {OFFER: {body: 'Hi {{Name}'}}\n", "the body has {{ that is not a merge field"),
-    ("a YAML bomb", "".join(f"  - &{c} [" + ",".join([f"*{p}"] * 9) + "]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+    ("a YAML bomb", "".join(f"  - &{c} [" + ",".join([f"*{p}"] * 9) + "]\n" for p, c in zip("abcdefgh", "bcdefghi", strict=True))
      .replace("  - &b", "  - &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n  - &b", 1) + "  - *i\n",
      "expands to more than 100000 values (YAML aliases); refused"),
 ]
@@ -533,7 +536,7 @@ def test_channel_file_bytes_size_and_expansion_are_bounded(in_process_cli):
         code, err = in_process_cli("send", "1")
         assert code == 2 and len(err) == 1 and fragment in err[0] and len(err[0]) <= 307, err
     bomb = "a: &a [" + ",".join(['"lol"'] * 9) + "]\n" + "".join(
-        f"{c}: &{c} [" + ",".join([f"*{p}"] * 9) + "]\n" for p, c in zip("abcdefghijkl", "bcdefghijklm"))
+        f"{c}: &{c} [" + ",".join([f"*{p}"] * 9) + "]\n" for p, c in zip("abcdefghijkl", "bcdefghijklm", strict=True))
     cli.write_channels(bomb + "channels:\n  - name: *m\n    from_number: '+15005550006'\n")
     tracemalloc.start()
     started = time.monotonic()
@@ -613,7 +616,7 @@ TOKEN = "bad-input-token"
 
 
 def _rfc2822(dt: datetime) -> str:
-    return format_datetime(dt.astimezone(timezone.utc), usegmt=False).replace("-0000", "+0000")
+    return format_datetime(dt.astimezone(UTC), usegmt=False).replace("-0000", "+0000")
 
 
 class FakeAccount:
@@ -633,7 +636,7 @@ class FakeAccount:
                            reply(200, {"incoming_phone_numbers": [{"phone_number": SENDER}]}))
 
     def message(self, to: str, body: str, **fields) -> dict:
-        now = _rfc2822(datetime.now(timezone.utc))
+        now = _rfc2822(datetime.now(UTC))
         msg = {"sid": "SM" + uuid.uuid4().hex, "to": to, "from": SENDER, "body": body, "status": "queued",
                "direction": "outbound-api", "date_created": now, "date_updated": now, "date_sent": None,
                "num_segments": "1", "error_code": None, "messaging_service_sid": None}
@@ -744,7 +747,7 @@ def test_odd_listing_answers_lose_no_state_and_no_stop(db, account):
         plan_execution(db, chan, 21, run_id="plan", log=log)
         send_execution(db, client, chan, 21, run_id="send", log=log, settle_s=0.01)
         commit_execution(db, chan, 21, run_id="commit", log=log)
-        later = _rfc2822(datetime.now(timezone.utc) + timedelta(seconds=5))
+        later = _rfc2822(datetime.now(UTC) + timedelta(seconds=5))
         by_to = {m["to"]: m for m in account.messages.values()}
         for n in numbers:
             by_to[n].update(status="delivered", date_sent=later, date_updated=later)

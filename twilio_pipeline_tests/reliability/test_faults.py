@@ -110,8 +110,9 @@ def test_send_and_sync_complete_under_faults_exactly_once(make_sandbox, make_cli
 def test_a_message_adopted_after_it_failed_keeps_its_error_code(db, make_sandbox):
     """The window the fault test hits by chance, made certain: Twilio created the message, the answer was
     lost with the run, and by the next run the message has failed. Its adopted state carries the code."""
-    from twilio_pipeline.outbound import client_for_channel, commit_execution, plan_execution, send_execution
+    from twilio_pipeline.outbound import commit_execution, plan_execution, send_execution
     from twilio_pipeline.twilio import Endpoints, TwilioCredentials
+    from twilio_pipeline.twilio.channel_client import client_for_channel
 
     sb = make_sandbox(failed_rate=1.0, status_delay_ms=100, seed=1)
     chan = parse_channels({"channels": [channel("Adopt SMS", max_concurrency=2)]}).channels[0]

@@ -106,7 +106,7 @@ trailing = st.text(alphabet=".!?,;:", max_size=3)
 
 
 def _mixed_case(word: str, flips: list[bool]) -> str:
-    return "".join(c.lower() if f else c for c, f in zip(word, flips + [False] * len(word)))
+    return "".join(c.lower() if f else c for c, f in zip(word, flips + [False] * len(word), strict=False))
 
 
 @PROFILE

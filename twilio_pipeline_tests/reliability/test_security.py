@@ -28,12 +28,8 @@ import sqlalchemy as sa
 from twilio_pipeline.audience import create_execution
 from twilio_pipeline.channels import parse_channels
 from twilio_pipeline.db import Database
-from twilio_pipeline.inbound import sync_channel
-from twilio_pipeline.logs import ListLog
-from twilio_pipeline.outbound import client_for_channel, run_outbound
 from twilio_pipeline.sandbox.process import SandboxProcess
 from twilio_pipeline.settings import SettingsError, load_settings
-from twilio_pipeline.twilio import Endpoints, TwilioCredentials
 from twilio_pipeline_tests.reliability.conftest import SENDER, assert_no_traceback, channel
 from twilio_pipeline_tests.twilio.fake_server import Answer, FakeTwilio, reply
 
@@ -199,7 +195,7 @@ def test_configured_names_are_validated(variable, value):
         load_settings({variable: value})
 
 
-def test_configured_names_are_quoted_and_data_travels_as_parameters(db_url, make_sandbox, tmp_path):
+def test_configured_names_are_quoted_and_data_travels_as_parameters(db_url, make_sandbox, make_pipeline):
     """A mixed-case prefix (and, on PostgreSQL, a schema) lands exactly as configured - so SQLAlchemy quoted
     it - and a channel name and body full of SQL go through a whole send and sync untouched."""
     schema = None
@@ -216,13 +212,11 @@ def test_configured_names_are_quoted_and_data_travels_as_parameters(db_url, make
         chans = parse_channels({"channels": [channel(name, max_concurrency=4)]})
         create_execution(db, 1, name, body, [(1, "+14155550401", {"FirstName": "x' OR '1'='1"}),
                                              (2, "+14155550402", {"FirstName": "Ann"})])
-        client = client_for_channel(TwilioCredentials(sb.account_sid, sb.auth_token), chans.channels[0],
-                                    Endpoints(sb.base_url, sb.base_url, sb.base_url))
-        with client:
-            run = run_outbound(db, client, chans, 1, run_id="run-quoting", log=ListLog(), settle_s=0.1)
-            sb.advance_clock(5)
-            sync_channel(db, client, chans.channels[0], log=ListLog())
-        assert run.results.results["Sent"] == 2
+        pipeline = make_pipeline(db, sb, chans)
+        run = pipeline.send(1)
+        sb.advance_clock(5)
+        pipeline.sync()
+        assert run.results["Sent"] == 2
         assert {m["body"] for m in sb.messages(direction="outbound-api")} == {
             "Robert'); DROP TABLE Students;-- x' OR '1'='1", "Robert'); DROP TABLE Students;-- Ann"}
         assert db.read_results(1)["Status:delivered"] == 2
@@ -240,7 +234,7 @@ def test_configured_names_are_quoted_and_data_travels_as_parameters(db_url, make
 _DDL = re.compile(r"^\s*(CREATE|DROP|ALTER|PRAGMA|BEGIN|COMMIT|ROLLBACK|SAVEPOINT|RELEASE|COPY)\b", re.I)
 
 
-def test_every_sql_statement_is_parameterised(db, make_sandbox):
+def test_every_sql_statement_is_parameterised(db, make_sandbox, make_pipeline):
     """A whole send and sync with recognisable data: no value ever appears in a statement's text - numbers,
     bodies, names, SIDs, run ids and dates all travel as bound parameters (or in COPY's data stream)."""
     sb = make_sandbox(status_delay_ms=50)
@@ -255,18 +249,17 @@ def test_every_sql_statement_is_parameterised(db, make_sandbox):
     def record(conn, cursor, statement, parameters, context, executemany):
         statements.append(statement)
 
-    sa.event.listen(db.engine, "before_cursor_execute", record)
+    pipeline = make_pipeline(db, sb, chans)
+    engine = pipeline.database.engine  # the engine the runs use
+    sa.event.listen(engine, "before_cursor_execute", record)
     try:
-        client = client_for_channel(TwilioCredentials(sb.account_sid, sb.auth_token), chans.channels[0],
-                                    Endpoints(sb.base_url, sb.base_url, sb.base_url))
-        with client:
-            run_outbound(db, client, chans, 1, run_id=f"run-{marker}", log=ListLog(), settle_s=0.1)
-            sb.advance_clock(5)
-            sb.inbound_bulk([{"From": "+14155550501", "To": SENDER, "Body": "STOP"},
-                             {"From": "+14155550502", "To": SENDER, "Body": "MORE"}])
-            summary = sync_channel(db, client, chans.channels[0], log=ListLog())
+        pipeline.send(1)
+        sb.advance_clock(5)
+        sb.inbound_bulk([{"From": "+14155550501", "To": SENDER, "Body": "STOP"},
+                         {"From": "+14155550502", "To": SENDER, "Body": "MORE"}])
+        summary = pipeline.sync()
     finally:
-        sa.event.remove(db.engine, "before_cursor_execute", record)
+        sa.event.remove(engine, "before_cursor_execute", record)
     assert summary.load is not None and summary.load.replies == 2
     dml = [s for s in statements if not _DDL.match(s)]
     assert len(dml) > 50

@@ -3,7 +3,7 @@ STOP/START blocks and simulated replies."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from twilio_pipeline.sandbox.credentials import SANDBOX_MESSAGING_SERVICE_SID, SANDBOX_POOL_NUMBERS
 
@@ -98,7 +98,7 @@ def test_validity_period_expires_a_waiting_message(stepped: TwilioHTTP):
 
 
 def test_scheduled_messages(stepped: TwilioHTTP):
-    now = datetime.fromtimestamp(stepped.sandbox.clock()["now_epoch"], timezone.utc)
+    now = datetime.fromtimestamp(stepped.sandbox.clock()["now_epoch"], UTC)
     send_at = (now + timedelta(minutes=10)).strftime("%Y-%m-%dT%H:%M:%SZ")
     service = {"MessagingServiceSid": SANDBOX_MESSAGING_SERVICE_SID}
     created = stepped.send("+15554400001", frm=None, ScheduleType="fixed", SendAt=send_at, **service)
@@ -148,7 +148,7 @@ def test_stop_to_a_pool_number_blocks_the_whole_service(api: TwilioHTTP):
 
 def test_a_back_dated_stop_older_than_a_start_does_not_block(api: TwilioHTTP):
     recipient = "+15554700001"
-    now = datetime.fromtimestamp(api.sandbox.clock()["now_epoch"], timezone.utc)
+    now = datetime.fromtimestamp(api.sandbox.clock()["now_epoch"], UTC)
     api.sandbox.inbound(recipient, SENDER, "START")
     api.sandbox.inbound(recipient, SENDER, "STOP", date_sent=(now - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ"))
     api.send(recipient)
@@ -157,7 +157,7 @@ def test_a_back_dated_stop_older_than_a_start_does_not_block(api: TwilioHTTP):
 
 
 def test_inbound_rejects_future_dates(api: TwilioHTTP):
-    future = (datetime.now(timezone.utc) + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    future = (datetime.now(UTC) + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
     response = api.post("/_sandbox/inbound", data={"From": "+15554800001", "To": SENDER, "Body": "x", "DateSent": future})
     assert response.status_code == 400
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -78,7 +78,7 @@ def _iso(dt: datetime) -> str:
 def dated(api: TwilioHTTP):
     """Inbound messages back-dated over three days, from two numbers to two pool numbers."""
     clock = api.sandbox.clock()
-    now = datetime.fromtimestamp(clock["now_epoch"], timezone.utc).replace(microsecond=0)
+    now = datetime.fromtimestamp(clock["now_epoch"], UTC).replace(microsecond=0)
     today = now.replace(hour=0, minute=0, second=0)
     items = []
     for day in (3, 2, 1):
@@ -148,7 +148,7 @@ def test_filter_date_sent_with_rfc3339_date_times(api: TwilioHTTP, dated):
 def test_date_sent_filters_skip_messages_not_yet_sent(stepped: TwilioHTTP):
     queued = stepped.send("+15553300001")
     assert queued["date_sent"] is None
-    today = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    today = datetime.now(UTC).strftime("%Y-%m-%d")
     assert [m["sid"] for m in stepped.list_all()] == [queued["sid"]]
     assert stepped.list_all(DateSent=today) == []
     assert stepped.list_all(**{"DateSent>": today}) == []

@@ -14,7 +14,7 @@ import gzip
 import json
 import os
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -153,7 +153,7 @@ def test_api_2010_responses(specs, make_sandbox):
         To="+15558000002", MessagingServiceSid=SANDBOX_MESSAGING_SERVICE_SID, Body="Hi"), 201)
     check.validate("api", MESSAGES, "post", http.create(
         To="+15558000003", From=SENDER, MediaUrl="https://example.com/a.png"), 201)
-    now = datetime.fromtimestamp(sandbox.clock()["now_epoch"], timezone.utc)
+    now = datetime.fromtimestamp(sandbox.clock()["now_epoch"], UTC)
     check.validate("api", MESSAGES, "post", http.create(
         To="+15558000004", MessagingServiceSid=SANDBOX_MESSAGING_SERVICE_SID, Body="later",
         ScheduleType="fixed", SendAt=(now + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")), 201)
@@ -221,7 +221,7 @@ def test_bulk_exports_responses(specs, stepped: TwilioHTTP):
     http.send("+15558100001", "export me")
     http.sandbox.inbound("+15558100002", SENDER, "STOP")
     http.sandbox.advance_clock(3 * 86400)
-    day = datetime.fromtimestamp(http.sandbox.clock()["now_epoch"] - 3 * 86400, timezone.utc).strftime("%Y-%m-%d")
+    day = datetime.fromtimestamp(http.sandbox.clock()["now_epoch"] - 3 * 86400, UTC).strftime("%Y-%m-%d")
     check.validate("bulkexports", "/v1/Exports/{ResourceType}", "get", http.get("/v1/Exports/Messages"), 200)
     job = check.validate("bulkexports", "/v1/Exports/{ResourceType}/Jobs", "post", http.post(
         "/v1/Exports/Messages/Jobs", data={"StartDay": day, "EndDay": day, "FriendlyName": "spec"}), 201)

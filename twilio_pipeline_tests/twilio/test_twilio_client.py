@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import gzip
 import json
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 import pytest
 
@@ -287,7 +287,7 @@ def test_paging_follows_next_page_uri_and_sends_rfc3339_filters(server, make_cli
         return reply(200, {"messages": msgs, "next_page_uri": nxt, "page_size": 2})
 
     server.script("GET", MESSAGES, page)
-    after = datetime(2021, 7, 9, 16, 26, 5, tzinfo=timezone.utc)
+    after = datetime(2021, 7, 9, 16, 26, 5, tzinfo=UTC)
     got = list(make_client().iter_messages(to="+15551230001", date_sent_after=after, page_size=5000))
     assert [m["sid"] for m in got] == [f"SM{i:032x}" for i in range(1, 6)]
     seen = server.requests_to("GET", MESSAGES)
@@ -306,7 +306,7 @@ def test_iter_message_pages_yields_one_list_per_page_and_date_filters(server, ma
         reply(200, {"messages": [message(1)], "next_page_uri": f"{MESSAGES}?Page=1&PageToken=X"}),
         reply(200, {"messages": [], "next_page_uri": None}),
     )
-    before = datetime(2021, 7, 10, 1, 2, 3, 500000, tzinfo=timezone.utc)
+    before = datetime(2021, 7, 10, 1, 2, 3, 500000, tzinfo=UTC)
     pages = list(make_client().iter_message_pages(date_sent=date(2021, 7, 9), date_sent_before=before))
     assert [len(p) for p in pages] == [1, 0]
     q = server.requests_to("GET", MESSAGES)[0].query

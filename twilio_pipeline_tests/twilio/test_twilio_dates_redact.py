@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
 
 from twilio_pipeline.twilio import Redactor, TwilioCredentials, format_rfc3339, parse_twilio_date
 
-UTC = timezone.utc
+UTC = UTC
 
 
 @pytest.mark.parametrize(
