@@ -24,6 +24,9 @@ from twilio_pipeline.defs.resources import DatabaseResource, TwilioResource
 from twilio_pipeline.queue import queue_overview, ready_executions
 
 TICK_LIMIT = 50  # executions per tick: a tick stays far below the 60 s sensor timeout
+# How often the queue listener looks: a tick is one indexed query, and every second of it is a second a ready
+# execution waits before its run is even queued.
+LISTENER_INTERVAL_S = 15
 # Executions per execution-sync run, as the sync assets' backfill policy batches a backfill.
 SYNC_BATCH = 10
 CLI_TAG = "twilio_pipeline/cli"
@@ -66,7 +69,7 @@ def queue_skip_reason(db, with_run: dict[int, dg.DagsterRun]) -> str:
     return "; ".join(parts) or "no execution is ready to send"
 
 
-@dg.sensor(job=outbound_job, minimum_interval_seconds=30, default_status=default_sensor_status(),
+@dg.sensor(job=outbound_job, minimum_interval_seconds=LISTENER_INTERVAL_S, default_status=default_sensor_status(),
            description="Queue listener: each execution with Status 'ready' whose SendAfter has passed gets its "
                        "partition and one outbound run. The run key is the execution ID, so a lost cursor never "
                        "launches an execution twice; the database status decides what is ready.")
