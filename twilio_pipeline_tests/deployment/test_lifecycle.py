@@ -85,9 +85,11 @@ def test_a_run_worker_killed_mid_send_frees_its_slots_and_a_rerun_from_graphql_t
     send_start = [e for e in d.instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_START)
                   if e.step_key == "send"]
     assert send_start, "the send step had not started although messages were created"
-    step = psutil.Process(send_start[0].dagster_event.pid)
-    worker = step.parent()  # the run worker (`dagster api execute_run`) that started the step process
+    # The run worker is the process that started the run; the send step runs in a process below it.
+    [run_start] = d.instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_START)
+    worker = psutil.Process(run_start.dagster_event.pid)
     victims = [worker, *worker.children(recursive=True)]
+    assert send_start[0].dagster_event.pid in {p.pid for p in victims}
     for p in victims:  # the run worker first: it must not get the chance to record anything
         p.send_signal(signal.SIGKILL)
     psutil.wait_procs(victims, timeout=30)
