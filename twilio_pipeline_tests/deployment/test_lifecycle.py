@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from dagster._core.execution.backfill import BulkActionStatus
 
 from twilio_pipeline.defs.partitions import CHANNEL_TAG, EXECUTION_TAG, TWILIO_POOL
+from twilio_pipeline.defs.sync_selection import SYNC_EXECUTIONS_TAG
 from twilio_pipeline.settings import project_root
 from twilio_pipeline_tests.deployment.conftest import BACKFILL, BAD, KILLED, KILLED_RECIPIENTS, WALK
 from twilio_pipeline_tests.deployment.harness import CHANNEL, FINISHED, SLOW_CHANNEL, phone, procfile_commands
@@ -150,6 +151,10 @@ def test_a_ready_execution_is_sent_synced_and_its_results_loaded_unattended(depl
                if r.status == dg.DagsterRunStatus.SUCCESS]
     assert scheduled and chained
     assert all(_went_through_the_queue(d, r.run_id) for r in scheduled + chained)
+    # The chain batches the executions it syncs, as a backfill would: a run over several of them (the
+    # executions here were all sent together), not one run per execution.
+    batched = [r.tags[SYNC_EXECUTIONS_TAG] for r in chained if "," in r.tags.get(SYNC_EXECUTIONS_TAG, "")]
+    assert batched, [dict(r.tags) for r in chained]
 
 
 def test_a_backfill_from_graphql_with_one_bad_execution_fails_that_partition_only(deployment):
