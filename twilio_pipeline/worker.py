@@ -11,6 +11,7 @@ instance concurrency context as the multiprocess executor).
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import socket
 import uuid
@@ -49,7 +50,9 @@ def _require_dagster_celery() -> None:
 
 
 def _forkserver_unless_configured(config: dict) -> dict:
-    return {**config, "start_method": config.get("start_method") or DEFAULT_START_METHOD}
+    if config.get("start_method") or "forkserver" not in multiprocessing.get_all_start_methods():
+        return config  # what the run config says, or Dagster's default where there is no forkserver (Windows)
+    return {**config, "start_method": DEFAULT_START_METHOD}
 
 
 def multiprocess_executor() -> dg.ExecutorDefinition:
