@@ -8,11 +8,15 @@ Target: <= 2 x (sum of their send steps / twilio_api pool slots) + 60 s, i.e. th
 the pool busy and the rest (sensor tick, run and step processes, results) costs little on top.
 
 Latency: then one execution of 1 recipient, inserted whenever the burst is done (any point of the
-listener's 30 s interval), from `ready` to `sent`. Target: <= 45 s.
+listener's 15 s interval), from `ready` to `sent`. Target: <= 45 s.
+
+The machine's load changes both the send steps and the rest: the target is computed from the send steps
+measured in the same burst, and the report notes the load average around it.
 """
 
 from __future__ import annotations
 
+import os
 import time
 
 import dagster as dg
@@ -61,12 +65,15 @@ def run(ctx: Context) -> None:
         with fresh_database("postgresql", workdir, "deploy") as url, \
                 running_deployment(workdir, url, sandbox, [{"name": CHANNEL, "from_number": "+15005550006"}]) as d:
             ids = list(range(8001, 8001 + executions))
+            load_before = os.getloadavg()[0]
             t0 = time.monotonic()
             for eid in ids:
                 d.add_execution(eid, recipients)
             d.wait(f"{executions} executions to be sent", lambda: _all_sent(d, ids), timeout=1800, every=0.5)
             wall = time.monotonic() - t0
-            report.note(f"burst: all {executions} executions sent {wall:.1f} s after the insert")
+            report.note(f"burst: all {executions} executions sent {wall:.1f} s after the insert; load average "
+                        f"{load_before:.1f} at the insert, {os.getloadavg()[0]:.1f} at the end ({os.cpu_count()} cores: other "
+                        "processes slow the sends and the start-ups alike)")
             steps = sum(_send_step_seconds(d, eid) for eid in ids)
             slots = _pool_slots()
             target = 2 * steps / slots + 60

@@ -23,6 +23,7 @@ from twilio_pipeline.defs.steps import (
     tag_run,
     twilio_failure,
 )
+from twilio_pipeline.defs.sync_selection import sync_keys
 from twilio_pipeline.logs import TeeLog
 from twilio_pipeline.outbound.execution import record_unsendable
 from twilio_pipeline.rules.keywords import OPT_OUT_KEYWORDS
@@ -71,7 +72,7 @@ def _by_channel(context, database: DatabaseResource, twilio: TwilioResource) -> 
     db = database.get_database()
     groups: dict[str, tuple[Channel, list[int]]] = {}
     ids: dict[str, list[int]] = defaultdict(list)
-    keys = context.partition_keys
+    keys = sync_keys(context)
     for key in keys:
         try:
             eid = int(key)
@@ -201,7 +202,7 @@ def state_bulk_load(context: dg.AssetExecutionContext, database: DatabaseResourc
 
     announce(context, twilio)
     db = database.get_database()
-    ids = [int(k) for k in context.partition_keys]
+    ids = [int(k) for k in sync_keys(context)]
     log = TeeLog(context.log)
     summary = load_states(db, log=log, execution_ids=ids)
     orphans = sum(quality.states_without_offer_history(db, i) for i in ids)
@@ -231,7 +232,7 @@ def aggregate_results(context: dg.AssetExecutionContext, database: DatabaseResou
 
     announce(context, twilio)
     db = database.get_database()
-    ids = [int(k) for k in context.partition_keys]
+    ids = [int(k) for k in sync_keys(context)]
     per_execution = aggregate(db, ids, log=context.log)
     problems = [p for i in ids for p in quality.inbound_identity_problems(db, i)]
     rates = [r for r in (quality.delivery_rate(db, i) for i in ids) if r is not None]

@@ -10,6 +10,8 @@ execution is read through the same settings and environment as the code location
 
 from __future__ import annotations
 
+from contextlib import suppress
+
 import dagster as dg
 from dagster._core.run_coordinator import QueuedRunCoordinator, SubmitRunContext
 from dagster._core.storage.tags import (
@@ -110,10 +112,8 @@ class ExecutionRunCoordinator(QueuedRunCoordinator):
                 # The backfill daemon stops a whole backfill on a submit error: this one run is queued and
                 # fails on its own with the same line (the asset finds no execution), the others go on.
                 return super().submit_run(context)
-            try:
+            with suppress(Exception):  # best effort: the refusal is what the user must see
                 _drop_bogus_partition(self._instance, run.tags[PARTITION_NAME_TAG])
-            except Exception:  # best effort: the refusal is what the user must see
-                pass
             raise
         except Exception as exc:  # the database unreachable or misconfigured: say so in one line
             what = run.tags.get(PARTITION_NAME_TAG) or run.tags.get(ASSET_PARTITION_RANGE_START_TAG)

@@ -75,11 +75,14 @@ class JobRun:
 
 @dataclass
 class ExecutionSync:
-    """One run of the execution-level sync over neighbouring executions of one channel."""
+    """One run of the execution-level sync over a batch of executions (of one channel or several)."""
 
-    channel: str
-    execution_ids: list[int]
+    channels: dict[int, str]  # execution -> its channel
     run: JobRun
+
+    @property
+    def execution_ids(self) -> list[int]:
+        return list(self.channels)
 
 
 @dataclass
@@ -227,10 +230,10 @@ def sync_runs(instance: dg.DagsterInstance, db: Database, channels: ChannelFile,
               tags: Mapping[str, str], now: datetime | None = None,
               resources: Mapping[str, object] | None = None) -> SyncRuns:
     """The channel sync: `channel_sync_job` (replies, keywords, opt-outs, follow-ups), then for every
-    execution the database finds eligible `execution_sync_job`, neighbouring executions of one channel
-    in one run, as the sync chain sensor batches them. `now` stands in for the wall clock (a sandbox whose
+    execution the database finds eligible `execution_sync_job`, up to 10 executions in one run, as the
+    sync chain sensor batches them (sync_batches, sync_batch_tags). `now` stands in for the wall clock (a sandbox whose
     clock was moved on)."""
-    from twilio_pipeline.defs.sensors import sync_batches
+    from twilio_pipeline.defs.sensors import sync_batch_tags, sync_batches
     from twilio_pipeline.inbound import eligible_executions
 
     runs = SyncRuns(channel_sync_run(instance, channel_name, tags=tags, now=now, resources=resources))
@@ -244,11 +247,10 @@ def sync_runs(instance: dg.DagsterInstance, db: Database, channels: ChannelFile,
     _ensure_partitions(instance, sorted(eligible))
     keys = list(instance.get_dynamic_partitions(execution_partitions.name))
     for batch in sync_batches(keys, eligible):
-        channel = eligible[batch[0]]
-        run_tags = {**tags, CHANNEL_TAG: channel, **({EXECUTION_TAG: str(batch[0])} if len(batch) == 1 else {})}
         run = execute("execution_sync_job", instance, partition_keys=[str(e) for e in batch],
-                      run_config=_now_config("status_fetch", now), tags=run_tags, resources=resources)
-        runs.executions.append(ExecutionSync(channel, batch, run))
+                      run_config=_now_config("status_fetch", now), tags={**tags, **sync_batch_tags(batch, eligible)},
+                      resources=resources)
+        runs.executions.append(ExecutionSync({eid: eligible[eid] for eid in batch}, run))
     return runs
 
 
@@ -312,13 +314,14 @@ def sync_report(db: Database, runs: SyncRuns) -> tuple[list[str], int]:
             lines.append(f"Execution {which}: sync failed (run {run.run_id}): {run.failure.message}")
             code = EXIT_FAILED
             continue
-        lines.append(f"Execution sync of {which} ({part.channel}) (run {run.run_id}):")
+        lines.append(f"Execution sync of {which} ({', '.join(sorted(set(part.channels.values())))}) "
+                     f"(run {run.run_id}):")
         lines += [f"  {line}" for node in ("status_fetch", "state_bulk_load") for line in run.lines(node)]
         for eid in part.execution_ids:
             results = db.read_results(eid)
             status = ", ".join(f"{k[7:]}={_fmt(v)}" for k, v in results.items() if k.startswith("Status:"))
             replies = ", ".join(f"{k[6:]}={_fmt(v)}" for k, v in results.items() if k.startswith("Reply:"))
-            lines.append(f"Execution {eid} ({part.channel}): loaded by run {run.run_id} | statuses: "
+            lines.append(f"Execution {eid} ({part.channels[eid]}): loaded by run {run.run_id} | statuses: "
                          f"{status or 'none yet'} | expired: {_fmt(results.get('Expired', 0))} | "
                          f"replies: {replies or 'none'}")
     if not runs.executions:

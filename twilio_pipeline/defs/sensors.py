@@ -21,11 +21,17 @@ from twilio_pipeline.defs.partitions import (
     execution_partitions,
 )
 from twilio_pipeline.defs.resources import DatabaseResource, TwilioResource
+from twilio_pipeline.defs.sync_selection import listed_executions
 from twilio_pipeline.queue import queue_overview, ready_executions
 
 TICK_LIMIT = 50  # executions per tick: a tick stays far below the 60 s sensor timeout
-# Executions per execution-sync run, as the sync assets' backfill policy batches a backfill.
+# How often the queue listener looks: a tick is one indexed query, and every second of it is a second a ready
+# execution waits before its run is even queued.
+LISTENER_INTERVAL_S = 15
+# Executions per execution-sync run, as the sync assets' backfill policy batches a backfill, and the most
+# partitions one run's range may cover (those it leaves alone included).
 SYNC_BATCH = 10
+SYNC_SPAN = 50
 CLI_TAG = "twilio_pipeline/cli"
 
 
@@ -66,7 +72,7 @@ def queue_skip_reason(db, with_run: dict[int, dg.DagsterRun]) -> str:
     return "; ".join(parts) or "no execution is ready to send"
 
 
-@dg.sensor(job=outbound_job, minimum_interval_seconds=30, default_status=default_sensor_status(),
+@dg.sensor(job=outbound_job, minimum_interval_seconds=LISTENER_INTERVAL_S, default_status=default_sensor_status(),
            description="Queue listener: each execution with Status 'ready' whose SendAfter has passed gets its "
                        "partition and one outbound run. The run key is the execution ID, so a lost cursor never "
                        "launches an execution twice; the database status decides what is ready.")
@@ -91,21 +97,24 @@ def queue_listener(context: dg.SensorEvaluationContext, database: DatabaseResour
     )
 
 
-def sync_batches(partition_keys: list[str], eligible: dict[int, str], size: int = SYNC_BATCH) -> list[list[int]]:
-    """Eligible executions grouped for one run each: neighbours in the partition list (a run covers a range
-    of partitions, nothing else may sit inside it), of one channel, at most `size` per run."""
+def sync_batches(partition_keys: list[str], eligible: dict[int, str], size: int = SYNC_BATCH,
+                 span: int = SYNC_SPAN) -> list[list[int]]:
+    """Eligible executions grouped for one run each, as the sync assets' backfill policy groups a backfill:
+    consecutive in the partition list, at most `size` per run, whatever their channel. The partitions in
+    between (other executions with nothing to sync) do not split a batch: the run covers them and leaves them
+    alone (sync_selection.py); a batch spans at most `span` partitions."""
     batches: list[list[int]] = []
     current: list[int] = []
-    for key in partition_keys:
+    first = 0
+    for position, key in enumerate(partition_keys):
         eid = int(key) if key.lstrip("-").isdigit() else None
         if eid is None or eid not in eligible:
-            if current:
-                batches.append(current)
-            current = []
             continue
-        if current and (len(current) >= size or eligible[current[0]] != eligible[eid]):
+        if current and (len(current) >= size or position - first >= span):
             batches.append(current)
             current = []
+        if not current:
+            first = position
         current.append(eid)
     if current:
         batches.append(current)
@@ -140,21 +149,31 @@ class SyncCursor:
         return json.dumps({"latest": self.latest.isoformat(), "seen": sorted(self.seen)})
 
 
-def _sync_request(batch: list[int], channel: str, after_run: str) -> dg.RunRequest:
+def sync_batch_tags(batch: list[int], eligible: dict[int, str]) -> dict[str, str]:
+    """The tags of one batch's run, whoever launches it (the chain, the CLI's sync): the execution when it is
+    one, the channel when all share one, and for a range the executions it syncs (sync_selection.py)."""
+    channels = {eligible[eid] for eid in batch}
+    tags = {CHANNEL_TAG: channels.pop()} if len(channels) == 1 else {}
+    if len(batch) == 1:
+        return {EXECUTION_TAG: str(batch[0]), **tags}
+    return {**listed_executions(batch), **tags}
+
+
+def _sync_request(batch: list[int], eligible: dict[int, str], after_run: str) -> dg.RunRequest:
     first, last = str(batch[0]), str(batch[-1])
     run_key = f"sync-after-{after_run}-{first}" + (f"..{last}" if len(batch) > 1 else "")
+    tags = sync_batch_tags(batch, eligible)
     if len(batch) == 1:
-        return dg.RunRequest(run_key=run_key, partition_key=first,
-                             tags={EXECUTION_TAG: first, CHANNEL_TAG: channel})
+        return dg.RunRequest(run_key=run_key, partition_key=first, tags=tags)
     return dg.RunRequest(run_key=run_key, tags={ASSET_PARTITION_RANGE_START_TAG: first,
-                                                ASSET_PARTITION_RANGE_END_TAG: last, CHANNEL_TAG: channel})
+                                                ASSET_PARTITION_RANGE_END_TAG: last, **tags})
 
 
 @dg.sensor(job=execution_sync_job, minimum_interval_seconds=30, default_status=default_sensor_status(),
            description="After a channel-level sync succeeds, run the execution level for every eligible "
-                       "execution, up to 10 executions per run. The cursor only moves past a channel sync once "
-                       "a tick has requested its follow-up, and the database decides what is eligible, so a "
-                       "failed tick or a missed sync is made up by the next one.")
+                       "execution, up to 10 executions per run (a range of partitions, as a backfill). The cursor "
+                       "only moves past a channel sync once a tick has requested its follow-up, and the database "
+                       "decides what is eligible, so a failed tick or a missed sync is made up by the next one.")
 def execution_sync_chain(context: dg.SensorEvaluationContext, database: DatabaseResource, twilio: TwilioResource):
     from twilio_pipeline.inbound import eligible_executions
 
@@ -180,7 +199,7 @@ def execution_sync_chain(context: dg.SensorEvaluationContext, database: Database
     keys = context.instance.get_dynamic_partitions(execution_partitions.name)
     batches = sync_batches(keys, eligible)
     after_run = launched[0].dagster_run.run_id
-    requests = [_sync_request(batch, eligible[batch[0]], after_run) for batch in batches]
+    requests = [_sync_request(batch, eligible, after_run) for batch in batches]
     if not requests:
         return dg.SensorResult(skip_reason="no execution has anything to sync", cursor=next_cursor)
     return dg.SensorResult(run_requests=requests, cursor=next_cursor)

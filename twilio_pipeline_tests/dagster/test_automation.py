@@ -140,3 +140,71 @@ def test_a_run_marked_failed_whose_slot_was_never_freed_gets_it_back():
         assert fail_stale_runs(instance) == []  # nothing left to mark ...
         info = instance.event_log_storage.get_concurrency_info("twilio_api")
         assert [slot.run_id for slot in info.claimed_slots] == [live.run_id]  # ... but its slot is back
+
+
+TWO_CHANNELS = """channels:
+  - name: Channel A
+    from_number: "+15005550006"
+  - name: Channel B
+    from_number: "+15005550007"
+"""
+
+
+def _track(db: Database, execution_id: int) -> None:
+    """A message of the execution still tracked in Twilio_MessageIDs: the execution has something to sync."""
+    with db.begin() as conn:
+        conn.execute(db.tables.message_ids.insert().values(
+            MessageID=f"SM{execution_id:032d}", RPContactID=1, ChannelExecutionID=execution_id,
+            Sender="+15005550006", ToNumber="+14155550100", SentAt=utcnow(), LastStatus="sent"))
+
+
+def test_the_chain_syncs_many_executions_of_several_channels_in_one_run_that_leaves_the_rest_alone(
+        db_url, tmp_path):
+    """Executions of two channels interleave in the partition list, with others between them that have
+    nothing to sync (one still `ready`, without recipients yet): one run syncs them all, as a backfill run
+    of the sync assets would, and the partitions it covers without syncing are left as they were."""
+    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+    from twilio_pipeline.defs.inbound import INBOUND_ASSETS
+    from twilio_pipeline.defs.sensors import execution_sync_chain
+    from twilio_pipeline.defs.sync_selection import SYNC_EXECUTIONS_TAG
+    from twilio_pipeline.outbound.execution import read_execution
+
+    (tmp_path / "channels.yaml").write_text(TWO_CHANNELS)
+    prefix = f"c{os.getpid()}_{abs(hash(str(tmp_path))) % 10**6}_"
+    resources = {"database": DatabaseResource(url=db_url, table_prefix=prefix),
+                 "twilio": TwilioResource(channels_path=str(tmp_path / "channels.yaml"), data_dir=str(tmp_path))}
+    db: Database = resources["database"].get_database()
+    contact = [(1, "+14155550100", None)]
+    create_execution(db, 31, "Channel A", "hi", contact, status="sent")
+    create_execution(db, 32, "Channel B", "hi", contact, status="sent")
+    create_execution(db, 33, "Channel A", "hi", [])  # ready, its recipients not loaded yet
+    create_execution(db, 34, "Channel A", "hi", contact, status="sent")
+    create_execution(db, 35, "Channel B", "hi", contact, status="sent")  # nothing tracked: nothing to sync
+    create_execution(db, 36, "Channel B", "hi", contact, status="sent")
+    for eid in (31, 32, 34, 36):
+        _track(db, eid)
+    try:
+        with dg.instance_for_test() as instance:
+            instance.add_dynamic_partitions(execution_partitions.name, [str(i) for i in range(31, 37)])
+            instance.create_run_for_job(defs.resolve_job_def("channel_sync_job"), status=dg.DagsterRunStatus.SUCCESS)
+            result = _tick(instance, resources, sensor=execution_sync_chain)
+            [request] = result.run_requests
+            assert (request.tags[ASSET_PARTITION_RANGE_START_TAG], request.tags[ASSET_PARTITION_RANGE_END_TAG]) == \
+                ("31", "36")
+            assert request.tags[SYNC_EXECUTIONS_TAG] == "31,32,34,36"
+            assert "twilio_pipeline/channel" not in request.tags  # two channels in one run
+
+            # The run as the queue runs it (its statuses fetched elsewhere: nothing left to ask Twilio).
+            with db.begin() as conn:
+                conn.execute(db.tables.message_ids.delete())
+            run = dg.materialize(INBOUND_ASSETS, selection=["status_fetch", "state_bulk_load", "aggregate_results"],
+                                 instance=instance, resources=resources, tags=request.tags)
+            assert run.success
+            messages = [e.message for e in instance.all_logs(run.run_id)]
+            assert any("2 partitions of this range left alone (nothing to sync when the run was requested); "
+                       "syncing 31, 32, 34, 36" in m for m in messages), messages
+        untouched = read_execution(db, 33)
+        assert (untouched.status, untouched.status_reason) == ("ready", None)  # not read as a bad execution
+    finally:
+        db.dispose()

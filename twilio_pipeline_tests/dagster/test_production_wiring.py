@@ -32,6 +32,7 @@ from twilio_pipeline.defs.partitions import CHANNEL_TAG, EXECUTION_TAG, executio
 from twilio_pipeline.defs.resources import DatabaseResource, build_resources
 from twilio_pipeline.defs.run_coordinator import ExecutionRunCoordinator, RunRefused
 from twilio_pipeline.defs.sensors import execution_sync_chain, queue_listener, sync_batches
+from twilio_pipeline.defs.sync_selection import SYNC_EXECUTIONS_TAG
 from twilio_pipeline.outbound.execution import read_execution
 from twilio_pipeline.settings import SettingsError, automation_on, project_root
 
@@ -109,9 +110,9 @@ def test_sync_chain_reads_the_database_url_from_the_environment_and_catches_up_a
         # ... and the next one (same cursor: the failed tick stored none) still requests the missed syncs.
         monkeypatch.setenv("TWILIO_PIPELINE_DATABASE_URL", good_url)
         result = _tick(execution_sync_chain, instance, resources)
-        assert sorted(r.partition_key for r in result.run_requests) == ["5", "7"]
-        assert all(r.tags[EXECUTION_TAG] == r.partition_key and r.tags[CHANNEL_TAG] == CHANNEL
-                   for r in result.run_requests)
+        [request] = result.run_requests  # one run over 5..7 syncs 5 and 7; 6 has nothing to sync
+        assert (request.tags[ASSET_PARTITION_RANGE_START_TAG], request.tags[ASSET_PARTITION_RANGE_END_TAG]) == ("5", "7")
+        assert request.tags[SYNC_EXECUTIONS_TAG] == "5,7" and request.tags[CHANNEL_TAG] == CHANNEL
 
         # Nothing new since: the next tick requests nothing.
         again = _tick(execution_sync_chain, instance, resources, cursor=result.cursor)
@@ -123,18 +124,20 @@ def test_sync_chain_reads_the_database_url_from_the_environment_and_catches_up_a
         _track(db, 6)
         _channel_sync_succeeded(instance)
         later = _tick(execution_sync_chain, instance, resources, cursor=result.cursor)
-        assert len(later.run_requests) == 1  # 5 and 6 are neighbours: one run covers both
-        request = later.run_requests[0]
+        [request] = later.run_requests
         assert (request.tags[ASSET_PARTITION_RANGE_START_TAG], request.tags[ASSET_PARTITION_RANGE_END_TAG]) == ("5", "6")
-        assert request.tags[CHANNEL_TAG] == CHANNEL
+        assert request.tags[SYNC_EXECUTIONS_TAG] == "5,6" and request.tags[CHANNEL_TAG] == CHANNEL
 
 
-def test_sync_batches_cover_neighbours_only_ten_at_most_one_channel_each():
+def test_sync_batches_group_ten_eligible_executions_per_run_whatever_lies_between():
     keys = [str(i) for i in range(1, 26)] + ["-1", "-2"]
     eligible = {i: "A" for i in range(1, 24) if i != 4} | {24: "B", -1: "A", -2: "A"}
     batches = sync_batches(keys, eligible)
-    assert batches == [[1, 2, 3], [5, 6, 7, 8, 9, 10, 11, 12, 13, 14], [15, 16, 17, 18, 19, 20, 21, 22, 23],
-                       [24], [-1, -2]]
+    # 4 (nothing to sync) and 25 do not split a batch; channels mix, as in a backfill run.
+    assert batches == [[1, 2, 3, 5, 6, 7, 8, 9, 10, 11], [12, 13, 14, 15, 16, 17, 18, 19, 20, 21],
+                       [22, 23, 24, -1, -2]]
+    # A run's range covers at most `span` partitions, those left alone included.
+    assert sync_batches([str(i) for i in range(1, 101)], {1: "A", 60: "A", 61: "A"}) == [[1], [60, 61]]
 
 
 def test_queue_listener_reads_the_database_url_from_the_environment(env_resources):

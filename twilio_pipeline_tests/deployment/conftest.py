@@ -14,6 +14,9 @@ KILLED = 7102        # its run worker is SIGKILLed mid-send
 BACKFILL = (7103, 7104, 7105)  # 7104 has no recipients
 BAD = 7104
 KILLED_RECIPIENTS = 60
+# deploy/dagster.prod.yaml as shipped, but run monitoring looks every 5 s instead of 30: what it does (a dead
+# run worker's run failed, its slots freed 15 s after the run ended) is what the tests check, not how often.
+TEST_INTERVALS = {"run_monitoring": {"poll_interval_seconds": 5}}
 
 
 def _insert(deployment) -> None:
@@ -32,5 +35,6 @@ def deployment(postgres_url, tmp_path_factory):
          "max_concurrency": 1, "requests_per_second": SLOW_RPS},
     ]
     with SandboxProcess(workdir / "sandbox", status_delay_ms=200, access_log=False) as sandbox, \
-            running_deployment(workdir, postgres_url, sandbox, channels, before_start=_insert) as deployment:
+            running_deployment(workdir, postgres_url, sandbox, channels, before_start=_insert,
+                               instance_overrides=TEST_INTERVALS) as deployment:
         yield deployment

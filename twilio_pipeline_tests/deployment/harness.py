@@ -1,7 +1,8 @@
 """The deployment as a platform engineer runs it: the three processes of deploy/Procfile (code server,
 daemon, webserver) started from those very lines, on a Dagster instance configured by
-deploy/dagster.prod.yaml (verbatim) in its own fresh PostgreSQL database, with the pipeline's tables in the
-PostgreSQL database TWILIO_PIPELINE_DATABASE_URL names and Twilio played by a sandbox process.
+deploy/dagster.prod.yaml (verbatim, or with a test's shorter polling intervals) in its own fresh PostgreSQL
+database, with the pipeline's tables in the PostgreSQL database TWILIO_PIPELINE_DATABASE_URL names and
+Twilio played by a sandbox process.
 
 Used by the deployment suite (conftest.py) and the `deploy` benchmark. Every process started here is
 killed on the way out, whatever happened, and the instance database is dropped.
@@ -16,7 +17,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,10 +75,9 @@ class Deployment:
     # processes -------------------------------------------------------------------------------------
     def start(self, name: str) -> subprocess.Popen:
         """Start the Procfile's `name` line as a supervisor would (a shell, its own process group)."""
-        log = open(self.workdir / f"{name}.log", "ab")
-        proc = subprocess.Popen(["bash", "-c", "exec " + procfile_commands()[name]], env=self.env,
-                                cwd=project_root(), start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
+        with open(self.workdir / f"{name}.log", "ab") as log:  # the child keeps its own descriptor
+            proc = subprocess.Popen(["bash", "-c", "exec " + procfile_commands()[name]], env=self.env,
+                                    cwd=project_root(), start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
         self.started.append(proc)
         self.procs[name] = proc
         return proc
@@ -159,15 +159,24 @@ class Deployment:
 
 
 def _kill_group(proc: subprocess.Popen, sig: int, timeout: float) -> None:
-    try:
+    with suppress(ProcessLookupError):
         os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
+
+
+def instance_yaml(overrides: dict[str, dict] | None = None) -> str:
+    """deploy/dagster.prod.yaml, verbatim unless `overrides` names section keys to replace."""
+    text = (DEPLOY / "dagster.prod.yaml").read_text()
+    if not overrides:
+        return text
+    config = yaml.safe_load(text)
+    for section, values in overrides.items():
+        config[section] = {**config.get(section, {}), **values}
+    return yaml.safe_dump(config, sort_keys=False)
 
 
 def _create_database(admin: sa.Engine, name: str) -> None:
@@ -185,16 +194,19 @@ def _drop_database(admin: sa.Engine, name: str) -> None:
 @contextmanager
 def running_deployment(workdir: Path, pipeline_url: str, sandbox: SandboxProcess, channels: list[dict],
                        before_start: Callable[[Deployment], None] | None = None,
-                       extra_env: dict[str, str] | None = None) -> Iterator[Deployment]:
+                       extra_env: dict[str, str] | None = None,
+                       instance_overrides: dict[str, dict] | None = None) -> Iterator[Deployment]:
     """Code server, daemon and webserver up and answering; `before_start` runs once the tables exist
-    and before the daemon's first tick (insert what its first tick should find)."""
+    and before the daemon's first tick (insert what its first tick should find). `instance_overrides`
+    replaces keys of sections of deploy/dagster.prod.yaml (a test's shorter polling intervals); without
+    it the file is used verbatim."""
     server = normalise_url(pipeline_url)
     admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
     dagster_db = f"tp_dagster_{uuid.uuid4().hex[:8]}"
     _create_database(admin, dagster_db)
     home = workdir / "dagster_home"
     home.mkdir()
-    (home / "dagster.yaml").write_bytes((DEPLOY / "dagster.prod.yaml").read_bytes())  # verbatim
+    (home / "dagster.yaml").write_text(instance_yaml(instance_overrides))
     channels_file = workdir / "channels.yaml"
     channels_file.write_text(yaml.safe_dump({"channels": channels}))
     prefix = f"dep{uuid.uuid4().hex[:6]}_"

@@ -48,8 +48,13 @@ def test_the_workspace_and_the_instance_point_where_the_environment_says():
     assert workspace["port"] == {"env": "TWILIO_PIPELINE_CODE_SERVER_PORT"}
     instance = yaml.safe_load((DEPLOY / "dagster.prod.yaml").read_text())
     assert instance["compute_logs"]["class"] == "NoOpComputeLogManager"  # see the comment there: several hosts
+    postgres = instance["storage"]["postgres"]["postgres_db"]
+    assert {key: postgres[key] for key in ("hostname", "port", "username", "password", "db_name")} == {
+        "hostname": {"env": "DAGSTER_PG_HOST"}, "port": {"env": "DAGSTER_PG_PORT"},
+        "username": {"env": "DAGSTER_PG_USER"}, "password": {"env": "DAGSTER_PG_PASSWORD"},
+        "db_name": {"env": "DAGSTER_PG_DB"}}
     env_example = (DEPLOY / "env.example").read_text()
-    for name in ("DAGSTER_HOME", "DAGSTER_PG_HOST", "TWILIO_PIPELINE_DATABASE_URL", "TWILIO_PIPELINE_AUTOMATION",
+    for name in ("DAGSTER_HOME", "DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "TWILIO_PIPELINE_DATABASE_URL", "TWILIO_PIPELINE_AUTOMATION",
                  "TWILIO_PIPELINE_CODE_SERVER_HOST", "TWILIO_PIPELINE_CODE_SERVER_PORT", "PORT"):
         assert re.search(rf"^{name}=", env_example, re.M), name
 

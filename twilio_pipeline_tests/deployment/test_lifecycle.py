@@ -4,7 +4,10 @@ runs a job in the test process: the daemon's sensors and schedules, the run queu
 GraphQL do everything, as they would for a platform engineer.
 
 The tests share one deployment and run in file order; the executions they watch were all inserted
-before the daemon started (conftest.py), so the queue listener's first tick launches them together.
+before the daemon started (conftest.py), so the queue listener's first tick launches them together, and
+the backfill is launched in the background as soon as its executions are sent (`backfill`): what the
+deployment does for one test goes on while another test waits, and the tests stay independent in what they
+check.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import os
 import signal
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import dagster as dg
 import psutil
@@ -21,11 +26,13 @@ import sqlalchemy as sa
 from dagster._core.execution.backfill import BulkActionStatus
 
 from twilio_pipeline.defs.partitions import CHANNEL_TAG, EXECUTION_TAG, TWILIO_POOL
+from twilio_pipeline.defs.sync_selection import SYNC_EXECUTIONS_TAG
 from twilio_pipeline.settings import project_root
 from twilio_pipeline_tests.deployment.conftest import BACKFILL, BAD, KILLED, KILLED_RECIPIENTS, WALK
 from twilio_pipeline_tests.deployment.harness import CHANNEL, FINISHED, SLOW_CHANNEL, phone, procfile_commands
 
-pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+# Every test sets the backfill going (module scope: the first one does), see `backfill`.
+pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.usefixtures("backfill")]
 
 OUTBOUND_ASSETS = ["suppression_refresh", "dedupe", "send", "message_id_staging"]
 REPOSITORY = {"repositoryLocationName": "twilio_pipeline", "repositoryName": "__repository__"}
@@ -85,9 +92,11 @@ def test_a_run_worker_killed_mid_send_frees_its_slots_and_a_rerun_from_graphql_t
     send_start = [e for e in d.instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_START)
                   if e.step_key == "send"]
     assert send_start, "the send step had not started although messages were created"
-    step = psutil.Process(send_start[0].dagster_event.pid)
-    worker = step.parent()  # the run worker (`dagster api execute_run`) that started the step process
+    # The run worker is the process that started the run; the send step runs in a process below it.
+    [run_start] = d.instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_START)
+    worker = psutil.Process(run_start.dagster_event.pid)
     victims = [worker, *worker.children(recursive=True)]
+    assert send_start[0].dagster_event.pid in {p.pid for p in victims}
     for p in victims:  # the run worker first: it must not get the chance to record anything
         p.send_signal(signal.SIGKILL)
     psutil.wait_procs(victims, timeout=30)
@@ -148,22 +157,49 @@ def test_a_ready_execution_is_sent_synced_and_its_results_loaded_unattended(depl
                if r.status == dg.DagsterRunStatus.SUCCESS]
     assert scheduled and chained
     assert all(_went_through_the_queue(d, r.run_id) for r in scheduled + chained)
+    # The chain batches the executions it syncs, as a backfill would: a run over several of them (the
+    # executions here were all sent together), not one run per execution.
+    batched = [r.tags[SYNC_EXECUTIONS_TAG] for r in chained if "," in r.tags.get(SYNC_EXECUTIONS_TAG, "")]
+    assert batched, [dict(r.tags) for r in chained]
 
 
-def test_a_backfill_from_graphql_with_one_bad_execution_fails_that_partition_only(deployment):
-    d = deployment
+@dataclass(frozen=True)
+class LaunchedBackfill:
+    backfill_id: str
+    status_of_bad: tuple[str, str | None]
+    texts_before: dict[int, dict[str, int]]
+
+
+def _launch_backfill(d) -> LaunchedBackfill:
+    """Once the queue listener's runs of the executions have ended: their backfill through GraphQL."""
     for eid in BACKFILL:
         _listener_run(d, eid)
-    status, reason = d.execution(BAD)
-    assert status == "failed" and reason, (status, reason)
+    status_of_bad = d.execution(BAD)
     texts_before = {eid: d.texts_by_number(eid) for eid in BACKFILL}
-
     launched = d.gql(LAUNCH_BACKFILL, {"params": {
         "assetSelection": [{"path": [key]} for key in OUTBOUND_ASSETS],
         "partitionNames": [str(eid) for eid in BACKFILL],
     }})["launchPartitionBackfill"]
     assert launched["__typename"] == "LaunchBackfillSuccess", launched
-    backfill_id = launched["backfillId"]
+    return LaunchedBackfill(launched["backfillId"], status_of_bad, texts_before)
+
+
+@pytest.fixture(scope="module")
+def backfill(deployment):
+    """The backfill is launched in the background as soon as it can be, so that it runs while the tests
+    before its own do: the backfill daemon looks every 30 s, and the deployment is shared anyway. Its
+    executions are not the ones the other tests watch."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="backfill") as pool:
+        yield pool.submit(_launch_backfill, deployment)
+
+
+def test_a_backfill_from_graphql_with_one_bad_execution_fails_that_partition_only(deployment, backfill):
+    d = deployment
+    launched = backfill.result(timeout=600)
+    status, reason = launched.status_of_bad
+    assert status == "failed" and reason, (status, reason)
+    texts_before = launched.texts_before
+    backfill_id = launched.backfill_id
     done = d.wait("the backfill to complete",
                   lambda: (b := d.instance.get_backfill(backfill_id)).status not in
                   (BulkActionStatus.REQUESTED, BulkActionStatus.CANCELING) and b, timeout=420)
