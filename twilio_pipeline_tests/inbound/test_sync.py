@@ -564,3 +564,31 @@ def test_a_channel_whose_account_is_unset_is_skipped_and_the_others_still_sync(s
                for line in synced.report), synced.report
     assert suppressed(sqlite_db, house) == {nums[0]}
     assert synced.execution_ids == [1] and sqlite_db.read_results(1)["Reply:STOP"] == 1
+
+
+def test_one_sync_run_covers_executions_of_two_channels_and_leaves_an_unsent_one_between_alone(
+        sqlite_db, sb, client, make_pipeline):
+    """`twilio-pipeline sync` batches the execution syncs as the chain does (up to 10 per run, whatever their
+    channel); an execution the run's range covers that has nothing to sync (ready, no recipients yet) is
+    left as it was: not synced, not marked failed."""
+    from twilio_pipeline.audience import create_execution
+    from twilio_pipeline.outbound import read_execution
+
+    alpha, beta = make_channel("Alpha"), make_channel("Beta")
+    pipeline = make_pipeline(sqlite_db, sb, [alpha, beta])
+    send_execution(sqlite_db, client, alpha, 1, numbers(3, 100))
+    create_execution(sqlite_db, 2, "Alpha", "Not sent yet", [])
+    send_execution(sqlite_db, client, beta, 3, numbers(3, 300), first_contact_id=10)
+    pipeline.instance.add_dynamic_partitions("channel_executions", ["1", "2", "3"])
+    sb.advance_clock(3600)
+
+    outcome = pipeline.sync()
+
+    execution_runs = outcome.runs[1:]
+    assert len(execution_runs) == 1 and outcome.execution_ids == [1, 3]
+    assert outcome.load.delivery_states == 6
+    assert any(line.startswith("Execution 1 (Alpha): loaded by") for line in outcome.report)
+    assert any(line.startswith("Execution 3 (Beta): loaded by") for line in outcome.report)
+    untouched = read_execution(sqlite_db, 2)
+    assert untouched.status == "ready" and not untouched.status_reason
+    assert inbound_results(sqlite_db, 2) == {}
