@@ -13,9 +13,8 @@ the general per-value encoder only for the rest.
 
 from __future__ import annotations
 
-import io
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from itertools import repeat
 from operator import attrgetter
@@ -25,7 +24,7 @@ from sqlalchemy.engine import Connection
 
 from twilio_pipeline.db.times import to_naive_utc
 
-COPY_READ_SIZE = 1 << 20  # bytes psycopg2 reads from the buffer per COPY message (its default: 8 KB)
+COPY_CHUNK_ROWS = 50_000  # rows encoded and sent at a time (~5 MB of COPY text for 8 columns)
 _PG_SPECIAL = re.compile(r"[\\\t\n\r]")
 _TZINFO = attrgetter("tzinfo")
 # Values the SQLite driver stores exactly as SQLAlchemy would (datetimes are encoded first, see below).
@@ -45,22 +44,52 @@ def _naive_datetimes(values: list) -> bool:
 
 # ---- PostgreSQL ---------------------------------------------------------------------------------
 def copy_postgres(conn: Connection, table: sa.Table, qualified: str, rows: Sequence[Mapping]) -> int:
-    """COPY `rows` into `table` (named `qualified` in SQL); a NUL in text is refused in one line."""
+    """COPY `rows` into `table` (named `qualified` in SQL), streamed in chunks of COPY_CHUNK_ROWS.
+
+    Each chunk is encoded while the server still parses the one before (its backend is another process,
+    so the two overlap on a second core), and no whole-batch text is held in memory. A NUL in text is
+    refused in one line; the COPY then aborts and the caller's transaction rolls back what was sent."""
     columns = list(rows[0].keys())
-    encoded = [pg_column(table.c[c].type if c in table.c else None, values)
-               for c, values in zip(columns, column_values(rows, columns), strict=True)]
-    for name, values in zip(columns, encoded, strict=True):  # PostgreSQL text holds no NUL: one line, not a driver error
-        textual = name not in table.c or not isinstance(table.c[name].type, (sa.Integer, sa.DateTime, sa.Boolean))
-        if textual and "\x00" in "".join(values):
-            raise ValueError(f"cannot store a NUL character in {table.name}.{name} (PostgreSQL text cannot "
-                             "hold one); the value must be refused before it is written")
-    buf = io.StringIO("\n".join(map("\t".join, zip(*encoded, strict=True))) + "\n")
-    del encoded
+    types = [table.c[c].type if c in table.c else None for c in columns]
+    textual = [c for c, t in zip(columns, types, strict=True)
+               if not isinstance(t, (sa.Integer, sa.DateTime, sa.Boolean))]
+
+    def chunks() -> Iterator[str]:
+        for start in range(0, len(rows), COPY_CHUNK_ROWS):
+            part = rows[start:start + COPY_CHUNK_ROWS]
+            encoded = [pg_column(t, values) for t, values in zip(types, column_values(part, columns), strict=True)]
+            for name, values in zip(columns, encoded, strict=True):  # PostgreSQL text holds no NUL
+                if name in textual and "\x00" in "".join(values):
+                    raise ValueError(f"cannot store a NUL character in {table.name}.{name} (PostgreSQL text "
+                                     "cannot hold one); the value must be refused before it is written")
+            yield "\n".join(map("\t".join, zip(*encoded, strict=True))) + "\n"
+
     prep = conn.dialect.identifier_preparer
     cols = ", ".join(prep.quote(c) for c in columns)
+    stream = _Stream(chunks())
     with conn.connection.dbapi_connection.cursor() as cur:
-        cur.copy_expert(f"COPY {qualified} ({cols}) FROM STDIN WITH (FORMAT text)", buf, size=COPY_READ_SIZE)
+        try:
+            cur.copy_expert(f"COPY {qualified} ({cols}) FROM STDIN WITH (FORMAT text)", stream)
+        except Exception:
+            if stream.failure is not None:  # the driver wraps it in "error in .read() call": ours, as raised
+                raise stream.failure from None
+            raise
     return len(rows)
+
+
+class _Stream:
+    """A read()-able view of an iterator of text chunks (what copy_expert reads; any length will do)."""
+
+    def __init__(self, chunks: Iterator[str]):
+        self._chunks = chunks
+        self.failure: Exception | None = None
+
+    def read(self, _size: int = -1) -> str:
+        try:
+            return next(self._chunks, "")
+        except Exception as exc:
+            self.failure = exc
+            raise
 
 
 def pg_column(col_type, values: list) -> list[str]:
