@@ -67,8 +67,9 @@ def load_states(db: Database, *, log: Log, execution_ids: list[int] | None = Non
             db.refresh_statistics(conn, p)
             db.bulk_work_memory(conn)
         summary.delivery_states = db.insert_missing(conn, db.tables.states, _delivery_states(p, batch),
-                                                    match=DELIVERY_KEY)
-        summary.replies = db.insert_missing(conn, db.tables.states, _reply_states(p, batch), match=REPLY_KEY)
+                                                    match=DELIVERY_KEY, in_key_order=True)
+        summary.replies = db.insert_missing(conn, db.tables.states, _reply_states(p, batch), match=REPLY_KEY,
+                                            in_key_order=True)
         summary.retired = retire_sids(db, conn, batch)
         conn.execute(p.delete().where(batch))
         # The results move with the states: a sync killed before its aggregate step (once these SIDs
