@@ -258,14 +258,15 @@ class Database(LeaseStore):
 
     # ---- set-based merge ----------------------------------------------------------------------
     def insert_missing(self, conn: Connection, target: sa.Table, source: sa.Select | sa.Subquery,
-                       match: Sequence[str], columns: Sequence[str] | None = None, in_key_order: bool = False) -> int:
+                       match: Sequence[str], columns: Sequence[str] | None = None,
+                       order_by: Sequence[str] = ()) -> int:
         """INSERT INTO target SELECT ... FROM source WHERE NOT EXISTS (same `match` columns, NULL-safe).
 
         `source` must expose columns named like the target's. Returns rows inserted. A match column the
         target declares NOT NULL is compared with plain `=` (the same result there), so its index serves
         the lookup: the OR of a NULL-safe comparison would make every row scan the target.
-        `in_key_order`: insert sorted on `match` (the target's index on them then grows at one end instead
-        of at random pages: a million states into PostgreSQL 2.5 s instead of 6 s, for a sort of ~0.5 s).
+        `order_by`: insert sorted on these leading columns of the target's index, which then grows at one
+        end instead of at random pages (a million states into PostgreSQL: 2.5 s instead of 6 s).
         """
         src = source.subquery("src") if isinstance(source, sa.Select) else source
         cols = list(columns or [c.name for c in src.columns])
@@ -274,8 +275,8 @@ class Database(LeaseStore):
               for m in match]
         )
         select = sa.select(*[src.c[c] for c in cols]).where(~exists.exists())
-        if in_key_order:
-            select = select.order_by(*[src.c[m] for m in match])
+        if order_by:
+            select = select.order_by(*[src.c[c] for c in order_by])
         postgres = self.dialect == "postgresql"
         if postgres:
             # A target whose statistics say "empty" (a new table) gets a nested loop that re-scans it per

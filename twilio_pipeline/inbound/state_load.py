@@ -24,6 +24,9 @@ from twilio_pipeline.rules.states import REPLIED
 
 DELIVERY_KEY = ("ChannelExecutionID", "RPContactID", "FulfillmentState")
 REPLY_KEY = ("ChannelExecutionID", "RPContactID", "FulfillmentState", "EventName", "Timestamp")
+# The states index's leading integer columns: merged rows are inserted in this order (no text comparison
+# in the sort; a contact's few states then land next to each other anyway).
+INDEX_ORDER = ("ChannelExecutionID", "RPContactID")
 STATE_COLUMNS = ("RPContactID", "ChannelExecutionID", "FulfillmentState", "EventName", "Timestamp")
 # From this many pending rows the planner gets fresh statistics and the transaction more sort/hash memory
 # before the merge (refresh_statistics, bulk_work_memory); below it, the defaults plan it right anyway.
@@ -67,9 +70,9 @@ def load_states(db: Database, *, log: Log, execution_ids: list[int] | None = Non
             db.refresh_statistics(conn, p)
             db.bulk_work_memory(conn)
         summary.delivery_states = db.insert_missing(conn, db.tables.states, _delivery_states(p, batch),
-                                                    match=DELIVERY_KEY, in_key_order=True)
+                                                    match=DELIVERY_KEY, order_by=INDEX_ORDER)
         summary.replies = db.insert_missing(conn, db.tables.states, _reply_states(p, batch), match=REPLY_KEY,
-                                            in_key_order=True)
+                                            order_by=INDEX_ORDER)
         summary.retired = retire_sids(db, conn, batch)
         conn.execute(p.delete().where(batch))
         # The results move with the states: a sync killed before its aggregate step (once these SIDs
