@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from twilio_pipeline.twilio.client import Endpoints, TwilioCredentials
+from twilio_pipeline.twilio.account import Endpoints, TwilioCredentials
 
 SANDBOX_MODE_NOTICE = "sandbox mode: no TWILIO_ACCOUNT_SID set, messages go to the local Twilio sandbox, not to phones"
 

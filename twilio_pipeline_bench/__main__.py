@@ -19,7 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from twilio_pipeline_bench.common import Context, Report, machine_meta, one_line, postgres_available
+from twilio_pipeline_bench.fixtures import postgres_available
+from twilio_pipeline_bench.reporting import Context, Report, machine_meta, one_line
 
 # name -> module; the order is the issue's.
 SCENARIOS = {

@@ -31,18 +31,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from twilio_pipeline.logs import ListLog
-from twilio_pipeline_bench.common import (
-    ChildTimeout,
-    Context,
-    SqlTimer,
-    fresh_database,
-    in_child,
-    mysql_available,
-    one_line,
-    ratio,
-    start_profiler,
-    stop_profiler,
-)
+from twilio_pipeline_bench.fixtures import fresh_database, mysql_available
+from twilio_pipeline_bench.measuring import ChildTimeout, SqlTimer, in_child, start_profiler, stop_profiler
+from twilio_pipeline_bench.reporting import Context, one_line, ratio
 
 PG_ROWS = 1_000_000
 MYSQL_ROWS = 200_000

@@ -18,7 +18,8 @@ import time
 import dagster as dg
 
 from twilio_pipeline.defs.partitions import EXECUTION_TAG
-from twilio_pipeline_bench.common import Context, fresh_database, start_sandbox
+from twilio_pipeline_bench.fixtures import fresh_database, start_sandbox
+from twilio_pipeline_bench.reporting import Context
 from twilio_pipeline_tests.celery.harness import RABBITMQ_ENV, broker_reachable, session_vhost, start_worker
 from twilio_pipeline_tests.deployment.harness import CHANNEL, running_deployment
 

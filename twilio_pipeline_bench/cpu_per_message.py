@@ -11,21 +11,17 @@ send + commit) against the same floor is printed as a second, stricter figure.
 
 from __future__ import annotations
 
-from twilio_pipeline_bench.common import (
-    Context,
-    SandboxCPU,
+from twilio_pipeline_bench.comparisons import bare_loop, pipeline_send
+from twilio_pipeline_bench.fixtures import (
     SandboxInfo,
     bare_forms,
-    bare_loop,
     channel_spec,
     create_clean_execution,
     fresh_database,
-    in_child,
-    median,
-    pipeline_send,
-    ratio,
     start_sandbox,
 )
+from twilio_pipeline_bench.measuring import SandboxCPU, in_child
+from twilio_pipeline_bench.reporting import Context, median, ratio
 
 IN_FLIGHT = 20
 MESSAGES = 5_000  # per run; the issue names no size (4 runs fit the 15-minute budget)

@@ -19,7 +19,8 @@ import dagster as dg
 import yaml
 
 from twilio_pipeline.defs.partitions import EXECUTION_TAG
-from twilio_pipeline_bench.common import Context, fresh_database, start_sandbox
+from twilio_pipeline_bench.fixtures import fresh_database, start_sandbox
+from twilio_pipeline_bench.reporting import Context
 from twilio_pipeline_tests.deployment.harness import CHANNEL, DEPLOY, running_deployment
 
 BURST, RECIPIENTS = 20, 500

@@ -14,19 +14,9 @@ import time
 from typing import Any
 
 from twilio_pipeline.logs import ListLog
-from twilio_pipeline_bench.common import (
-    BODY_TEMPLATE,
-    Context,
-    Measured,
-    channel_spec,
-    fresh_database,
-    in_child,
-    make_channel,
-    peak_rss_self_bytes,
-    ratio,
-    rss_self_bytes,
-    run_id,
-)
+from twilio_pipeline_bench.fixtures import BODY_TEMPLATE, channel_spec, fresh_database, make_channel, run_id
+from twilio_pipeline_bench.measuring import Measured, in_child, peak_rss_self_bytes, rss_self_bytes
+from twilio_pipeline_bench.reporting import Context, ratio
 
 SMALL = 100_000
 LARGE = 1_000_000

@@ -13,21 +13,17 @@ own child process (its CPU is its own); the sandbox's CPU is printed apart.
 
 from __future__ import annotations
 
-from twilio_pipeline_bench.common import (
-    Context,
-    SandboxCPU,
+from twilio_pipeline_bench.comparisons import bare_loop, pipeline_send
+from twilio_pipeline_bench.fixtures import (
     SandboxInfo,
     bare_forms,
-    bare_loop,
     channel_spec,
     create_clean_execution,
     fresh_database,
-    in_child,
-    median,
-    pipeline_send,
-    ratio,
     start_sandbox,
 )
+from twilio_pipeline_bench.measuring import SandboxCPU, in_child
+from twilio_pipeline_bench.reporting import Context, median, ratio
 
 LATENCY_MS = 100
 IN_FLIGHT = 50

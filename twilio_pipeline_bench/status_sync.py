@@ -15,25 +15,18 @@ from __future__ import annotations
 from typing import Any
 
 from twilio_pipeline.logs import ListLog
-from twilio_pipeline_bench.common import (
-    Context,
-    Measured,
-    SandboxCPU,
+from twilio_pipeline_bench.comparisons import bare_get_loop, pipeline_send
+from twilio_pipeline_bench.fixtures import (
     SandboxInfo,
-    bare_get_loop,
     channel_spec,
     create_clean_execution,
     fresh_database,
-    in_child,
     make_channel,
     make_client,
-    median,
-    pipeline_send,
-    ratio,
-    start_profiler,
     start_sandbox,
-    stop_profiler,
 )
+from twilio_pipeline_bench.measuring import Measured, SandboxCPU, in_child, start_profiler, stop_profiler
+from twilio_pipeline_bench.reporting import Context, median, ratio
 
 MESSAGES = 10_000
 IN_FLIGHT = 8

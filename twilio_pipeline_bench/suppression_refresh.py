@@ -16,23 +16,21 @@ from __future__ import annotations
 
 import math
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from twilio_pipeline.logs import ListLog
-from twilio_pipeline_bench.common import (
+from twilio_pipeline_bench.fixtures import (
     SENDER,
-    Context,
-    Measured,
     SandboxInfo,
     channel_spec,
     fresh_database,
-    in_child,
     make_channel,
     make_client,
-    ratio,
     start_sandbox,
 )
+from twilio_pipeline_bench.measuring import Measured, in_child
+from twilio_pipeline_bench.reporting import Context, ratio
 
 MESSAGES = 100_000
 NEW_NEXT_DAY = 1_000
@@ -108,7 +106,7 @@ def run(ctx: Context) -> None:
     try:
         info = SandboxInfo.of(sb)
         spec = channel_spec()
-        now = datetime.now(timezone.utc).replace(microsecond=0)
+        now = datetime.now(UTC).replace(microsecond=0)
         old = inbound_items(n, now - timedelta(days=SPAN_DAYS), timedelta(days=SPAN_DAYS) - timedelta(minutes=10), 7)
         m = Measured()
         with m.measure():

@@ -9,18 +9,16 @@ settings are the defaults users get (min 1 s, max 20 s, budget 600 s). Runs alte
 
 from __future__ import annotations
 
-from twilio_pipeline_bench.common import (
-    Context,
+from twilio_pipeline_bench.comparisons import pipeline_send
+from twilio_pipeline_bench.fixtures import (
     SandboxInfo,
     channel_spec,
     create_clean_execution,
     fresh_database,
-    in_child,
-    median,
-    pipeline_send,
-    ratio,
     start_sandbox,
 )
+from twilio_pipeline_bench.measuring import in_child
+from twilio_pipeline_bench.reporting import Context, median, ratio
 
 LATENCY_MS = 100
 ACCOUNT_LIMIT = 20
@@ -41,7 +39,7 @@ def run(ctx: Context) -> None:
         lost = duplicates = throttled_at_sandbox = 0
         with fresh_database(ctx.db_kind, ctx.workdir, "throttle") as url:
             order = (ACCOUNT_LIMIT, ASKED, ASKED, ACCOUNT_LIMIT)
-            for eid, conc in enumerate(order, start=1):
+            for eid, _ in enumerate(order, start=1):
                 create_clean_execution(url, eid, channel_spec()["name"], n, area=415)
             for eid, conc in enumerate(order, start=1):
                 before = sb.stats()

@@ -21,6 +21,7 @@ from twilio_pipeline.defs.steps import (
     twilio_failure,
 )
 from twilio_pipeline.outbound.execution import record_unsendable
+from twilio_pipeline.rules.keywords import OPT_OUT_KEYWORDS
 from twilio_pipeline.twilio import CredentialsRejected, TwilioUnavailable
 
 # The backfill policy is what keeps a backfill of past executions from flooding the account. Dagster 1.13
@@ -202,9 +203,7 @@ def aggregate_results(context: dg.AssetExecutionContext, database: DatabaseResou
         "undelivered": int(results.get("Status:undelivered", 0)),
         "failed": int(results.get("Status:failed", 0)),
         "expired": int(results.get("Expired", 0)),
-        "opt_outs": int(sum(v for k, v in results.items() if k in {f"Reply:{w}" for w in
-                                                                   ("STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL",
-                                                                    "END", "QUIT", "REVOKE", "OPTOUT")})),
+        "opt_outs": int(sum(v for k, v in results.items() if k in {f"Reply:{w}" for w in OPT_OUT_KEYWORDS})),
         "segments": int(results.get("Segments", 0)),
     }
     meta = metadata(plot)

@@ -6,15 +6,11 @@ No Dagster here: the assets in `twilio_pipeline.defs` and the CLI call these fun
 from twilio_pipeline.inbound.aggregate import aggregate_results
 from twilio_pipeline.inbound.eligibility import eligible_executions
 from twilio_pipeline.inbound.keyword_parse import KeywordSummary, parse_keywords
-from twilio_pipeline.inbound.refresh import (
-    RefreshSummary,
-    record_refusals_as_stop,
-    refresh_inbound,
-    suppressed_numbers,
-)
+from twilio_pipeline.inbound.refresh import RefreshSummary, refresh_inbound
 from twilio_pipeline.inbound.state_load import LoadSummary, load_states
 from twilio_pipeline.inbound.status_fetch import StatusFetchSummary, fetch_statuses
 from twilio_pipeline.inbound.sync import SyncSummary, sync_channel
+from twilio_pipeline.suppression import record_refusals_as_stop, suppressed_numbers
 
 __all__ = [
     "KeywordSummary",

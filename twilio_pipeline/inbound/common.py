@@ -1,4 +1,4 @@
-"""Small pieces the inbound steps share: summaries, the sender's number scope, status-rank SQL and
+"""Small pieces the inbound steps share: the sender's number scope, status-rank SQL and
 the write lock that keeps two overlapping syncs from inserting the same row twice.
 """
 
@@ -7,9 +7,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
-from datetime import datetime, timezone
-from typing import Any
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -18,31 +16,11 @@ from twilio_pipeline.channels import Channel
 from twilio_pipeline.db import Database
 from twilio_pipeline.db.database import to_naive_utc
 from twilio_pipeline.rules.states import STATUS_RANK, state_name
-from twilio_pipeline.twilio.dates import parse_twilio_date
+from twilio_pipeline.summary import Summary as Summary  # still imported from here by sync.py and state_load.py
+from twilio_pipeline.suppression import same_account
 
 # Rows buffered before a bulk insert into a staging table: bounds memory on any listing size.
 CHUNK_ROWS = 5_000
-
-
-@dataclass
-class Summary:
-    """Base of the step summaries: `as_metadata()` gives Dagster-friendly plain values."""
-
-    def as_metadata(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, datetime):
-                value = value.isoformat()
-            elif isinstance(value, (set, frozenset, tuple)):
-                value = sorted(value) if isinstance(value, (set, frozenset)) else list(value)
-            elif isinstance(value, dict):
-                value = {str(k): v for k, v in value.items()}
-            out[f.name] = value
-        return out
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def naive(dt: datetime | None) -> datetime | None:
@@ -52,7 +30,7 @@ def naive(dt: datetime | None) -> datetime | None:
 def utc_now(now: datetime | None = None) -> datetime:
     """`now` as naive UTC (the tables' representation); the wall clock when None."""
     if now is None:
-        return datetime.now(timezone.utc).replace(tzinfo=None)
+        return datetime.now(UTC).replace(tzinfo=None)
     return to_naive_utc(now)
 
 
@@ -84,12 +62,6 @@ def serialize_writers(db: Database, conn: Connection, key: str) -> None:
         db.transaction_lock(conn, full)
 
 
-def same_account(column: sa.ColumnElement, channel: Channel) -> sa.ColumnElement[bool]:
-    """Rows of the channel's account (an `Account` column: NULL is the deployment's own account)."""
-    key = channel.account_key
-    return column.is_(None) if key is None else column == key
-
-
 def sender_numbers_select(db: Database, channel: Channel) -> sa.Select:
     """The senders that receive the channel's replies: its from_number, or its service's pool (numbers and
     short codes) as last listed."""
@@ -118,25 +90,6 @@ def rank_case(column: sa.ColumnElement, *, title_case: bool = False) -> sa.Case:
 def channel_execution_ids(db: Database, channel: Channel) -> sa.Select:
     ex = db.tables.executions
     return sa.select(ex.c.ChannelExecutionID).where(ex.c.ChannelName == channel.name)
-
-
-_MONTHS = {m: i for i, m in enumerate(("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
-                                       "Nov", "Dec"), start=1)}
-
-
-def twilio_time(value) -> datetime | None:
-    """A Twilio date (RFC 2822 from the API, ISO 8601 in export files) as naive UTC.
-
-    The common `Fri, 09 Jul 2021 15:58:57 +0000` is split by hand: a listing of 100,000 messages
-    parses 100,000 of them, and the general parser would be most of its CPU time.
-    """
-    if isinstance(value, str) and len(value) == 31 and value.endswith(" +0000"):
-        try:
-            h, m, s = value[17:25].split(":")
-            return datetime(int(value[12:16]), _MONTHS[value[8:11]], int(value[5:7]), int(h), int(m), int(s))
-        except (KeyError, ValueError):
-            pass
-    return naive(parse_twilio_date(value))
 
 
 @contextmanager

@@ -28,16 +28,16 @@ from twilio_pipeline.db import Database
 from twilio_pipeline.db.schema import PHONE, SID
 from twilio_pipeline.inbound.common import (
     CHUNK_ROWS,
-    Summary,
     inbound_scope,
     serialize_writers,
     staging,
     utc_now,
 )
-from twilio_pipeline.inbound.refresh import merge_suppression_from
 from twilio_pipeline.logs import Log
 from twilio_pipeline.rules.keywords import keyword_class, normalise_keyword
 from twilio_pipeline.rules.states import REPLIED
+from twilio_pipeline.summary import Summary
+from twilio_pipeline.suppression import merge_suppression_from
 
 
 def _reply_columns() -> list[sa.Column]:

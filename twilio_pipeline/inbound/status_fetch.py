@@ -24,19 +24,17 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from twilio_pipeline.channels import Channel
+from twilio_pipeline.dates import twilio_time
 from twilio_pipeline.db import Database
 from twilio_pipeline.db.schema import PHONE, SID
 from twilio_pipeline.inbound.bulk_export import ExportUnavailable, iter_exported_messages, plan_days
 from twilio_pipeline.inbound.common import (
     CHUNK_ROWS,
-    Summary,
     rank_case,
     serialize_writers,
     staging,
-    twilio_time,
     utc_now,
 )
-from twilio_pipeline.inbound.refresh import SUPPRESSION_MATCH
 from twilio_pipeline.logs import Log
 from twilio_pipeline.rules.states import (
     EXPIRED,
@@ -47,11 +45,12 @@ from twilio_pipeline.rules.states import (
     later_status,
     state_name,
 )
+from twilio_pipeline.summary import Summary
+from twilio_pipeline.suppression import ACCOUNT, OPTED_OUT_CODE, SUPPRESSION_MATCH
 from twilio_pipeline.twilio import TwilioApiError, TwilioClient
 
 # Twilio's clock and ours differ a little, and DateSent is set when a message leaves the queue.
 WINDOW_MARGIN = timedelta(minutes=15)
-OPTED_OUT_CODE = "21610"
 MAX_GET_WORKERS = 16
 
 
@@ -414,10 +413,10 @@ def _record(db: Database, conn: Connection, channel: Channel, tracked: sa.Table,
             sa.literal(channel.messaging_service_sid, SID).label("MessagingServiceID"),
             sa.func.coalesce(o.c.FromNumber, sa.literal(channel.from_number, PHONE)).label("TwilioNumber"),
             sa.literal("STOP", sa.Unicode(20)).label("Activity"),
-            sa.literal(channel.account_key, sa.Unicode(64)).label("Account"),
+            sa.literal(channel.account_key, ACCOUNT).label("Account"),
         )
         .select_from(joined)
-        .where(o.c.Status == "failed", o.c.ErrorCode == OPTED_OUT_CODE,
+        .where(o.c.Status == "failed", o.c.ErrorCode == str(OPTED_OUT_CODE),  # ErrorCode is text there
                sa.func.coalesce(t.c.ToNumber, o.c.ToNumber).is_not(None))
         .distinct()
     )

@@ -30,7 +30,8 @@ from dataclasses import dataclass
 
 from twilio_pipeline.channels import Channel
 from twilio_pipeline.outbound.execution import execution_channel_sender
-from twilio_pipeline.outbound.ledger import Claims, Item, OutcomeWriter
+from twilio_pipeline.outbound.ledger import Claims, Item
+from twilio_pipeline.outbound.outcomes import OutcomeWriter
 from twilio_pipeline.twilio import SENDER_ERROR_CODES, SenderRejected, TwilioApiError, is_sender_error
 
 PROGRESS_EVERY_S = 0.5

@@ -46,9 +46,7 @@ from twilio_pipeline.outbound.ledger import (
     PLANNED,
     SUPPRESSED,
     ledger_counts,
-    suppressed_select,
 )
-from twilio_pipeline.outbound.summary import StepSummary
 from twilio_pipeline.rules.phones import PhoneResult, normalise_number
 from twilio_pipeline.rules.render import (
     Rendered,
@@ -59,6 +57,8 @@ from twilio_pipeline.rules.render import (
     text_problem,
 )
 from twilio_pipeline.rules.segments import count_segments
+from twilio_pipeline.summary import Summary
+from twilio_pipeline.suppression import suppressed_numbers
 
 CHUNK_ROWS = 20_000
 _ADDRESS_MAX = 200
@@ -82,7 +82,7 @@ def _parse_number(raw: str | None, region: str | None) -> PhoneResult:
 
 
 @dataclass
-class PlanSummary(StepSummary):
+class PlanSummary(Summary):
     execution_id: int
     channel: str
     count_before_dedup: int = 0
@@ -221,7 +221,7 @@ class _Contacts:
             attributes = (frame["Attributes"].astype(object).tolist() if "Attributes" in frame
                           else [None] * len(ids))
             pending = pending + [(rid, None if _missing(raw) else str(raw), attrs)
-                                 for rid, raw, attrs in zip(ids, addresses, attributes)]
+                                 for rid, raw, attrs in zip(ids, addresses, attributes, strict=True)]
         if frame is not None and pending:
             last = pending[-1][0]
             cut = len(pending)
@@ -348,7 +348,7 @@ def _merge_into_ledger(db: Database, channel: Channel, execution_id: int, stg: s
         other.c.IsSeed == sa.false()).exists()
     duplicate = sa.and_(s.c.IsSeed == sa.false(), s.c.ToNumber.is_not(None),
                         sa.or_(first_id < s.c.RPContactID, in_ledger))
-    suppressed = s.c.ToNumber.in_(suppressed_select(db, channel))
+    suppressed = s.c.ToNumber.in_(suppressed_numbers(db, channel))
     outcome = sa.case(
         (s.c.ToNumber.is_(None), sa.literal(INVALID)),
         (duplicate, sa.literal(DUPLICATE)),
@@ -385,7 +385,7 @@ def _suppress_planned(db: Database, channel: Channel, execution_id: int) -> int:
         res = conn.execute(
             led.update()
             .where(led.c.ChannelExecutionID == execution_id, led.c.Outcome == PLANNED,
-                   led.c.ToNumber.in_(suppressed_select(db, channel)))
+                   led.c.ToNumber.in_(suppressed_numbers(db, channel)))
             .values(Outcome=SUPPRESSED, Reason="opted out of this sender after the plan was made", UpdatedAt=utcnow())
         )
     return max(res.rowcount or 0, 0)

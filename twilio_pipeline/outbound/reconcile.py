@@ -37,7 +37,8 @@ from twilio_pipeline.channels import Channel
 from twilio_pipeline.db import Database, utcnow
 from twilio_pipeline.db.database import to_naive_utc
 from twilio_pipeline.outbound.dispatch import Dispatcher
-from twilio_pipeline.outbound.ledger import AMBIGUOUS, Claims, Item, OutcomeWriter
+from twilio_pipeline.outbound.ledger import AMBIGUOUS, Claims, Item
+from twilio_pipeline.outbound.outcomes import OutcomeWriter
 from twilio_pipeline.twilio import CredentialsRejected, TwilioApiError, parse_twilio_date
 
 PAGE_ROWS = 1000
@@ -167,7 +168,7 @@ class Reconciler:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reconcile") as pool:
             found = list(pool.map(lambda d: self._find(d, known), page))
         missing: list[Item] = []
-        for doubt, (outcome, message, extra) in zip(page, found):
+        for doubt, (outcome, message, extra) in zip(page, found, strict=True):
             self.stats.checked += 1
             if outcome == "found":
                 if message["sid"] in known:  # adopted by another row of this page: look again next round

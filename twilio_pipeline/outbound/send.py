@@ -25,19 +25,19 @@ from twilio_pipeline.outbound.ledger import (
     INFLIGHT,
     PLANNED,
     Claims,
-    OutcomeWriter,
     ledger_counts,
 )
+from twilio_pipeline.outbound.outcomes import OutcomeWriter
 from twilio_pipeline.outbound.reconcile import DEFAULT_ROUNDS, Reconciler
-from twilio_pipeline.outbound.summary import StepSummary
 from twilio_pipeline.rules.phones import SEGMENTS_PER_SECOND, TWILIO_QUEUE_HOURS, drain_capacity, sender_kind
+from twilio_pipeline.summary import Summary
 from twilio_pipeline.twilio import CredentialsRejected, SenderRejected, TwilioApiError
 
 CLAIM_BATCH = 500
 
 
 @dataclass
-class SendSummary(StepSummary):
+class SendSummary(Summary):
     execution_id: int
     channel: str
     to_send: int = 0

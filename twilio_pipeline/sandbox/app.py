@@ -14,19 +14,16 @@ import base64
 import hashlib
 import hmac
 import json
-import math
 import os
 import random
 import re
 import sys
 import time
 from collections.abc import Callable
-from urllib.parse import quote, urlencode
 
 from twilio_pipeline.sandbox.config import SandboxConfig
 from twilio_pipeline.sandbox.errors import (
     ApiError,
-    bad_request,
     method_not_allowed,
     not_found,
     server_error,
@@ -34,11 +31,15 @@ from twilio_pipeline.sandbox.errors import (
     unauthorized,
 )
 from twilio_pipeline.sandbox.http import Connection, Request, Response
-from twilio_pipeline.sandbox.model import MESSAGE_SID, Model, _phone
+from twilio_pipeline.sandbox.model import Model
+from twilio_pipeline.sandbox.paging import host_url
+from twilio_pipeline.sandbox.routes.admin import AdminRoutes
+from twilio_pipeline.sandbox.routes.api_2010 import Api2010Routes
+from twilio_pipeline.sandbox.routes.exports_v1 import ExportRoutes
+from twilio_pipeline.sandbox.routes.messaging_v1 import MessagingRoutes
 from twilio_pipeline.sandbox.store import Store
-from twilio_pipeline.sandbox.timefmt import iso8601, iso8601_ms, iso_day, parse_date_filter, rfc2822
+from twilio_pipeline.sandbox.timefmt import iso8601
 
-FIXED_CREATED = 1704067200.0  # 2024-01-01: creation date shown for the built-in numbers and service
 _API, _ADMIN, _DOWNLOAD = "api", "admin", "download"
 
 
@@ -49,24 +50,10 @@ def _dumps(obj) -> bytes:
     return _ENCODER.encode(obj).encode("utf-8")
 
 
-def _number_sid(prefix: str, number: str) -> str:
-    return prefix + hashlib.md5(number.encode()).hexdigest()
+class SandboxApp(Api2010Routes, MessagingRoutes, ExportRoutes, AdminRoutes):
+    """The request pipeline (route, auth, concurrency limit, faults, latency, stats); the handlers are
+    the mixins of `sandbox/routes/`, one per API."""
 
-
-def _int_param(params: dict, name: str, default: int, low: int, high: int) -> int:
-    raw = params.get(name)
-    if not raw or raw[0] == "":
-        return default
-    try:
-        value = int(raw[0])
-    except ValueError:
-        raise bad_request(20001, f"{name} must be an integer") from None
-    if not low <= value <= high:
-        raise bad_request(20001, f"{name} must be between {low} and {high}")
-    return value
-
-
-class SandboxApp:
     def __init__(self, config: SandboxConfig, store: Store | None = None):
         self.config = config
         self.store = store
@@ -361,447 +348,7 @@ class SandboxApp:
         identity = self._identity(request)
         return None if identity == self.config.account_sid else identity
 
-    @staticmethod
-    def _host_url(request: Request) -> str:
-        return "http://" + request.headers.get("host", "127.0.0.1")
+    _host_url = staticmethod(host_url)
 
     def _json(self, status: int, obj, headers: dict | None = None) -> Response:
         return Response(status, _dumps(obj), headers=headers)
-
-    # -- API 2010-04-01 ------------------------------------------------------------------------
-    def create_message(self, request: Request, account_sid: str) -> Response:
-        acct = self._check_account(request, account_sid)
-        m = self.model.create_message(request.form(), acct)
-        return self._json(201, self.model.message_json(m, m.created, initial=True))
-
-    def fetch_message(self, request: Request, account_sid: str, sid: str) -> Response:
-        acct = self._check_account(request, account_sid)
-        m = self.model.messages.get(sid) if MESSAGE_SID.match(sid) else None
-        if m is None or m.acct != acct:
-            raise not_found(request.path)
-        return self._json(200, self.model.message_json(m, self.model.now()))
-
-    def list_messages(self, request: Request, account_sid: str) -> Response:
-        acct = self._check_account(request, account_sid)
-        params = request.params
-        to = _phone(params["To"][0]) if params.get("To") else None
-        frm = _phone(params["From"][0]) if params.get("From") else None
-        lo, hi, filtered = -math.inf, math.inf, False
-        filters: list[tuple[str, str]] = []
-        for name in ("DateSent", "DateSent<", "DateSent>"):
-            for raw in params.get(name, []):
-                value, op = raw, name[8:]
-                if name == "DateSent" and raw[:1] in "<>":
-                    op, value = raw[:1], raw[1:].lstrip("=")
-                try:
-                    start, end, _ = parse_date_filter(value)
-                except ValueError:
-                    raise bad_request(20001, f"Invalid {name} value: {raw}") from None
-                filtered = True
-                if op == "<":
-                    hi = min(hi, end)
-                elif op == ">":
-                    lo = max(lo, start)
-                else:
-                    lo, hi = max(lo, start), min(hi, end)
-                filters.append((name, raw))
-        page_size = _int_param(params, "PageSize", 50, 1, 1000)
-        page = _int_param(params, "Page", 0, 0, 10**9)
-        token = params["PageToken"][0] if params.get("PageToken") else None
-        now = self.model.now()
-        items, more_after, more_before = self.model.list_messages(
-            to, frm, lo, hi, filtered, page_size, token, now, acct)
-        base = [("To", to)] if to else []
-        if frm:
-            base.append(("From", frm))
-        base.extend(filters)
-        path = f"/2010-04-01/Accounts/{account_sid}/Messages.json"
-        body = self._page_2010(path, base, page_size, page, token, "messages",
-                               [self.model.message_json(m, now) for m in items],
-                               f"PA{items[-1].sid}" if items and more_after else None,
-                               f"PB{items[0].sid}" if items and page > 0 and more_before else None)
-        return self._json(200, body)
-
-    @staticmethod
-    def _page_2010(path, base, page_size, page, token, key, items, next_token, prev_token) -> dict:
-        def uri(page_no: int, page_token: str | None) -> str:
-            query = base + [("PageSize", str(page_size)), ("Page", str(page_no))]
-            if page_token:
-                query.append(("PageToken", page_token))
-            return path + "?" + urlencode(query, quote_via=quote, safe="")
-
-        start = page * page_size
-        return {
-            "end": start + len(items) - 1 if items else start,
-            "first_page_uri": uri(0, None),
-            key: items,
-            "next_page_uri": uri(page + 1, next_token) if next_token else None,
-            "page": page,
-            "page_size": page_size,
-            "previous_page_uri": uri(page - 1, prev_token) if prev_token else None,
-            "start": start,
-            "uri": uri(page, token),
-        }
-
-    def _offset_page(self, params: dict, max_size: int, default: int = 50) -> tuple[int, int, int]:
-        """(page_size, page, offset) for the small lists paged by position (PageToken `PT<offset>`)."""
-        page_size = _int_param(params, "PageSize", default, 1, max_size)
-        page = _int_param(params, "Page", 0, 0, 10**9)
-        token = params["PageToken"][0] if params.get("PageToken") else ""
-        offset = page * page_size
-        if token.startswith("PT") and token[2:].isdigit():
-            offset = int(token[2:])
-        return page_size, page, offset
-
-    def list_numbers(self, request: Request, account_sid: str) -> Response:
-        self._check_account(request, account_sid)
-        params = request.params
-        wanted = (params.get("PhoneNumber") or [""])[0].replace("*", "").strip()
-        wanted = _phone(wanted) if wanted.startswith(" ") else wanted
-        friendly = (params.get("FriendlyName") or [""])[0]
-        numbers = [self._incoming_number(n, account_sid) for n in self.model.owned_numbers]
-        numbers = [n for n in numbers if wanted in n["phone_number"]
-                   and (not friendly or n["friendly_name"] == friendly)]
-        page_size, page, offset = self._offset_page(params, 1000)
-        chunk = numbers[offset:offset + page_size]
-        base = [(k, params[k][0]) for k in ("PhoneNumber", "FriendlyName") if params.get(k)]
-        body = self._page_2010(f"/2010-04-01/Accounts/{account_sid}/IncomingPhoneNumbers.json", base,
-                               page_size, page, params.get("PageToken", [None])[0],
-                               "incoming_phone_numbers", chunk,
-                               f"PT{offset + page_size}" if offset + page_size < len(numbers) else None,
-                               f"PT{max(offset - page_size, 0)}" if offset > 0 else None)
-        return self._json(200, body)
-
-    def provision_number(self, request: Request, account_sid: str) -> Response:
-        """Buy a number (PhoneNumber=+1...): from then on it sends, as on Twilio."""
-        self._check_account(request, account_sid)
-        number = self.model.provision_number((request.form().get("PhoneNumber") or [None])[0])
-        return self._json(201, self._incoming_number(number, account_sid))
-
-    def release_number(self, request: Request, account_sid: str, sid: str) -> Response:
-        """Release a number (DELETE IncomingPhoneNumbers/{PNsid}.json): 204, and it no longer sends."""
-        self._check_account(request, account_sid)
-        number = next((n for n in self.model.owned_numbers if _number_sid("PN", n) == sid), None)
-        if number is None or not self.model.release_number(number):
-            raise not_found(request.path)
-        return Response(204, b"")
-
-    def list_short_codes(self, request: Request, account_sid: str) -> Response:
-        """The account's short codes (those of the built-in service's pool)."""
-        self._check_account(request, account_sid)
-        params = request.params
-        wanted = (params.get("ShortCode") or [""])[0].strip()
-        created = rfc2822(FIXED_CREATED)
-        codes = [c for c in self.model.short_codes if wanted in c]
-        page_size, page, offset = self._offset_page(params, 1000)
-        base_path = f"/2010-04-01/Accounts/{account_sid}/SMS/ShortCodes"
-        chunk = [{
-            "account_sid": account_sid, "api_version": "2010-04-01", "date_created": created,
-            "date_updated": created, "friendly_name": code, "short_code": code,
-            "sid": _number_sid("SC", code), "sms_fallback_method": "POST", "sms_fallback_url": None,
-            "sms_method": "POST", "sms_url": None, "uri": f"{base_path}/{_number_sid('SC', code)}.json",
-        } for code in codes[offset:offset + page_size]]
-        base = [("ShortCode", wanted)] if wanted else []
-        body = self._page_2010(base_path + ".json", base, page_size, page, params.get("PageToken", [None])[0],
-                               "short_codes", chunk,
-                               f"PT{offset + page_size}" if offset + page_size < len(codes) else None,
-                               f"PT{max(offset - page_size, 0)}" if offset > 0 else None)
-        return self._json(200, body)
-
-    def _incoming_number(self, number: str, acct: str) -> dict:
-        sid = _number_sid("PN", number)
-        digits = number[2:] if number.startswith("+1") and len(number) == 12 else None
-        friendly = f"({digits[:3]}) {digits[3:6]}-{digits[6:]}" if digits else number
-        created = rfc2822(FIXED_CREATED)
-        return {
-            "account_sid": acct, "address_requirements": "none", "address_sid": None,
-            "api_version": "2010-04-01", "beta": False,
-            "capabilities": {"voice": False, "sms": True, "mms": True, "fax": False},
-            "date_created": created, "date_updated": created, "emergency_status": "Inactive",
-            "emergency_address_sid": None, "emergency_address_status": "unregistered",
-            "friendly_name": friendly, "identity_sid": None, "origin": "twilio",
-            "phone_number": number, "sid": sid, "sms_application_sid": None,
-            "sms_fallback_method": "POST", "sms_fallback_url": None, "sms_method": "POST",
-            "sms_url": None, "status_callback": None, "status_callback_method": "POST",
-            "trunk_sid": None, "uri": f"/2010-04-01/Accounts/{acct}/IncomingPhoneNumbers/{sid}.json",
-            "voice_receive_mode": "voice", "voice_application_sid": None, "voice_caller_id_lookup": False,
-            "voice_fallback_method": "POST", "voice_fallback_url": None, "voice_method": "POST",
-            "voice_url": None, "bundle_sid": None, "status": "in-use", "type": "local",
-        }
-
-    def fetch_account(self, request: Request, account_sid: str) -> Response:
-        self._check_account(request, account_sid)
-        created = rfc2822(FIXED_CREATED)
-        base = f"/2010-04-01/Accounts/{account_sid}"
-        # auth_token stays null: the sandbox never echoes a credential, even the caller's own
-        return self._json(200, {
-            "auth_token": None,
-            "date_created": created, "date_updated": created, "friendly_name": "Sandbox account",
-            "owner_account_sid": account_sid, "sid": account_sid, "status": "active", "type": "Full",
-            "uri": base + ".json",
-            "subresource_uris": {"messages": base + "/Messages.json",
-                                 "incoming_phone_numbers": base + "/IncomingPhoneNumbers.json"},
-        })
-
-    # -- Messaging v1 --------------------------------------------------------------------------
-    def _service_json(self, host: str) -> dict:
-        sid = self.model.service_sid
-        url = f"{host}/v1/Services/{sid}"
-        created = iso8601(FIXED_CREATED)
-        return {
-            "account_sid": self.config.account_sid, "sid": sid, "date_created": created,
-            "date_updated": created, "friendly_name": "Sandbox Messaging Service",
-            "inbound_request_url": None, "inbound_method": "POST", "fallback_url": None,
-            "fallback_method": "POST", "status_callback": None, "sticky_sender": True,
-            "mms_converter": True, "smart_encoding": False, "fallback_to_long_code": False,
-            "area_code_geomatch": True, "validity_period": 36000, "scan_message_content": "inherit",
-            "synchronous_validation": True, "usecase": "marketing", "us_app_to_person_registered": False,
-            "use_inbound_webhook_on_number": False,
-            "links": {"phone_numbers": url + "/PhoneNumbers", "short_codes": url + "/ShortCodes",
-                      "alpha_senders": url + "/AlphaSenders", "messages": url + "/Messages",
-                      "us_app_to_person": url + "/Compliance/Usa2p",
-                      "us_app_to_person_usecases": url + "/Compliance/Usa2p/Usecases",
-                      "channel_senders": url + "/ChannelSenders",
-                      "destination_alpha_senders": url + "/DestinationAlphaSenders"},
-            "url": url,
-        }
-
-    def _service_number_json(self, host: str, number: str) -> dict:
-        sid = _number_sid("PN", number)
-        service = self.model.service_sid
-        created = iso8601(FIXED_CREATED)
-        return {
-            "account_sid": self.config.account_sid, "service_sid": service, "sid": sid,
-            "date_created": created, "date_updated": created, "phone_number": number,
-            "country_code": "US" if number.startswith("+1") else None, "capabilities": ["SMS", "MMS"],
-            "url": f"{host}/v1/Services/{service}/PhoneNumbers/{sid}",
-        }
-
-    def _v1_page(self, request: Request, path: str, key: str, items: list, max_size: int) -> dict:
-        params = request.params
-        page_size, page, offset = self._offset_page(params, max_size)
-        host = self._host_url(request)
-        chunk = items[offset:offset + page_size]
-
-        def url(page_no: int, page_token: str | None) -> str:
-            query = [("PageSize", str(page_size)), ("Page", str(page_no))]
-            if page_token:
-                query.append(("PageToken", page_token))
-            return f"{host}{path}?" + urlencode(query, quote_via=quote, safe="")
-
-        token = params.get("PageToken", [None])[0]
-        return {
-            key: chunk,
-            "meta": {
-                "page": page, "page_size": page_size, "first_page_url": url(0, None),
-                "previous_page_url": url(page - 1, f"PT{max(offset - page_size, 0)}") if offset > 0 else None,
-                "url": url(page, token),
-                "next_page_url": url(page + 1, f"PT{offset + page_size}") if offset + page_size < len(items) else None,
-                "key": key,
-            },
-        }
-
-    def _check_service(self, request: Request, sid: str) -> None:
-        if sid != self.model.service_sid:
-            raise not_found(request.path)
-
-    def list_services(self, request: Request) -> Response:
-        return self._json(200, self._v1_page(request, "/v1/Services", "services",
-                                             [self._service_json(self._host_url(request))], 1000))
-
-    def fetch_service(self, request: Request, sid: str) -> Response:
-        self._check_service(request, sid)
-        return self._json(200, self._service_json(self._host_url(request)))
-
-    def list_service_numbers(self, request: Request, sid: str) -> Response:
-        self._check_service(request, sid)
-        host = self._host_url(request)
-        items = [self._service_number_json(host, n) for n in self.model.pool]
-        return self._json(200, self._v1_page(request, f"/v1/Services/{sid}/PhoneNumbers", "phone_numbers", items, 1000))
-
-    def fetch_service_number(self, request: Request, sid: str, number_sid: str) -> Response:
-        self._check_service(request, sid)
-        host = self._host_url(request)
-        for number in self.model.pool:
-            if number_sid in (_number_sid("PN", number), number):
-                return self._json(200, self._service_number_json(host, number))
-        raise not_found(request.path)
-
-    def _service_sender_json(self, host: str, kind: str, value: str) -> dict:
-        """A ShortCodes or AlphaSenders item, shaped as the Messaging v1 spec has it."""
-        service = self.model.service_sid
-        created = iso8601(FIXED_CREATED)
-        if kind == "short_codes":
-            sid = _number_sid("SC", value)
-            item = {"short_code": value, "country_code": "US", "capabilities": ["SMS", "MMS"]}
-            path = "ShortCodes"
-        else:
-            sid = _number_sid("AI", value)
-            item = {"alpha_sender": value, "capabilities": ["SMS"]}
-            path = "AlphaSenders"
-        return {"account_sid": self.config.account_sid, "service_sid": service, "sid": sid,
-                "date_created": created, "date_updated": created, **item,
-                "url": f"{host}/v1/Services/{service}/{path}/{sid}"}
-
-    def _list_service_senders(self, request: Request, sid: str, kind: str, values: tuple[str, ...],
-                              path: str) -> Response:
-        self._check_service(request, sid)
-        host = self._host_url(request)
-        items = [self._service_sender_json(host, kind, v) for v in values]
-        return self._json(200, self._v1_page(request, f"/v1/Services/{sid}/{path}", kind, items, 1000))
-
-    def _fetch_service_sender(self, request: Request, sid: str, item_sid: str, kind: str,
-                              values: tuple[str, ...], prefix: str) -> Response:
-        self._check_service(request, sid)
-        for value in values:
-            if item_sid in (_number_sid(prefix, value), value):
-                return self._json(200, self._service_sender_json(self._host_url(request), kind, value))
-        raise not_found(request.path)
-
-    def list_service_short_codes(self, request: Request, sid: str) -> Response:
-        return self._list_service_senders(request, sid, "short_codes", self.model.short_codes, "ShortCodes")
-
-    def fetch_service_short_code(self, request: Request, sid: str, item_sid: str) -> Response:
-        return self._fetch_service_sender(request, sid, item_sid, "short_codes", self.model.short_codes, "SC")
-
-    def list_service_alpha_senders(self, request: Request, sid: str) -> Response:
-        return self._list_service_senders(request, sid, "alpha_senders", self.model.alpha_senders, "AlphaSenders")
-
-    def fetch_service_alpha_sender(self, request: Request, sid: str, item_sid: str) -> Response:
-        return self._fetch_service_sender(request, sid, item_sid, "alpha_senders", self.model.alpha_senders, "AI")
-
-    # -- Bulk Exports v1 -----------------------------------------------------------------------
-    @staticmethod
-    def _check_resource(request: Request, resource_type: str) -> None:
-        if resource_type != "Messages":
-            raise not_found(request.path)
-
-    def _job_json(self, job, host: str, with_url: bool) -> dict:
-        now = self.model.now()
-        done = now >= job.t_done
-        body = {
-            "resource_type": "Messages", "friendly_name": job.friendly_name,
-            "details": self.model.job_details(job, now), "start_day": job.start_day,
-            "end_day": job.end_day, "job_sid": job.sid, "webhook_url": job.webhook_url,
-            "webhook_method": job.webhook_method, "email": job.email,
-            "job_queue_position": "0" if done else "1",
-            "estimated_completion_time": iso8601_ms(job.t_done),
-        }
-        if with_url:
-            body["url"] = f"{host}/v1/Exports/Jobs/{job.sid}"
-        return body
-
-    def fetch_export(self, request: Request, resource_type: str) -> Response:
-        self._check_resource(request, resource_type)
-        host = self._host_url(request)
-        return self._json(200, {
-            "resource_type": "Messages", "url": f"{host}/v1/Exports/Messages",
-            "links": {"days": f"{host}/v1/Exports/Messages/Days",
-                      "export_custom_jobs": f"{host}/v1/Exports/Messages/Jobs",
-                      "jobs": f"{host}/v1/Exports/Jobs"},
-        })
-
-    def create_job(self, request: Request, resource_type: str) -> Response:
-        self._check_resource(request, resource_type)
-        job = self.model.create_export_job(request.form())
-        return self._json(201, self._job_json(job, self._host_url(request), False))
-
-    def list_jobs(self, request: Request, resource_type: str) -> Response:
-        self._check_resource(request, resource_type)
-        host = self._host_url(request)
-        jobs = sorted(self.model.jobs.values(), key=lambda j: (-j.created, j.sid))
-        items = [self._job_json(j, host, False) for j in jobs]
-        return self._json(200, self._v1_page(request, "/v1/Exports/Messages/Jobs", "jobs", items, 1000))
-
-    def fetch_job(self, request: Request, sid: str) -> Response:
-        job = self.model.jobs.get(sid)
-        if job is None:
-            raise not_found(request.path)
-        return self._json(200, self._job_json(job, self._host_url(request), True))
-
-    def delete_job(self, request: Request, sid: str) -> Response:
-        if not self.model.delete_export_job(sid):
-            raise not_found(request.path)
-        return Response(204, b"")
-
-    def list_days(self, request: Request, resource_type: str) -> Response:
-        self._check_resource(request, resource_type)
-        self.model.complete_jobs(self.model.now())
-        files = sorted(self.model.day_files.values(), key=lambda f: f["day"], reverse=True)
-        items = [{"day": f["day"], "size": len(f["bytes"]), "create_date": f["create_date"],
-                  "friendly_name": f["friendly_name"], "resource_type": "Messages"} for f in files]
-        return self._json(200, self._v1_page(request, "/v1/Exports/Messages/Days", "days", items, 400))
-
-    def _download_token(self, day: str) -> str:
-        return hmac.new(self._download_key, day.encode(), hashlib.sha256).hexdigest()[:32]
-
-    def fetch_day(self, request: Request, resource_type: str, day: str) -> Response:
-        self._check_resource(request, resource_type)
-        self.model.complete_jobs(self.model.now())
-        if day not in self.model.day_files:
-            raise not_found(request.path)
-        link = (f"{self._host_url(request)}/_sandbox/exports/Messages/{day}.json.gz"
-                f"?Signature={self._download_token(day)}")
-        return self._json(307, {"redirect_to": link}, headers={"Location": link})
-
-    def download_day(self, request: Request, resource_type: str, day: str) -> Response:
-        signature = (request.params.get("Signature") or [""])[0]
-        if not hmac.compare_digest(signature, self._download_token(day)):
-            return self._json(403, {"code": 20003, "message": "Invalid or missing download signature",
-                                    "more_info": "https://www.twilio.com/docs/errors/20003", "status": 403})
-        day_file = self.model.day_files.get(day) if resource_type == "Messages" else None
-        if day_file is None:
-            raise not_found(request.path)
-        return Response(200, day_file["bytes"], content_type="application/gzip")
-
-    # -- admin -------------------------------------------------------------------------------
-    def admin_inbound(self, request: Request) -> Response:
-        body = request.body.lstrip()
-        if request.headers.get("content-type", "").startswith("application/json") or body[:1] in (b"[", b"{"):
-            try:
-                data = json.loads(body or b"null")
-            except json.JSONDecodeError as exc:
-                raise bad_request(20001, f"invalid JSON body: {exc}") from None
-            items = data if isinstance(data, list) else [data]
-            msgs = self.model.inject_inbound(items, self._account_of(request))
-            if isinstance(data, list):
-                return self._json(201, {"created": len(msgs), "sids": [m.sid for m in msgs]})
-        else:
-            form = request.form()
-            item = {k: v[0] for k, v in form.items() if v}
-            msgs = self.model.inject_inbound([item], self._account_of(request))
-        return self._json(201, self.model.message_json(msgs[0], self.model.now()))
-
-    def admin_clock(self, request: Request) -> Response:
-        if request.method == "POST":
-            form = request.form()
-            raw = (form.get("advance_s") or [""])[0]
-            try:
-                seconds = float(raw)
-            except ValueError:
-                raise bad_request(20001, "advance_s must be a number of seconds") from None
-            self.model.advance_clock(seconds)
-        now = self.model.now()
-        return self._json(200, {"now": iso8601(now), "now_epoch": now, "offset_s": self.model.clock_offset,
-                                "today": iso_day(now)})
-
-    def admin_stats(self, request: Request) -> Response:
-        return self._json(200, self.stats())
-
-    def admin_reset(self, request: Request) -> Response:
-        self.model.reset()
-        self.reset_stats()
-        return self._json(200, {"reset": True})
-
-    def admin_messages(self, request: Request) -> Response:
-        now = self.model.now()
-        params = request.params
-        to = _phone(params["To"][0]) if params.get("To") else None
-        direction = params["direction"][0] if params.get("direction") else None
-        model = self.model
-        out = []
-        for _, sid in model.idx_all:
-            m = model.messages[sid]
-            if (to is None or m.to == to) and (direction is None or m.direction == direction):
-                out.append(model.dump_json(m, now))
-        return self._json(200, out)

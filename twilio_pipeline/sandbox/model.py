@@ -1,4 +1,7 @@
-"""The sandbox's account: messages, their lifecycle, opt-outs, replies and Bulk Export jobs.
+"""The sandbox's account: its numbers, messages and their lifecycle, opt-outs, replies and listing.
+
+Beside it: what a create request may be (`create_request.py`), one message and how it is shown
+(`message.py`), the Bulk Export jobs (`exports.py`).
 
 Everything here runs on the server's event-loop thread, so there are no locks. Work per request
 stays small: a message's whole lifecycle (its status steps, its outcome, its reply) is planned
@@ -9,71 +12,24 @@ sorted indexes by `date_sent`, so a page costs its own size, not the account's.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import heapq
-import json
 import math
-import os
-import random
-import re
 import time
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Callable, Iterable
 from functools import lru_cache
 
 from twilio_pipeline.sandbox.config import SandboxConfig
-from twilio_pipeline.sandbox.errors import (
-    DELIVERY_ERRORS,
-    FAILED_CODES,
-    UNDELIVERED_CODES,
-    VALIDITY_EXPIRED_CODE,
-    bad_request,
-)
-from twilio_pipeline.sandbox.rules import (
-    is_e164,
-    is_short_code,
-    keyword_action,
-    segment_count,
-    smart_encoded,
-)
-from twilio_pipeline.sandbox.timefmt import DAY_S, day_start, iso8601, iso_day, parse_instant, rfc2822
-
-SERVICE_SID = re.compile(r"^MG[0-9a-fA-F]{32}$")
-MESSAGE_SID = re.compile(r"^(SM|MM)[0-9a-fA-F]{32}$")
-_URL = re.compile(r"^https?://([A-Za-z0-9.-]+)(:\d{1,5})?(/\S*)?$")
-
-# Twilio's test "magic" numbers keep their documented errors on the live-account simulation.
-MAGIC_TO = {
-    "+15005550001": (21211, "The 'To' number {to} is not a valid phone number."),
-    "+15005550002": (21612, "The 'To' phone number: {to}, is not currently reachable using the 'From' phone number via SMS."),
-    "+15005550003": (21408, "Permission to send an SMS has not been enabled for the region indicated by the 'To' number: {to}."),
-    "+15005550004": (21610, "Attempt to send to unsubscribed recipient"),
-    "+15005550009": (21614, "'To' number is not a valid mobile number"),
-}
-MAGIC_FROM = {
-    "+15005550001": (21212, "The 'From' number {frm} is not a valid phone number, shortcode, or alphanumeric sender ID."),
-    "+15005550007": (21606, "The 'From' phone number provided ({frm}) is not a valid message-capable Twilio phone number for this destination."),
-    "+15005550008": (21611, "This 'From' number has exceeded the maximum number of queued messages."),
-}
+from twilio_pipeline.sandbox.create_request import read_create_request
+from twilio_pipeline.sandbox.errors import FAILED_CODES, UNDELIVERED_CODES, VALIDITY_EXPIRED_CODE, bad_request
+from twilio_pipeline.sandbox.exports import Exports
+from twilio_pipeline.sandbox.message import Msg, phone_param
+from twilio_pipeline.sandbox.rules import is_e164, keyword_action, segment_count
+from twilio_pipeline.sandbox.sids import new_sid
+from twilio_pipeline.sandbox.timefmt import parse_instant
 
 FREE_TEXT_REPLIES = ("thanks!", "Who is this?", "ok, see you there", "Sounds good")
-PRICE_PER_SEGMENT = 0.0079  # USD, a US long-code SMS
-MAX_BODY = 1600
-VALIDITY_MAX_S = 36000
-SCHEDULE_MIN_S = 300
-SCHEDULE_MAX_S = 35 * DAY_S
-EXPORT_MAX_DAYS = 366
-_HIDDEN_SENDER = ("accepted", "scheduled")
-
-
-def _phone(value: str | None) -> str | None:
-    """A phone parameter as sent: an unencoded '+' in a form arrives as a space."""
-    if value is None:
-        return None
-    if value[:1] == " ":
-        return "+" + value[1:].strip()
-    return value.strip()
 
 
 @lru_cache(maxsize=65536)
@@ -104,110 +60,6 @@ def _segments(body: str) -> int:
     return _short_segments(body) if len(body) <= 160 else segment_count(body)
 
 
-_sid_random = random.Random(os.urandom(32))  # unique, not secret: seeded apart from --seed
-
-
-def _new_sid(prefix: str) -> str:
-    return f"{prefix}{_sid_random.getrandbits(128):032x}"
-
-
-class Msg:
-    """One message and its planned lifecycle. `key` is when its date_sent is (or will be) set."""
-
-    __slots__ = (
-        "sid", "direction", "to", "frm", "pinned", "service_sid", "body", "media", "segments",
-        "created", "steps", "err", "key", "reply", "status_callback", "acct",
-    )
-
-    def __init__(self, sid, direction, to, frm, pinned, service_sid, body, media, segments,
-                 created, steps, err, key, reply=None, status_callback=None, acct=None):
-        self.sid = sid
-        self.direction = direction
-        self.to = to
-        self.frm = frm  # the sender (outbound) or the remote number (inbound)
-        self.pinned = pinned  # outbound: From given by the client, so shown from the start
-        self.service_sid = service_sid
-        self.body = body
-        self.media = media
-        self.segments = segments
-        self.created = created
-        self.steps = steps  # ((status, time), ...) ascending
-        self.err = err
-        self.key = key
-        self.reply = reply  # (time, body) of the recipient's reply, outbound only
-        self.status_callback = status_callback
-        self.acct = acct  # the account that owns it; None: the main account
-
-    def step_at(self, now: float) -> tuple[str, float]:
-        current = self.steps[0]
-        for step in self.steps:
-            if step[1] <= now:
-                current = step
-            else:
-                break
-        return current
-
-    def record(self) -> dict:
-        return {
-            "k": "m", "sid": self.sid, "dir": self.direction, "to": self.to, "from": self.frm,
-            "pinned": self.pinned, "svc": self.service_sid, "body": self.body, "media": self.media,
-            "seg": self.segments, "t0": self.created, "steps": self.steps,
-            "err": self.err, "key": self.key, "reply": list(self.reply) if self.reply else None,
-            "cb": self.status_callback, **({"acct": self.acct} if self.acct else {}),
-        }
-
-    def inbound_row(self) -> list:
-        """An inbound message as a compact row: bulk inbound is journaled as one record of rows."""
-        row = [self.sid, self.to, self.frm, self.service_sid, self.body, self.segments, self.key]
-        return row + [self.acct] if self.acct else row
-
-    @classmethod
-    def from_inbound_row(cls, row: list) -> Msg:
-        sid, to, frm, service, body, seg, t = row[:7]
-        acct = row[7] if len(row) > 7 else None
-        return cls(sid, "inbound", to, frm, True, service, body, [], seg, t, (("received", t),), None, t,
-                   acct=acct)
-
-    @classmethod
-    def from_record(cls, r: dict) -> Msg:
-        return cls(
-            r["sid"], r["dir"], r["to"], r["from"], r["pinned"], r["svc"], r["body"], r["media"],
-            r["seg"], r["t0"], tuple((s, t) for s, t in r["steps"]), r["err"], r["key"],
-            tuple(r["reply"]) if r.get("reply") else None, r.get("cb"), r.get("acct"),
-        )
-
-
-class Job:
-    """A Bulk Export custom job: Submitted, Running after one status step, done after two."""
-
-    __slots__ = ("sid", "friendly_name", "start_day", "end_day", "webhook_url", "webhook_method",
-                 "email", "created", "t_running", "t_done")
-
-    def __init__(self, sid, friendly_name, start_day, end_day, webhook_url, webhook_method, email,
-                 created, t_running, t_done):
-        self.sid = sid
-        self.friendly_name = friendly_name
-        self.start_day = start_day
-        self.end_day = end_day
-        self.webhook_url = webhook_url
-        self.webhook_method = webhook_method
-        self.email = email
-        self.created = created
-        self.t_running = t_running
-        self.t_done = t_done
-
-    def days(self) -> list[str]:
-        start, end = day_start(self.start_day), day_start(self.end_day)
-        return [iso_day(start + i * DAY_S) for i in range(int((end - start) // DAY_S) + 1)]
-
-    def record(self) -> dict:
-        return {"k": "job", **{name: getattr(self, name) for name in self.__slots__}}
-
-    @classmethod
-    def from_record(cls, r: dict) -> Job:
-        return cls(*(r[name] for name in cls.__slots__))
-
-
 class Model:
     """The simulated account. `journal` receives a JSON-able record for every change."""
 
@@ -235,7 +87,7 @@ class Model:
 
     def provision_number(self, number: str | None) -> str:
         """Buy a number for the account (idempotent here: a number already owned stays owned)."""
-        number = _phone(number)
+        number = phone_param(number)
         if not number or not is_e164(number):
             raise bad_request(21421, f"PhoneNumber is invalid: {number!r}")
         if number not in self.owned_numbers:
@@ -262,9 +114,7 @@ class Model:
         self.created_by_to: dict[str, int] = {}
         self.blocks: dict[tuple[str | None, str, str], tuple[float, bool]] = {}
         self.pending_replies: list[tuple[float, str]] = []
-        self.jobs: dict[str, Job] = {}
-        self.day_files: dict[str, dict] = {}
-        self.jobs_generated: set[str] = set()
+        self.exports = Exports(self)
         self._set_numbers(())
 
     def now(self) -> float:
@@ -293,11 +143,8 @@ class Model:
                 bulk.extend(Msg.from_inbound_row(row) for row in r["rows"])
             elif kind == "clock":
                 self.clock_offset = float(r["offset"])
-            elif kind == "job":
-                job = Job.from_record(r)
-                self.jobs[job.sid] = job
-            elif kind == "job_del":
-                self.jobs.pop(r["sid"], None)
+            elif kind in ("job", "job_del"):
+                self.exports.restore(r)
             elif kind == "own":
                 self._set_numbers((*self.bought, r["n"]), self.released - {r["n"]})
             elif kind == "release":
@@ -318,7 +165,7 @@ class Model:
             yield {"k": "own", "n": number}
         for number in sorted(self.released):
             yield {"k": "release", "n": number}
-        for job in self.jobs.values():
+        for job in self.exports.jobs.values():
             yield job.record()
         rows: list[list] = []
         for _, sid in self.idx_all:
@@ -434,80 +281,14 @@ class Model:
 
     # -- Messages: create --------------------------------------------------------------------
     def create_message(self, form: dict[str, list[str]], acct: str | None = None) -> Msg:
-        """Validate a create request as Twilio does and plan the new message's lifecycle.
+        """Validate a create request as Twilio does (`create_request.py`) and plan the new message's lifecycle.
 
         `acct`: the subaccount that sends (None: the main account)."""
         cfg = self.config
-
-        def first(name: str) -> str | None:
-            values = form.get(name)
-            return values[0] if values else None
-
-        to = _phone(first("To"))
-        frm = _phone(first("From"))
-        service = (first("MessagingServiceSid") or "").strip() or None
-        body = first("Body")
-        media = [u for u in form.get("MediaUrl", []) if u.strip()]
-        if not to:
-            raise bad_request(21604, "A 'To' phone number is required.")
-        if frm and frm.startswith("MG"):
-            service, frm = service or frm, None
-        if not frm and not service:
-            raise bad_request(21603, "A 'From' or 'MessagingServiceSid' parameter is required")
-        if service is not None and service != self.service_sid:
-            raise bad_request(21701, f"The Messaging Service Sid {service} is invalid.")
-        if frm:
-            if frm in MAGIC_FROM:
-                code, text = MAGIC_FROM[frm]
-                raise bad_request(code, text.format(frm=frm))
-            if not (is_e164(frm) or is_short_code(frm) or frm in self.alpha_senders):
-                raise bad_request(21212, f"The 'From' number {frm} is not a valid phone number, shortcode, or alphanumeric sender ID.")
-        if to in MAGIC_TO:
-            code, text = MAGIC_TO[to]
-            raise bad_request(code, text.format(to=to))
-        if not is_e164(to):
-            raise bad_request(21211, f"The 'To' number {to} is not a valid phone number.")
-        if frm and to == frm:
-            raise bad_request(21266, f"'To' and 'From' number cannot be the same: {to}")
-        if frm and frm not in self.senders:  # a From this account does not own
-            code, text = MAGIC_FROM["+15005550007"]
-            raise bad_request(code, text.format(frm=frm))
-        if not body and not media:
-            raise bad_request(21602, "Message body is required.")
-        body = body or ""
-        if len(body) > MAX_BODY:
-            raise bad_request(21617, "The concatenated message body exceeds the 1600 character limit.")
-        callback = first("StatusCallback")
-        if callback and (not _URL.match(callback) or "_" in (_URL.match(callback).group(1) or "")):
-            raise bad_request(21609, f"The StatusCallback URL {callback} is not a valid URL.")
-        validity = first("ValidityPeriod")
-        validity_s: float | None = None
-        if validity not in (None, ""):
-            try:
-                validity_s = float(int(validity))
-            except ValueError:
-                validity_s = -1.0
-            if not 1 <= validity_s <= VALIDITY_MAX_S:
-                raise bad_request(20001, f"ValidityPeriod must be an integer between 1 and {VALIDITY_MAX_S} seconds.")
         now = self.now()
-        send_at: float | None = None
-        schedule_type = first("ScheduleType")
-        if schedule_type:
-            if schedule_type != "fixed":
-                raise bad_request(20001, f"ScheduleType {schedule_type!r} is not supported; use 'fixed'.")
-            if not service:
-                raise bad_request(35118, "MessagingServiceSid is required to schedule a message")
-            raw = first("SendAt")
-            if not raw:
-                raise bad_request(35111, "SendAt timestamp is missing")
-            try:
-                send_at = parse_instant(raw)
-            except ValueError:
-                raise bad_request(35114, "Scheduling does not support this timestamp") from None
-            if not SCHEDULE_MIN_S <= send_at - now <= SCHEDULE_MAX_S:
-                raise bad_request(35114, "SendAt time must be between 300 seconds and 35 days (3024000 seconds) in the future, inclusive.")
-        if first("SmartEncoded") in ("true", "True", "1"):
-            body = smart_encoded(body)
+        req = read_create_request(form, now, service_sid=self.service_sid, senders=self.senders,
+                                  alpha_senders=self.alpha_senders)
+        to, frm, service, body, media = req.to, req.frm, req.service, req.body, req.media
 
         sender = frm or self.pool[int(hashlib.md5(to.encode()).hexdigest(), 16) % len(self.pool)]
         keys = [service] if service and not frm else self._block_keys(sender)
@@ -520,10 +301,10 @@ class Model:
         seg = segment_count(body) or (1 if media else 0)
         n = self.created_by_to.get(to, 0)
         u = _uniforms(cfg.seed, to, n)
-        steps, err, key, reply = self._plan(now, bool(service), send_at, validity_s, u)
-        sid = _new_sid("MM" if media else "SM")
+        steps, err, key, reply = self._plan(now, bool(service), req.send_at, req.validity_s, u)
+        sid = new_sid("MM" if media else "SM")
         m = Msg(sid, "outbound-api", to, sender, bool(frm), service, body, media, seg, now,
-                steps, err, key, reply, callback, acct)
+                steps, err, key, reply, req.callback, acct)
         self._add(m)
         if reply:
             heapq.heappush(self.pending_replies, (reply[0], sid))
@@ -571,7 +352,7 @@ class Model:
     # -- Messages: inbound -------------------------------------------------------------------
     def inbound_message(self, frm: str | None, to: str | None, body: str | None,
                         date_sent: str | None, now: float, acct: str | None = None) -> Msg:
-        frm, to = _phone(frm), _phone(to)
+        frm, to = phone_param(frm), phone_param(to)
         if not frm:
             raise bad_request(21603, "A 'From' phone number is required.")
         if not to:
@@ -586,7 +367,7 @@ class Model:
                 raise bad_request(20001, "DateSent cannot be in the future of the sandbox clock")
         body = body or ""
         service = self.service_sid if to in self.service_senders else None
-        return Msg(_new_sid("SM"), "inbound", to, frm, True, service, body, [], _segments(body) or 1, t,
+        return Msg(new_sid("SM"), "inbound", to, frm, True, service, body, [], _segments(body) or 1, t,
                    (("received", t),), None, t, acct=acct)
 
     def inject_inbound(self, items: list[dict], acct: str | None = None) -> list[Msg]:
@@ -607,86 +388,6 @@ class Model:
         else:
             self._add_many(msgs)
         return msgs
-
-    # -- Messages: read ----------------------------------------------------------------------
-    def message_json(self, m: Msg, now: float, initial: bool = False) -> dict:
-        """The Message resource at `now`; `initial`: as the create response shows it (first status)."""
-        status, t_status = m.steps[0] if initial else m.step_at(now)
-        acct = m.acct or self.config.account_sid
-        hidden = m.direction != "inbound" and not m.pinned and status in _HIDDEN_SENDER
-        sent = m.key <= now and not initial
-        uri = f"/2010-04-01/Accounts/{acct}/Messages/{m.sid}"
-        charged = sent and status != "failed"
-        return {
-            "account_sid": acct,
-            "api_version": "2010-04-01",
-            "body": self._shown_body(m, initial),
-            "date_created": rfc2822(m.created),
-            "date_sent": rfc2822(m.key) if sent else None,
-            "date_updated": rfc2822(t_status),
-            "direction": m.direction,
-            "error_code": m.err if status in ("failed", "undelivered") else None,
-            "error_message": DELIVERY_ERRORS.get(m.err) if status in ("failed", "undelivered") else None,
-            "from": None if hidden else m.frm,
-            "messaging_service_sid": m.service_sid,
-            "num_media": str(len(m.media)),
-            "num_segments": "0" if hidden else str(m.segments),
-            "price": f"-{PRICE_PER_SEGMENT * m.segments:.5f}" if charged else None,
-            "price_unit": "USD",
-            "sid": m.sid,
-            "status": status,
-            "subresource_uris": {"media": uri + "/Media.json", "feedback": uri + "/Feedback.json"},
-            "to": m.to,
-            "uri": uri + ".json",
-        }
-
-    def _shown_body(self, m: Msg, initial: bool = False) -> str:
-        """With --redact-bodies an outbound body reads as "" once sent on (Twilio's Message Redaction:
-        the create response still echoes it; listings, fetches and exports do not)."""
-        if self.config.redact_bodies and not initial and m.direction != "inbound":
-            return ""
-        return m.body
-
-    def export_record(self, m: Msg, now: float) -> dict:
-        """A message as a Bulk Export day file writes it: ISO 8601 dates, no URIs or price unit."""
-        status, t_status = m.step_at(now)
-        sent = m.key <= now
-        return {
-            "sid": m.sid,
-            "account_sid": m.acct or self.config.account_sid,
-            "messaging_service_sid": m.service_sid,
-            "from": m.frm,
-            "to": m.to,
-            "body": self._shown_body(m),
-            "status": status,
-            "direction": m.direction,
-            "num_segments": str(m.segments),
-            "num_media": str(len(m.media)),
-            "price": f"-{PRICE_PER_SEGMENT * m.segments:.5f}" if sent and status != "failed" else None,
-            "error_code": m.err if status in ("failed", "undelivered") else None,
-            "date_created": iso8601(m.created),
-            "date_sent": iso8601(m.key) if sent else None,
-            "date_updated": iso8601(t_status),
-        }
-
-    def dump_json(self, m: Msg, now: float) -> dict:
-        """A message for /_sandbox/messages: the facts tests check, ISO 8601 dates."""
-        status, t_status = m.step_at(now)
-        return {
-            "sid": m.sid,
-            "account_sid": m.acct or self.config.account_sid,
-            "direction": m.direction,
-            "to": m.to,
-            "from": m.frm,
-            "status": status,
-            "body": m.body,
-            "messaging_service_sid": m.service_sid,
-            "num_segments": m.segments,
-            "error_code": m.err if status in ("failed", "undelivered") else None,
-            "date_created": iso8601(m.created),
-            "date_sent": iso8601(m.key) if m.key <= now else None,
-            "date_updated": iso8601(t_status),
-        }
 
     def list_messages(self, to: str | None, frm: str | None, lo: float, hi: float,
                       date_filtered: bool, page_size: int, token: str | None, now: float,
@@ -748,92 +449,3 @@ class Model:
         page = out[:page_size]
         page.reverse()
         return page, True, more_before
-
-    # -- Bulk Exports ------------------------------------------------------------------------
-    def create_export_job(self, form: dict[str, list[str]]) -> Job:
-        def first(name: str) -> str | None:
-            values = form.get(name)
-            return values[0].strip() if values and values[0].strip() else None
-
-        start, end, name = first("StartDay"), first("EndDay"), first("FriendlyName")
-        for param, value in (("StartDay", start), ("EndDay", end), ("FriendlyName", name)):
-            if value is None:
-                raise bad_request(20001, f"Missing required parameter {param} in the post body")
-        try:
-            t_start, t_end = day_start(start), day_start(end)
-        except ValueError:
-            raise bad_request(20001, "StartDay and EndDay must be days in the format yyyy-mm-dd") from None
-        now = self.now()
-        today = day_start(iso_day(now))
-        if t_end > today - 2 * DAY_S:
-            raise bad_request(20001, f"EndDay {end} must be at least 2 days earlier than the current UTC day {iso_day(now)}")
-        if t_start > t_end:
-            raise bad_request(20001, "StartDay must not be after EndDay")
-        if (t_end - t_start) / DAY_S + 1 > EXPORT_MAX_DAYS:
-            raise bad_request(20001, f"A job may span at most {EXPORT_MAX_DAYS} days")
-        url, method = first("WebhookUrl"), first("WebhookMethod")
-        if (url is None) != (method is None):
-            raise bad_request(20001, "WebhookUrl and WebhookMethod must be given together")
-        if method is not None and method.upper() not in ("GET", "POST"):
-            raise bad_request(20001, "WebhookMethod must be GET or POST")
-        d = self.config.status_delay_s
-        job = Job(_new_sid("JS"), name, start, end, url, method.upper() if method else None,
-                  first("Email"), now, now + d, now + 2 * d)
-        self.jobs[job.sid] = job
-        self.journal(job.record())
-        self.complete_jobs(now)
-        return job
-
-    def delete_export_job(self, sid: str) -> bool:
-        if self.jobs.pop(sid, None) is None:
-            return False
-        self.journal({"k": "job_del", "sid": sid})
-        return True
-
-    def complete_jobs(self, now: float) -> None:
-        """Write the day files of the jobs that are done (lazily, on first look after t_done)."""
-        for job in self.jobs.values():
-            if job.sid in self.jobs_generated or job.t_done > now:
-                continue
-            self.jobs_generated.add(job.sid)
-            for day in job.days():
-                self._write_day(day, job, now)
-
-    def _day_messages(self, day: str, now: float) -> list[Msg]:
-        lo = day_start(day)
-        hi = min(lo + DAY_S, math.nextafter(now, math.inf))
-        lst = self.idx_all
-        # Bulk Exports serve the main account only: a subaccount's messages never leak into them
-        return [m for m in (self.messages[sid] for _, sid in lst[bisect_left(lst, (lo,)):bisect_left(lst, (hi,))])
-                if m.acct is None]
-
-    def _write_day(self, day: str, job: Job, now: float) -> None:
-        msgs = self._day_messages(day, now)
-        if not msgs:
-            self.day_files.pop(day, None)
-            return
-        lines = "".join(json.dumps(self.export_record(m, now)) + "\n" for m in msgs)
-        self.day_files[day] = {
-            "day": day,
-            "bytes": gzip.compress(lines.encode("utf-8"), compresslevel=6, mtime=0),
-            "count": len(msgs),
-            "create_date": iso_day(now),
-            "friendly_name": job.friendly_name,
-        }
-
-    def job_details(self, job: Job, now: float) -> list[dict]:
-        days = job.days()
-        if now < job.t_done:
-            status = "Running" if now >= job.t_running else "Submitted"
-            return [{"status": status, "count": len(days), "days": days}]
-        self.complete_jobs(now)
-        done = [d for d in days if d in self.day_files]
-        empty = [d for d in days if d not in self.day_files]
-        details = []
-        if done:
-            details.append({"status": "Completed", "count": len(done), "days": done})
-        if empty:
-            details.append({"status": "CompletedEmptyRecords", "count": len(empty), "days": empty})
-        return details
-
-

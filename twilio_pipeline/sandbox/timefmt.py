@@ -1,13 +1,17 @@
 """Date formats the Twilio APIs speak: RFC 2822 (API 2010), ISO 8601 (v1 APIs, export files).
 
 Internally every time is a float of seconds since the epoch on the simulated clock.
+
+The pipeline reads Twilio's dates in `twilio_pipeline/dates.py`; the sandbox keeps its own on purpose:
+it imports nothing of the pipeline it is the independent model for (a shared parser would let a bug
+agree with itself).
 """
 
 from __future__ import annotations
 
 import re
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from functools import lru_cache
 
@@ -56,7 +60,7 @@ def day_start(day: str) -> float:
     """Epoch seconds of 00:00 UTC of a `YYYY-MM-DD` day; ValueError when it is not one."""
     if not _DATE_ONLY.match(day):
         raise ValueError(f"not a YYYY-MM-DD day: {day!r}")
-    return datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=timezone.utc).timestamp()
+    return datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC).timestamp()
 
 
 def parse_instant(value: str) -> float:
@@ -80,7 +84,7 @@ def parse_instant(value: str) -> float:
         except (TypeError, ValueError, IndexError) as exc:
             raise ValueError(f"unreadable date: {value!r}") from exc
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
     return parsed.timestamp()
 
 

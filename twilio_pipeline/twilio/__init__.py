@@ -1,17 +1,11 @@
-"""Twilio REST access for the pipeline (requests + tenacity, no Dagster): client, errors, flow control,
-date helpers and secret redaction."""
+"""Twilio REST access for the pipeline (requests + tenacity, no Dagster): the endpoints (`client`), the
+account and its base URLs (`account`), one HTTP exchange and its failure sorting (`transport`), the
+retry policy (`retry`), the Bulk Export day-file decoder (`export_stream`), errors, flow control
+(`throttle`) and secret redaction. Twilio's date formats are `twilio_pipeline.dates`."""
 
-from twilio_pipeline.twilio.client import (
-    ACCEPTED,
-    AMBIGUOUS,
-    REFUSED,
-    CreateResult,
-    Endpoints,
-    RetrySettings,
-    TwilioClient,
-    TwilioCredentials,
-)
-from twilio_pipeline.twilio.dates import format_rfc3339, parse_twilio_date
+from twilio_pipeline.dates import format_rfc3339, parse_twilio_date
+from twilio_pipeline.twilio.account import Endpoints, TwilioCredentials
+from twilio_pipeline.twilio.client import ACCEPTED, AMBIGUOUS, REFUSED, CreateResult, TwilioClient
 from twilio_pipeline.twilio.errors import (
     SENDER_ERROR_CODES,
     AmbiguousRequest,
@@ -23,6 +17,7 @@ from twilio_pipeline.twilio.errors import (
     is_sender_error,
 )
 from twilio_pipeline.twilio.redact import REDACTED, Redactor
+from twilio_pipeline.twilio.retry import RetrySettings
 from twilio_pipeline.twilio.throttle import AdaptiveLimiter, TokenBucket
 
 __all__ = [

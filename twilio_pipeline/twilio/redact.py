@@ -24,7 +24,7 @@ class Redactor:
             self.add(secret)
 
     @classmethod
-    def for_basic_auth(cls, username: str, password: str | None, *extra: str | None) -> "Redactor":
+    def for_basic_auth(cls, username: str, password: str | None, *extra: str | None) -> Redactor:
         """Redacts the password, the base64 `user:password` Authorization value and any extra secrets."""
         red = cls([password, *extra])
         if password:

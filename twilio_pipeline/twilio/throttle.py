@@ -117,7 +117,7 @@ class AdaptiveLimiter:
         self._last_cut = now
         self._limit = max(1, min(self._limit - 1, int(self._limit * factor)))
 
-    def __enter__(self) -> "AdaptiveLimiter":
+    def __enter__(self) -> AdaptiveLimiter:
         self.acquire()
         return self
 

@@ -7,11 +7,10 @@ from datetime import date, datetime, timedelta
 
 import sqlalchemy as sa
 
+from twilio_pipeline.dates import format_rfc3339, twilio_time
 from twilio_pipeline.inbound import fetch_statuses, load_states, sync_channel
 from twilio_pipeline.inbound.bulk_export import plan_days
-from twilio_pipeline.inbound.common import twilio_time
 from twilio_pipeline.logs import ListLog
-from twilio_pipeline.twilio.dates import format_rfc3339
 from twilio_pipeline_tests.inbound.helpers import (
     SENDER,
     count,
