@@ -40,7 +40,6 @@ HOST = socket.gethostname()
 STAGING_HEARTBEAT_S = 30.0
 STAGING_STALE_AFTER = timedelta(minutes=10)
 STAGING_ORPHAN_AGE = timedelta(hours=6)  # rows of an earlier release, which wrote no heartbeat
-BULK_WORK_MEM_PG = "256MB"  # per sort/hash node of one statement, for the transaction of a big merge
 
 
 class SchemaOutdated(RuntimeError):
@@ -244,13 +243,6 @@ class Database(LeaseStore):
             return
         for table in tables:
             conn.exec_driver_sql(f"ANALYZE {self._quoted_name(table)}")
-
-    def bulk_work_memory(self, conn: Connection) -> None:
-        """On PostgreSQL, give the rest of this transaction the memory a merge of a big batch needs to
-        group and hash in memory: the default 4 MB work_mem spills a million-row GROUP BY or semi-join to
-        disk in batches. A no-op elsewhere (MariaDB groups a big batch by sorting: SQL_BIG_RESULT)."""
-        if self.dialect == "postgresql":
-            conn.execute(sa.select(sa.func.set_config("work_mem", BULK_WORK_MEM_PG, True)))
 
     def _quoted_name(self, table: sa.Table) -> str:
         prep = self.engine.dialect.identifier_preparer
