@@ -244,7 +244,7 @@ def test_free_text_is_kept_and_counted_but_not_a_keyword(sqlite_db, sb, client, 
     channel = make_channel(keywords=["MORE"])
     nums = numbers(4)
     send_execution(db, client, channel, 1, nums)
-    for n, body in zip(nums, ["STOP PLEASE", "Thanks!", "more info", "Who is this?"]):
+    for n, body in zip(nums, ["STOP PLEASE", "Thanks!", "more info", "Who is this?"], strict=True):
         sb.inbound(n, SENDER, body)
     s = sync_channel(db, client, channel, log=log, now=sandbox_now(sb))
     assert (s.keywords.parsed, s.keywords.free_text, s.keywords.keywords) == (4, 4, 0)
