@@ -1,4 +1,9 @@
-"""Database layer (SQLAlchemy Core; no Dagster): tables, bulk loads, set-based merges, staging, leases."""
+"""Database layer (SQLAlchemy Core; no Dagster).
+
+schema: the tables; database: `Database` (engine per dialect, DDL, set-based merges, staging tables);
+bulk: each dialect's bulk load and its column-wise encoding; leases: execution leases and the one rule
+for whether a holder is alive; times: naive UTC, the stored form of every moment.
+"""
 
 from twilio_pipeline.db.database import Database, utcnow
 from twilio_pipeline.db.schema import Tables, build_tables
