@@ -1,4 +1,4 @@
-"""The pipeline's one reader and writer of dates as Twilio writes them.
+"""The pipeline's one date module: moments as the tables store them (naive UTC), and dates as Twilio writes them.
 
 The 2010 API returns RFC 2822 (`Fri, 09 Jul 2021 15:58:57 +0000`, also the HTTP-date of a
 `Retry-After`); Messaging v1 and Bulk Export day files use ISO 8601. Both become aware UTC datetimes
@@ -70,3 +70,18 @@ def twilio_time(value) -> datetime | None:
             pass
     parsed = parse_twilio_date(value)
     return None if parsed is None else parsed.replace(tzinfo=None)
+
+
+def utcnow() -> datetime:
+    """Now, as naive UTC: how every table stores a moment (one representation, compared the same way on
+    every dialect)."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def to_naive_utc(value: datetime | None) -> datetime | None:
+    """An aware datetime converted to UTC and stripped of its zone; a naive one is taken as UTC already."""
+    if value is None:
+        return None
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    return value

@@ -2,7 +2,7 @@
 
 schema: the tables; database: `Database` (engine per dialect, DDL, set-based merges, staging tables);
 bulk: each dialect's bulk load and its column-wise encoding; leases: execution leases and the one rule
-for whether a holder is alive; times: naive UTC, the stored form of every moment.
+for whether a holder is alive. Moments are stored as naive UTC (`twilio_pipeline.dates`).
 """
 
 from twilio_pipeline.db.database import Database, utcnow

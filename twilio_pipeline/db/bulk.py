@@ -22,7 +22,7 @@ from operator import attrgetter
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from twilio_pipeline.db.times import to_naive_utc
+from twilio_pipeline.dates import to_naive_utc
 
 COPY_CHUNK_ROWS = 50_000  # rows encoded and sent at a time (~5 MB of COPY text for 8 columns)
 _PG_SPECIAL = re.compile(r"[\\\t\n\r]")

@@ -24,10 +24,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
+from twilio_pipeline.dates import to_naive_utc, utcnow
 from twilio_pipeline.db.bulk import copy_postgres, executemany_sqlite, insert_mysql
 from twilio_pipeline.db.leases import LeaseHolder, LeaseStore, holder_is_live
 from twilio_pipeline.db.schema import MYSQL, TABLE_OPTIONS, Tables, build_tables, portable_column
-from twilio_pipeline.db.times import to_naive_utc, utcnow
 from twilio_pipeline.processes import pid_alive
 
 __all__ = ["HOST", "Database", "LeaseHolder", "SchemaOutdated", "engine_options", "holder_is_live", "lenient_text",

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from twilio_pipeline.db.times import utcnow
+from twilio_pipeline.dates import utcnow
 from twilio_pipeline.processes import pid_alive, pid_started_after
 
 MYSQL_DEADLOCK = 1213  # ER_LOCK_DEADLOCK
