@@ -86,11 +86,10 @@ def test_bulk_insert_then_merge_inserts_each_row_once(db):
                  TwilioNumber="+15005550006", Activity="STOP") for i in range(5000)]
     cols = [sa.Column(c.name, c.type) for c in t.columns]
     for _ in range(2):  # the second merge of the same rows adds nothing
-        with db.staging_table("sup", cols) as stg:
-            with db.begin() as conn:
-                assert db.bulk_insert(conn, stg, rows) == 5000
-                db.insert_missing(conn, t, sa.select(stg), match=["PhoneNumber", "ActivityDate",
-                                                                     "MessagingServiceID", "TwilioNumber", "Activity"])
+        with db.staging_table("sup", cols) as stg, db.begin() as conn:
+            assert db.bulk_insert(conn, stg, rows) == 5000
+            db.insert_missing(conn, t, sa.select(stg), match=["PhoneNumber", "ActivityDate",
+                                                                 "MessagingServiceID", "TwilioNumber", "Activity"])
     with db.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(t)).scalar() == 5000
         # NULL MessagingServiceID matched NULL-safely: no duplicates.
@@ -117,9 +116,8 @@ def test_staging_table_is_dropped_after_success_and_after_failure(db):
     cols = [sa.Column("x", sa.Integer)]
     with db.staging_table("ok", cols) as stg:
         assert stg.name in sa.inspect(db.engine).get_table_names()
-    with pytest.raises(RuntimeError):
-        with db.staging_table("fail", cols) as stg2:
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), db.staging_table("fail", cols) as stg2:
+        raise RuntimeError("boom")
     names = sa.inspect(db.engine).get_table_names()
     assert stg.name not in names and stg2.name not in names
     assert db.staging_tables() == []
@@ -265,9 +263,9 @@ def test_a_bulk_insert_of_a_duplicate_key_fails_and_stores_nothing(db):
     rolls the batch back, never a silently skipped row."""
     ib = db.tables.inbound
     rows = [{"MessageSID": f"SM{i}", "Body": "x"} for i in range(3)] + [{"MessageSID": "SM1", "Body": "again"}]
-    with pytest.raises((sa.exc.IntegrityError, db.engine.dialect.dbapi.IntegrityError)):  # COPY: the driver's
-        with db.begin() as conn:
-            db.bulk_insert(conn, ib, rows)
+    # COPY raises the driver's own IntegrityError
+    with pytest.raises((sa.exc.IntegrityError, db.engine.dialect.dbapi.IntegrityError)), db.begin() as conn:
+        db.bulk_insert(conn, ib, rows)
     with db.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(ib)).scalar() == 0
 
@@ -280,7 +278,7 @@ def test_two_runs_taking_a_free_lease_at_once_one_gets_it_and_neither_fails(db):
     for attempt in range(20):
         key, barrier, tokens, errors = f"outbound:{attempt}", threading.Barrier(2), [], []
 
-        def take(owner):
+        def take(owner, key=key, barrier=barrier, tokens=tokens, errors=errors):
             barrier.wait()
             try:
                 tokens.append(db.take_lease(key, owner, 60)[0])
