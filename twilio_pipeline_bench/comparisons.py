@@ -133,3 +133,35 @@ def pipeline_send(db_url: str, info: SandboxInfo, spec: dict, execution_id: int,
     client.close()
     db.dispose()
     return out
+
+
+# ---- both sides, alternated ----------------------------------------------------------------------
+def alternate_bare_and_pipeline(info: SandboxInfo, forms: list[dict], concurrency: int, db_url: str, spec: dict,
+                                sandbox_cpu, *, profile_path=None, on_run=None):
+    """Bare loop, pipeline (execution 1), pipeline (execution 2), bare loop: drift on a shared machine hits
+    both sides alike. Each side runs in its own child process; returns (bare runs, pipeline runs, the
+    sandbox's CPU ms per request by side). `profile_path(eid)` names a profile for execution 1; `on_run(side,
+    result)` is called after each run (the scenario's progress note)."""
+    from twilio_pipeline_bench.measuring import in_child
+
+    n = len(forms)
+    bare: list[dict[str, Any]] = []
+    pipe: list[dict[str, Any]] = []
+    sandbox_ms: dict[str, list[float]] = {"bare": [], "pipeline": []}
+    for side, eid in (("bare", None), ("pipeline", 1), ("pipeline", 2), ("bare", None)):
+        sandbox_cpu.start()
+        if side == "bare":
+            res = in_child(bare_loop, info, forms, concurrency)
+            if res["statuses"] != {201: n}:
+                raise RuntimeError(f"bare loop got statuses {res['statuses']}")
+            bare.append(res)
+        else:
+            res = in_child(pipeline_send, db_url, info, spec, eid,
+                           profile_path=profile_path(eid) if profile_path and eid == 1 else None)
+            if res["sent"] != n:
+                raise RuntimeError(f"pipeline sent {res['sent']} of {n} (results {res.get('results')})")
+            pipe.append(res)
+        sandbox_ms[side].append(sandbox_cpu.stop() / n * 1000)
+        if on_run is not None:
+            on_run(side, res)
+    return bare, pipe, sandbox_ms

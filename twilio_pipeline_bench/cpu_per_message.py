@@ -11,7 +11,7 @@ send + commit) against the same floor is printed as a second, stricter figure.
 
 from __future__ import annotations
 
-from twilio_pipeline_bench.comparisons import bare_loop, pipeline_send
+from twilio_pipeline_bench.comparisons import alternate_bare_and_pipeline
 from twilio_pipeline_bench.fixtures import (
     SandboxInfo,
     bare_forms,
@@ -20,7 +20,7 @@ from twilio_pipeline_bench.fixtures import (
     fresh_database,
     start_sandbox,
 )
-from twilio_pipeline_bench.measuring import SandboxCPU, in_child
+from twilio_pipeline_bench.measuring import SandboxCPU
 from twilio_pipeline_bench.reporting import Context, median, ratio
 
 IN_FLIGHT = 20
@@ -38,25 +38,15 @@ def run(ctx: Context) -> None:
         spec = channel_spec(max_concurrency=IN_FLIGHT)
         forms = bare_forms(n)
         sb_cpu = SandboxCPU(sb)
-        bare, pipe, sandbox_ms = [], [], []
         with fresh_database(ctx.db_kind, ctx.workdir, "cpu") as url:
             for eid in (1, 2):
                 create_clean_execution(url, eid, spec["name"], n)
-            for side, eid in (("bare", None), ("pipeline", 1), ("pipeline", 2), ("bare", None)):
-                sb_cpu.start()
-                if side == "bare":
-                    res = in_child(bare_loop, info, forms, IN_FLIGHT)
-                    if res["statuses"] != {201: n}:
-                        raise RuntimeError(f"bare loop got statuses {res['statuses']}")
-                    bare.append(res)
-                else:
-                    res = in_child(pipeline_send, url, info, spec, eid,
-                                   profile_path=ctx.profile_path(f"cpu_per_message_{eid}") if eid == 1 else None)
-                    if res["sent"] != n:
-                        raise RuntimeError(f"pipeline sent {res['sent']} of {n}")
-                    pipe.append(res)
-                sandbox_ms.append(sb_cpu.stop() / n * 1000)
-                r.note(f"{side}: {res['cpu_per_request_ms']:.3f} ms CPU/msg, {res['rate']:.0f} msg/s")
+            bare, pipe, by_side = alternate_bare_and_pipeline(
+                info, forms, IN_FLIGHT, url, spec, sb_cpu,
+                profile_path=lambda eid: ctx.profile_path(f"cpu_per_message_{eid}"),
+                on_run=lambda side, res: r.note(f"{side}: {res['cpu_per_request_ms']:.3f} ms CPU/msg, "
+                                                f"{res['rate']:.0f} msg/s"))
+            sandbox_ms = by_side["bare"] + by_side["pipeline"]
 
         bare_ms = median(b["cpu_per_request_ms"] for b in bare)
         send_ms = median(p["cpu_per_request_ms"] for p in pipe)

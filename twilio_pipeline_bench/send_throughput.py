@@ -13,7 +13,7 @@ own child process (its CPU is its own); the sandbox's CPU is printed apart.
 
 from __future__ import annotations
 
-from twilio_pipeline_bench.comparisons import bare_loop, pipeline_send
+from twilio_pipeline_bench.comparisons import alternate_bare_and_pipeline, pipeline_send
 from twilio_pipeline_bench.fixtures import (
     SandboxInfo,
     bare_forms,
@@ -50,26 +50,12 @@ def run(ctx: Context) -> None:
             for eid in (1, 2):
                 create_clean_execution(url, eid, spec["name"], n)
             create_clean_execution(url, 3, spec["name"], sample)
-            bare, pipe = [], []
-            sandbox_per_request = {"bare": [], "pipeline": []}
-            # A B B A: drift on a shared machine hits both sides alike.
-            for side, eid in (("bare", None), ("pipeline", 1), ("pipeline", 2), ("bare", None)):
-                sb_cpu.start()
-                if side == "bare":
-                    res = in_child(bare_loop, info, forms, IN_FLIGHT)
-                    if res["statuses"] != {201: n}:
-                        raise RuntimeError(f"bare loop got statuses {res['statuses']}")
-                    bare.append(res)
-                else:
-                    res = in_child(pipeline_send, url, info, spec, eid,
-                                   profile_path=ctx.profile_path(f"send_throughput_{eid}") if eid == 1 else None)
-                    if res["sent"] != n:
-                        raise RuntimeError(f"pipeline sent {res['sent']} of {n} (results {res.get('results')})")
-                    pipe.append(res)
-                spent = sb_cpu.stop()
-                sandbox_per_request[side].append(spent / n * 1000)
-                r.note(f"{side}: {res['rate']:.0f} msg/s, {res.get('cpu_per_request_ms', 0):.2f} ms CPU/msg"
-                       f" ({res.get('send_wall_s', res.get('wall_s')):.1f} s)")
+            bare, pipe, sandbox_per_request = alternate_bare_and_pipeline(
+                info, forms, IN_FLIGHT, url, spec, sb_cpu,
+                profile_path=lambda eid: ctx.profile_path(f"send_throughput_{eid}"),
+                on_run=lambda side, res: r.note(
+                    f"{side}: {res['rate']:.0f} msg/s, {res.get('cpu_per_request_ms', 0):.2f} ms CPU/msg"
+                    f" ({res.get('send_wall_s', res.get('wall_s')):.1f} s)"))
             serial = in_child(pipeline_send, url, info, serial_spec, 3)
             if serial["sent"] != sample:
                 raise RuntimeError(f"one-at-a-time run sent {serial['sent']} of {sample}")

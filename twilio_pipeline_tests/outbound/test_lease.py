@@ -4,21 +4,19 @@ nobody; the heartbeat keeps a long send's lease."""
 from __future__ import annotations
 
 import os
-import sqlite3
 import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
-import sqlalchemy as sa
 
 from twilio_pipeline.db import utcnow
 from twilio_pipeline.db.database import HOST
 from twilio_pipeline.outbound import ExecutionBusy, LeaseLost, busy_holder, execution_lease
 from twilio_pipeline_tests.polling import wait_until
+from twilio_pipeline_tests.stalls import stalled
 
 
 def _plant(db, owner: str, host: str, pid: int, expires_in_s: float) -> None:
@@ -93,7 +91,7 @@ def test_a_renewal_that_waited_on_a_lock_expires_from_when_it_was_written(db):
     """Expiry comes from the database's clock at the write, not from a time taken before the wait."""
     assert db.acquire_lease("outbound:3", "run-A", 1.0) is None
     done = threading.Event()
-    with _stalled(db):
+    with stalled(db, db.tables.leases):
         threading.Thread(target=lambda: (db.renew_lease("outbound:3", "run-A", 1.0), done.set()),
                          daemon=True).start()
         time.sleep(1.5)
@@ -107,7 +105,7 @@ def test_a_blocked_heartbeat_stops_requests_before_the_lease_can_expire(db):
     """While renewal hangs on a stalled table, requests stop at half the TTL and the lease counts as lost
     at the TTL - without waiting for the blocked renewal to return."""
     ttl = 1.0
-    with execution_lease(db, 3, "run-A", ttl_s=ttl) as lease, _stalled(db):
+    with execution_lease(db, 3, "run-A", ttl_s=ttl) as lease, stalled(db, db.tables.leases):
         stalled_at = time.monotonic()
         while not lease.lost.is_set():
             assert time.monotonic() - stalled_at < ttl * 1.5, "a blocked heartbeat never lost the lease"
@@ -120,31 +118,6 @@ def test_a_blocked_heartbeat_stops_requests_before_the_lease_can_expire(db):
             lease.check()
         assert lease.send_deadline <= stalled_at + ttl * 0.5
         assert lease.may_send() is False
-
-
-@contextmanager
-def _stalled(db):
-    """Another connection holds the leases table (SQLite: the database's write lock; MariaDB: its rows)."""
-    if db.dialect == "postgresql" or db.is_mysql:
-        conn = db.engine.connect()
-        tx = conn.begin()
-        if db.is_mysql:
-            conn.execute(sa.select(db.tables.leases).with_for_update())
-        else:
-            conn.exec_driver_sql(f"LOCK TABLE {db._quoted_name(db.tables.leases)} IN ACCESS EXCLUSIVE MODE")
-        try:
-            yield
-        finally:
-            tx.commit()
-            conn.close()
-    else:
-        raw = sqlite3.connect(db.url.database, isolation_level=None, timeout=30)
-        raw.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        finally:
-            raw.execute("COMMIT")
-            raw.close()
 
 
 def test_a_holder_whose_pid_was_reused_since_it_took_the_lease_is_taken_over(db):

@@ -10,14 +10,11 @@ connection: PostgreSQL `LOCK TABLE ... IN ACCESS EXCLUSIVE MODE`, MariaDB `LOCK 
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
-from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
-import sqlalchemy as sa
 
 from twilio_pipeline.audience import create_execution
 from twilio_pipeline.db import Database, utcnow
@@ -37,6 +34,7 @@ from twilio_pipeline_tests.outbound.conftest import (
     run_id,
 )
 from twilio_pipeline_tests.polling import wait_until
+from twilio_pipeline_tests.stalls import stalled
 
 TTL_S = 2.0
 EXECUTION = 7
@@ -48,35 +46,6 @@ def _planned(db, n: int, **overrides):
     create_execution(db, EXECUTION, channel.name, "Hi {{FirstName}}", contacts)
     plan_execution(db, channel, EXECUTION, run_id=run_id(), log=ListLog())
     return channel
-
-
-@contextmanager
-def _stalled(db: Database, table: sa.Table):
-    """Another connection holds `table` (SQLite: the whole database's write lock) until the block ends."""
-    if db.dialect == "postgresql":
-        conn = db.engine.connect()
-        tx = conn.begin()
-        conn.exec_driver_sql(f"LOCK TABLE {db._quoted_name(table)} IN ACCESS EXCLUSIVE MODE")
-        try:
-            yield
-        finally:
-            tx.commit()
-            conn.close()
-    elif db.is_mysql:
-        with db.engine.connect() as conn:
-            conn.exec_driver_sql(f"LOCK TABLES {db._quoted_name(table)} WRITE")
-            try:
-                yield
-            finally:
-                conn.exec_driver_sql("UNLOCK TABLES")
-    else:
-        raw = sqlite3.connect(db.url.database, isolation_level=None, timeout=30)
-        raw.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        finally:
-            raw.execute("COMMIT")
-            raw.close()
 
 
 class _Run(threading.Thread):
@@ -123,7 +92,7 @@ def _second_send_during_a_stall(db: Database, make_sandbox, table: str, lease_st
         a.start()
         wait_until(lambda: count() >= 6, 30, "the first send to be under way")
         b = _Run(db_b, client, channel, claim_batch=20)
-        with _stalled(db, getattr(db.tables, table)):
+        with stalled(db, getattr(db.tables, table)):
             time.sleep(TTL_S * 0.75)
             requested_early = count()
             time.sleep(TTL_S * 0.75)
