@@ -146,6 +146,7 @@ class SyncOutcome:
     runs: list[JobRun]
     execution_ids: list[int]
     report: list[str]
+    exit_code: int = 0  # what `twilio-pipeline sync` would exit with
 
     def _nodes(self, node: str) -> list[dict[str, Any]]:
         return [m for run in self.runs if (m := run.metadata(node))]
@@ -262,8 +263,8 @@ class PipelineHarness:
             for run in every:
                 if run.failure is not None:
                     raise StepFailed(run, self.instance)
-        report, _code = sync_report(self.db, runs)
-        return SyncOutcome(every, runs.execution_ids, report)
+        report, code = sync_report(self.db, runs)
+        return SyncOutcome(every, runs.execution_ids, report, code)
 
     def close(self) -> None:
         self.instance.dispose()

@@ -98,6 +98,9 @@ def _by_channel(context, database: DatabaseResource, twilio: TwilioResource) -> 
     pool=TWILIO_POOL,
     kinds={"twilio", "sql"},
     owners=OWNERS,
+    check_specs=[dg.AssetCheckSpec("every_channel_synced", asset="keyword_parse",
+                                   description="Every selected channel's replies were read: none was skipped for an "
+                                               "unset account, rejected credentials or an unreachable Twilio")],
     description="Per channel: inbound replies listed into TwilioSMS_Inbound (same listing and watermark as the "
                 "suppression refresh), keywords parsed (opt-out, opt-in, help, the channel's own), opt-outs merged "
                 "into TwilioSMS_Suppression and keyword replies attributed to executions as Replied states; "
@@ -116,18 +119,27 @@ def keyword_parse(context: dg.AssetExecutionContext, config: KeywordParseConfig,
     log = TeeLog(context.log)
     totals: dict[str, int | float] = defaultdict(int)
     follow_up_ids: list[int] = []
-    not_synced: list[str] = []
+    not_synced: dict[str, str] = {}
+    twilio_errors = 0
+    # One channel's missing account, rejected credentials or unreachable Twilio must not stop the other
+    # channels' replies and opt-outs (a STOP is a legal duty): it is logged, the others are synced, and the
+    # every_channel_synced check fails naming it. Only when no channel could be read does the step fail.
     for channel in selected:
         problem = twilio.account_problem(channel)
-        if problem is not None:  # one channel's missing account must not stop the others' replies and opt-outs
+        if problem is not None:
             log.warning(f"channel {channel.name!r} not synced: {problem}")
-            not_synced.append(channel.name)
+            not_synced[channel.name] = problem
             continue
         with twilio.get_client(channel, trace=context.log.info) as client:
             try:
                 refreshed = refresh_inbound(db, client, channel, log=log, now=now)
             except (CredentialsRejected, TwilioUnavailable) as exc:
-                raise twilio_failure(exc) from None
+                if len(selected) == 1:
+                    raise twilio_failure(exc) from None
+                log.warning(f"channel {channel.name!r} not synced: {exc}")
+                not_synced[channel.name] = str(exc)
+                twilio_errors += 1
+                continue
         parsed = parse_keywords(db, channel, log=log, limit_records=channel.records_per_sync, now=now,
                                 peers=channels.sharing_sender(channel))
         # Each step's figures under its own name: the two steps count different things (listed vs parsed).
@@ -137,10 +149,17 @@ def keyword_parse(context: dg.AssetExecutionContext, config: KeywordParseConfig,
     if follow_up_ids:
         add_in_order(context.instance, [str(i) for i in follow_up_ids])
     totals["follow_up_executions"] = len(follow_up_ids)
+    if twilio_errors and len(not_synced) == len(selected):
+        raise dg.Failure(description="no channel synced: " + "; ".join(f"{n}: {r}" for n, r in not_synced.items()),
+                         allow_retries=False)
     meta = {**metadata(dict(totals)), "channels": dg.MetadataValue.int(len(selected) - len(not_synced)), **report(log)}
     if not_synced:
         meta["channels_not_synced"] = dg.MetadataValue.text(", ".join(not_synced))
-    return dg.MaterializeResult(metadata=meta)
+    check = dg.AssetCheckResult(
+        check_name="every_channel_synced", passed=not not_synced, severity=dg.AssetCheckSeverity.ERROR,
+        metadata={"not_synced": dg.MetadataValue.text("; ".join(f"{n}: {r}" for n, r in not_synced.items())
+                                                      or "none")})
+    return dg.MaterializeResult(metadata=meta, check_results=[check])
 
 
 @dg.asset(

@@ -591,3 +591,37 @@ def test_one_sync_run_covers_executions_of_two_channels_and_leaves_an_unsent_one
     untouched = read_execution(sqlite_db, 2)
     assert untouched.status == "ready" and not untouched.status_reason
     assert inbound_results(sqlite_db, 2) == {}
+
+
+def test_a_channel_whose_credentials_are_rejected_fails_its_check_and_the_others_still_sync(
+        sqlite_db, sb, client, make_pipeline, monkeypatch):
+    """One channel's account answering 401 must not stop the other channels' STOPs (a legal duty): they are
+    read and their executions synced; the rejected channel is logged, fails the `every_channel_synced` check
+    (red in the UI) and makes `twilio-pipeline sync` exit 1."""
+    monkeypatch.setenv("TWILIO_WRONG_ACCOUNT_SID", sb.account_sid)
+    monkeypatch.setenv("TWILIO_WRONG_AUTH_TOKEN", "not-the-auth-token")
+    house = make_channel("House")
+    wrong = make_channel("Wrong", from_number="+15005550007", account="wrong")
+    pipeline = make_pipeline(sqlite_db, sb, [wrong, house])
+    nums = numbers(2)
+    send_execution(sqlite_db, client, house, 1, nums)
+    sb.inbound(nums[0], SENDER, "STOP")
+
+    synced = pipeline.sync()
+
+    channel_run = synced.runs[0]
+    assert channel_run.metadata("keyword_parse")["channels_not_synced"] == "Wrong"
+    check = next(e for e in channel_run.result.get_asset_check_evaluations()
+                 if e.check_name == "every_channel_synced")
+    assert not check.passed and "Wrong" in check.metadata["not_synced"].value
+    assert any("channel 'Wrong' not synced" in line for line in synced.report), synced.report
+    assert synced.exit_code == 1
+    assert suppressed(sqlite_db, house) == {nums[0]}
+    assert synced.execution_ids == [1] and sqlite_db.read_results(1)["Reply:STOP"] == 1
+
+
+def test_when_no_channel_can_be_read_the_channel_sync_fails(sqlite_db, sb, make_pipeline):
+    """Rejected credentials on the only channel fail the step in one line (nothing was synced)."""
+    pipeline = make_pipeline(sqlite_db, sb, make_channel("House"), auth_token="not-the-auth-token")
+    synced = pipeline.sync(check=False)
+    assert synced.runs[0].failure is not None and synced.runs[0].failure.step == "keyword_parse"
