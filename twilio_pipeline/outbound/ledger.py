@@ -10,6 +10,10 @@ Protocol, per recipient row (ChannelExecutionID, RPContactID):
     inflight --refused for the sender's/account's fault (21606 ...)--> back to planned (or ambiguous),
              with ErrorCode and Reason saying why: unsent, counted Pending, sent by a later run
 
+A resend's claim (ambiguous -> inflight) keeps the row's AttemptedAt, the time of its first request: every
+later look-up at Twilio searches from there, so a first message Twilio lists late is still found after a
+resend that was refused or lost (a window starting at the resend would miss it and text the person twice).
+
 Claims are committed before any request of the batch goes out, so after a crash a row is either
 untouched (planned), known (sent/refused), or in doubt (inflight/ambiguous) - never silently lost.
 
@@ -145,10 +149,11 @@ class Claims:
         return now
 
     def _claimed(self, conn, token: datetime, lo: int | None = None, hi: int | None = None) -> list[Item]:
+        """The rows this run just claimed with `token` (written to UpdatedAt by every claim)."""
         led = self.db.tables.ledger
         q = sa.select(led.c.RPContactID, led.c.ToNumber, led.c.Body, led.c.IsSeed, led.c.Segments).where(
             led.c.ChannelExecutionID == self.execution_id, led.c.Outcome == INFLIGHT,
-            led.c.RunID == self.run_id, led.c.AttemptedAt == token)
+            led.c.RunID == self.run_id, led.c.UpdatedAt == token)
         if lo is not None:
             q = q.where(led.c.RPContactID.between(lo, hi))
         return [Item(int(r[0]), r[1], r[2] or "", bool(r[3]), r[4]) for r in conn.execute(q.order_by(led.c.RPContactID))]
@@ -177,7 +182,8 @@ class Claims:
             return self._claimed(conn, token, lo, hi)
 
     def from_ambiguous(self, keys: list[int]) -> list[Item]:
-        """Claim ambiguous rows Twilio was found not to have, for their resend."""
+        """Claim ambiguous rows Twilio was found not to have, for their resend (AttemptedAt kept: the first
+        request's time, where every later look-up starts)."""
         led = self.db.tables.ledger
         items: list[Item] = []
         for start in range(0, len(keys), KEYS_PER_STATEMENT):
@@ -188,7 +194,7 @@ class Claims:
                     led.update()
                     .where(led.c.ChannelExecutionID == self.execution_id, led.c.Outcome == AMBIGUOUS,
                            led.c.RPContactID.in_(part), *self._fence())
-                    .values(Outcome=INFLIGHT, AttemptedAt=token, RunID=self.run_id, UpdatedAt=token)
+                    .values(Outcome=INFLIGHT, RunID=self.run_id, UpdatedAt=token)
                 )
                 if not res.rowcount and self._fenced_out(conn):
                     raise self._lost()

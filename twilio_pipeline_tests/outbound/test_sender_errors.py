@@ -205,3 +205,39 @@ def test_cli_send_stopped_by_sender_errors_exits_1_in_one_line_and_a_send_after_
         assert sorted(sb.stats()["messages_created_by_to"].values()) == [1] * 5
     finally:
         cli.close()
+
+
+def test_a_first_message_listed_late_is_found_after_a_refused_resend_not_sent_twice(db, make_sandbox, log,
+                                                                                    monkeypatch):
+    """Twilio created the first message but the answer was lost, and its listing lags. The resend, an hour
+    later, is refused because the number was released meanwhile (21606), so the row is in doubt again. Once
+    the number is back, the next send must look from the *first* request on, find that message and adopt
+    it: a look-up starting at the refused resend would miss it and text the person a second time."""
+    from datetime import timedelta
+
+    from twilio_pipeline.outbound.ledger import Claims
+    from twilio_pipeline_tests.polling import wait_until
+
+    sb = make_sandbox(list_lag_ms=4000)
+    channel = _plan(db, 1, reconcile={"settle_s": 0.1})
+    client = client_for(sb, channel)
+    first = Claims(db, 30, "run-lost").next_planned(1)[0]
+    created = client.create_message({"To": first.to, "From": SENDER, "Body": first.body}).message
+    led = db.tables.ledger
+    with db.begin() as conn:  # its answer was a 5xx: the row is in doubt, its claim time kept
+        conn.execute(led.update().where(led.c.ChannelExecutionID == 30).values(Outcome="ambiguous"))
+
+    _release(sb, SENDER)
+    an_hour_later = Claims._token
+    monkeypatch.setattr(Claims, "_token", lambda self: an_hour_later(self) + timedelta(hours=1))
+    refused = send_execution(db, client, channel, 30, run_id=run_id(), log=log, settle_s=0.1)
+    assert refused.sent == 0 and [r["Outcome"] for r in ledger_rows(db, 30)] == ["ambiguous"]
+    monkeypatch.setattr(Claims, "_token", an_hour_later)
+
+    _buy(sb, SENDER)
+    wait_until(lambda: any(m["sid"] == created["sid"] for m in client.iter_messages(to=first.to, from_=SENDER)),
+               timeout=30, what="Twilio lists the first message")
+    later = send_execution(db, client, channel, 30, run_id=run_id(), log=log, settle_s=0.1)
+    assert later.adopted == 1 and later.resent == 0
+    assert ledger_rows(db, 30)[0]["MessageSID"] == created["sid"]
+    assert sb.stats()["messages_created_by_to"] == {first.to: 1}, "texted once"
