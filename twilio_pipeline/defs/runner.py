@@ -306,8 +306,8 @@ def sync_report(db: Database, runs: SyncRuns) -> tuple[list[str], int]:
         return [f"Channel sync failed (run {channel_run.run_id}): {channel_run.failure.message}"], EXIT_FAILED
     lines.append(f"Channel sync (run {channel_run.run_id}):")
     lines += [f"  {line}" for line in channel_run.lines("keyword_parse")]
-    # A channel skipped at run time (credentials rejected, Twilio unreachable) is a failed sync for the exit
-    # code, though the other channels' replies and executions were synced.
+    # A channel not synced (its account unset or rejected, Twilio unreachable) makes the sync fail for the
+    # exit code, though the other channels' replies and executions were synced.
     code = EXIT_FAILED if channel_run.metadata("keyword_parse").get("channels_not_synced") else EXIT_OK
     for part in runs.executions:
         run = part.run

@@ -544,27 +544,6 @@ def test_what_the_cli_prints_of_a_sync_is_what_the_steps_logged(sqlite_db, sb, c
     assert synced.report[-1].startswith("Execution 1 (Inbound Test): loaded by run ")
 
 
-def test_a_channel_whose_account_is_unset_is_skipped_and_the_others_still_sync(sqlite_db, sb, client, make_pipeline,
-                                                                                monkeypatch):
-    """A channel naming an account whose TWILIO_<NAME>_* is unset cannot be synced; it is said (warning,
-    `channels_not_synced` on the materialization) and every other channel's replies and opt-outs are read."""
-    for suffix in ("ACCOUNT_SID", "AUTH_TOKEN", "API_KEY_SID", "API_KEY_SECRET"):
-        monkeypatch.delenv(f"TWILIO_NOWHERE_{suffix}", raising=False)
-    house = make_channel("House")
-    orphan = make_channel("Orphan", from_number="+15005550007", account="nowhere")
-    pipeline = make_pipeline(sqlite_db, sb, [orphan, house])
-    nums = numbers(2)
-    send_execution(sqlite_db, client, house, 1, nums)
-    sb.inbound(nums[0], SENDER, "STOP")
-    synced = pipeline.sync()
-    parse = synced.runs[0].metadata("keyword_parse")
-    assert parse["channels_not_synced"] == "Orphan" and parse["channels"] == 1
-    assert any("channel 'Orphan' not synced" in line and "TWILIO_NOWHERE_ACCOUNT_SID is not set" in line
-               for line in synced.report), synced.report
-    assert suppressed(sqlite_db, house) == {nums[0]}
-    assert synced.execution_ids == [1] and sqlite_db.read_results(1)["Reply:STOP"] == 1
-
-
 def test_one_sync_run_covers_executions_of_two_channels_and_leaves_an_unsent_one_between_alone(
         sqlite_db, sb, client, make_pipeline):
     """`twilio-pipeline sync` batches the execution syncs as the chain does (up to 10 per run, whatever their
@@ -593,16 +572,22 @@ def test_one_sync_run_covers_executions_of_two_channels_and_leaves_an_unsent_one
     assert inbound_results(sqlite_db, 2) == {}
 
 
-def test_a_channel_whose_credentials_are_rejected_fails_its_check_and_the_others_still_sync(
-        sqlite_db, sb, client, make_pipeline, monkeypatch):
-    """One channel's account answering 401 must not stop the other channels' STOPs (a legal duty): they are
-    read and their executions synced; the rejected channel is logged, fails the `every_channel_synced` check
-    (red in the UI) and makes `twilio-pipeline sync` exit 1."""
-    monkeypatch.setenv("TWILIO_WRONG_ACCOUNT_SID", sb.account_sid)
-    monkeypatch.setenv("TWILIO_WRONG_AUTH_TOKEN", "not-the-auth-token")
+@pytest.mark.parametrize("account_env, problem", [
+    ({}, "TWILIO_ELSEWHERE_ACCOUNT_SID is not set"),  # (the CLI refuses this one before any run: exit 2)
+    ({"ACCOUNT_SID": "sandbox", "AUTH_TOKEN": "not-the-auth-token"}, "not synced"),
+], ids=["account-unset", "credentials-rejected"])
+def test_a_channel_that_cannot_be_read_is_skipped_and_the_others_still_sync(
+        sqlite_db, sb, client, make_pipeline, monkeypatch, account_env, problem):
+    """One channel whose account is unset (TWILIO_<NAME>_* missing) or answers 401 must not stop the other
+    channels' STOPs (a legal duty): they are read and their executions synced; the channel is logged, named in
+    `channels_not_synced` and fails the `every_channel_synced` check (red in the UI); the sync's exit code is 1."""
+    for suffix in ("ACCOUNT_SID", "AUTH_TOKEN", "API_KEY_SID", "API_KEY_SECRET"):
+        monkeypatch.delenv(f"TWILIO_ELSEWHERE_{suffix}", raising=False)
+    for suffix, value in account_env.items():
+        monkeypatch.setenv(f"TWILIO_ELSEWHERE_{suffix}", sb.account_sid if value == "sandbox" else value)
     house = make_channel("House")
-    wrong = make_channel("Wrong", from_number="+15005550007", account="wrong")
-    pipeline = make_pipeline(sqlite_db, sb, [wrong, house])
+    elsewhere = make_channel("Elsewhere", from_number="+15005550007", account="elsewhere")
+    pipeline = make_pipeline(sqlite_db, sb, [elsewhere, house])
     nums = numbers(2)
     send_execution(sqlite_db, client, house, 1, nums)
     sb.inbound(nums[0], SENDER, "STOP")
@@ -610,11 +595,12 @@ def test_a_channel_whose_credentials_are_rejected_fails_its_check_and_the_others
     synced = pipeline.sync()
 
     channel_run = synced.runs[0]
-    assert channel_run.metadata("keyword_parse")["channels_not_synced"] == "Wrong"
+    parse = channel_run.metadata("keyword_parse")
+    assert parse["channels_not_synced"] == "Elsewhere" and parse["channels"] == 1
     check = next(e for e in channel_run.result.get_asset_check_evaluations()
                  if e.check_name == "every_channel_synced")
-    assert not check.passed and "Wrong" in check.metadata["not_synced"].value
-    assert any("channel 'Wrong' not synced" in line for line in synced.report), synced.report
+    assert not check.passed and "Elsewhere" in check.metadata["not_synced"].value
+    assert any("channel 'Elsewhere' not synced" in line and problem in line for line in synced.report), synced.report
     assert synced.exit_code == 1
     assert suppressed(sqlite_db, house) == {nums[0]}
     assert synced.execution_ids == [1] and sqlite_db.read_results(1)["Reply:STOP"] == 1
