@@ -18,8 +18,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from twilio_pipeline.channels import Channel
+from twilio_pipeline.dates import to_naive_utc
 from twilio_pipeline.db import Database
-from twilio_pipeline.db.database import to_naive_utc
 from twilio_pipeline.db.schema import PHONE, SID
 from twilio_pipeline.rules.keywords import HELP_KEYWORDS, OPT_IN_KEYWORDS, OPT_OUT_KEYWORDS
 

@@ -281,17 +281,23 @@ class Database(LeaseStore):
         return result.rowcount if result.rowcount is not None and result.rowcount >= 0 else 0
 
     def transaction_lock(self, conn: Connection, name: str, timeout_s: int = 3600) -> None:
-        """On MariaDB/MySQL, hold the named lock `name` until `conn` goes back to the pool (the end of a
-        `begin()` transaction): GET_LOCK is the server's advisory lock, but per session, not per transaction.
-        Other dialects have their own transaction-scoped form (see inbound.common.serialize_writers)."""
-        if not self.is_mysql:
-            raise NotImplementedError(self.dialect)
-        digest = hashlib.blake2b(name.encode(), digest_size=24).hexdigest()  # names are at most 64 characters
-        conn.connection._connection_record.info["twilio_pipeline_locks"] = True
-        got = conn.execute(sa.text("SELECT GET_LOCK(:n, :t)"), {"n": f"tp:{digest}", "t": timeout_s}).scalar()
-        if got != 1:
-            raise OperationalError(f"GET_LOCK({name!r})", {}, TimeoutError(
-                f"waited {timeout_s} s for the database lock {name!r} held by another run"))
+        """Hold the advisory lock `name` until the transaction of `conn` ends, so writers that must not
+        interleave take turns. PostgreSQL: pg_advisory_xact_lock; SQL Server: sp_getapplock (owner
+        Transaction); SQLite: nothing (BEGIN IMMEDIATE already serialises writers); MariaDB/MySQL: GET_LOCK,
+        which is per session, so it is released when `conn` goes back to the pool."""
+        if self.dialect == "postgresql":
+            num = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": num})
+        elif self.dialect == "mssql":
+            conn.execute(sa.text("EXEC sp_getapplock @Resource = :r, @LockMode = 'Exclusive', "
+                                 "@LockOwner = 'Transaction'"), {"r": name[:255]})
+        elif self.is_mysql:
+            digest = hashlib.blake2b(name.encode(), digest_size=24).hexdigest()  # names are at most 64 characters
+            conn.connection._connection_record.info["twilio_pipeline_locks"] = True
+            got = conn.execute(sa.text("SELECT GET_LOCK(:n, :t)"), {"n": f"tp:{digest}", "t": timeout_s}).scalar()
+            if got != 1:
+                raise OperationalError(f"GET_LOCK({name!r})", {}, TimeoutError(
+                    f"waited {timeout_s} s for the database lock {name!r} held by another run"))
 
     # ---- staging tables -----------------------------------------------------------------------
     @contextmanager

@@ -4,7 +4,6 @@ the write lock that keeps two overlapping syncs from inserting the same row twic
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -13,10 +12,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from twilio_pipeline.channels import Channel
+from twilio_pipeline.dates import to_naive_utc
 from twilio_pipeline.db import Database
-from twilio_pipeline.db.database import to_naive_utc
 from twilio_pipeline.rules.states import STATUS_RANK, state_name
-from twilio_pipeline.summary import Summary as Summary  # still imported from here by sync.py and state_load.py
 from twilio_pipeline.suppression import same_account
 
 # Rows buffered before a bulk insert into a staging table: bounds memory on any listing size.
@@ -51,15 +49,7 @@ def serialize_writers(db: Database, conn: Connection, key: str) -> None:
     INSERT ... WHERE NOT EXISTS is exact only when no other transaction inserts the same row at the
     same time; SQLite already serialises writers (BEGIN IMMEDIATE), PostgreSQL and MariaDB need an advisory lock.
     """
-    full = f"{db.schema or ''}.{db.prefix}:{key}"
-    if db.dialect == "postgresql":
-        num = int.from_bytes(hashlib.blake2b(full.encode(), digest_size=8).digest(), "big", signed=True)
-        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": num})
-    elif db.dialect == "mssql":
-        conn.execute(sa.text("EXEC sp_getapplock @Resource = :r, @LockMode = 'Exclusive', @LockOwner = 'Transaction'"),
-                     {"r": full[:255]})
-    elif db.is_mysql:
-        db.transaction_lock(conn, full)
+    db.transaction_lock(conn, f"{db.schema or ''}.{db.prefix}:{key}")
 
 
 def sender_numbers_select(db: Database, channel: Channel) -> sa.Select:

@@ -18,9 +18,10 @@ from sqlalchemy.engine import Connection
 
 from twilio_pipeline.db import Database
 from twilio_pipeline.inbound.aggregate import write_inbound_results
-from twilio_pipeline.inbound.common import Summary, serialize_writers
+from twilio_pipeline.inbound.common import serialize_writers
 from twilio_pipeline.logs import Log
 from twilio_pipeline.rules.states import REPLIED
+from twilio_pipeline.summary import Summary
 
 DELIVERY_KEY = ("ChannelExecutionID", "RPContactID", "FulfillmentState")
 REPLY_KEY = ("ChannelExecutionID", "RPContactID", "FulfillmentState", "EventName", "Timestamp")

@@ -9,8 +9,9 @@ from datetime import datetime
 import sqlalchemy as sa
 
 from twilio_pipeline.channels import Channel, ChannelConfigError, ChannelFile
+from twilio_pipeline.dates import to_naive_utc
 from twilio_pipeline.db import Database, utcnow
-from twilio_pipeline.db.database import lenient_text, to_naive_utc, undecodable
+from twilio_pipeline.db.database import lenient_text, undecodable
 from twilio_pipeline.outbound.errors import OutboundInputError
 from twilio_pipeline.rules.phones import validate_sender
 from twilio_pipeline.rules.render import media_url_problem, template_problem

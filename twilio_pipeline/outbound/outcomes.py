@@ -18,9 +18,8 @@ from datetime import datetime
 import sqlalchemy as sa
 
 from twilio_pipeline.channels import Channel
-from twilio_pipeline.dates import twilio_time
+from twilio_pipeline.dates import to_naive_utc, twilio_time
 from twilio_pipeline.db import Database, utcnow
-from twilio_pipeline.db.database import to_naive_utc
 from twilio_pipeline.outbound.ledger import AMBIGUOUS, INFLIGHT, REASON_MAX, REFUSED, SENT, Item
 from twilio_pipeline.suppression import OPTED_OUT_CODE, record_refusals_as_stop
 from twilio_pipeline.twilio import CreateResult

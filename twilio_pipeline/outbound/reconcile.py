@@ -34,8 +34,8 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 
 from twilio_pipeline.channels import Channel
+from twilio_pipeline.dates import to_naive_utc
 from twilio_pipeline.db import Database, utcnow
-from twilio_pipeline.db.database import to_naive_utc
 from twilio_pipeline.outbound.dispatch import Dispatcher
 from twilio_pipeline.outbound.ledger import AMBIGUOUS, Claims, Item
 from twilio_pipeline.outbound.outcomes import OutcomeWriter

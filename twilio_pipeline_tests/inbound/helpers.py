@@ -13,8 +13,8 @@ import sqlalchemy as sa
 
 from twilio_pipeline.audience import create_execution
 from twilio_pipeline.channels import Channel
+from twilio_pipeline.dates import to_naive_utc
 from twilio_pipeline.db import Database, utcnow
-from twilio_pipeline.db.database import to_naive_utc
 from twilio_pipeline.rules.states import state_name
 from twilio_pipeline.twilio import Endpoints, RetrySettings, TwilioClient, TwilioCredentials, parse_twilio_date
 

@@ -191,7 +191,7 @@ def test_a_named_account_takes_an_api_key_and_bad_values_are_one_line_naming_the
 
 def test_tables_of_an_earlier_release_get_the_account_column_on_open_and_keep_their_opt_outs(tmp_path, log):
     from twilio_pipeline.channels import Channel
-    from twilio_pipeline.db.database import utcnow
+    from twilio_pipeline.dates import utcnow
 
     url = f"sqlite:///{tmp_path / 'old.db'}"
     old = Database(url)

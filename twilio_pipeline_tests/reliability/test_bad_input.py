@@ -25,7 +25,7 @@ import sqlalchemy as sa
 
 from twilio_pipeline.audience import create_execution
 from twilio_pipeline.channels import ChannelConfigError, load_channels, parse_channels
-from twilio_pipeline.db.database import to_naive_utc
+from twilio_pipeline.dates import to_naive_utc
 from twilio_pipeline.inbound import fetch_statuses, load_states, parse_keywords, refresh_inbound, suppressed_numbers
 from twilio_pipeline.logs import ListLog
 from twilio_pipeline.outbound import (

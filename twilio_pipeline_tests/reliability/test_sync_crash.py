@@ -19,7 +19,7 @@ import pytest
 import sqlalchemy as sa
 
 from twilio_pipeline.channels import parse_channels
-from twilio_pipeline.db.database import to_naive_utc
+from twilio_pipeline.dates import to_naive_utc
 from twilio_pipeline.inbound import suppressed_numbers
 from twilio_pipeline.logs import ListLog
 from twilio_pipeline.rules.states import state_name
