@@ -7,6 +7,9 @@ it, it prints one line and exits 1, so the supervisor shows the unit failed inst
 
     python deploy/code_server.py            # TWILIO_PIPELINE_CODE_SERVER_HOST / _PORT (127.0.0.1:4266)
     python deploy/code_server.py --host 0.0.0.0 --port 4266
+
+Before it becomes the code server it starts the forkserver its runs fork their steps from
+(twilio_pipeline.step_forkserver): Dagster and the code location are imported once for all runs.
 """
 
 from __future__ import annotations
@@ -43,6 +46,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"code server not started: {args.host}:{args.port} is already in use ({reason}); "
               "is another code server running? Stop it first", file=sys.stderr, flush=True)
         return EXIT_PORT_TAKEN
+    # One preloaded forkserver for the step processes of every run this code server starts (see
+    # twilio_pipeline.step_forkserver); it lives as long as the code server. Without it, runs start their own.
+    try:
+        from twilio_pipeline import step_forkserver
+
+        os.environ.update(step_forkserver.start(list(step_forkserver.PRELOAD)))
+    except Exception as exc:  # noqa: BLE001 - the code server still serves; each run starts its own forkserver
+        print(f"code server: no shared step forkserver ({exc}); each run starts its own", file=sys.stderr, flush=True)
     # exec: the supervisor watches (and signals) the code server itself, not this wrapper.
     os.execv(sys.executable, [sys.executable, "-m", "dagster", "code-server", "start",
                               "-m", "twilio_pipeline.definitions", "-h", args.host, "-p", str(args.port)])

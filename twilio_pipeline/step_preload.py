@@ -23,6 +23,14 @@ DAGSTER_STEP = (
     "dagster._core.execution.api",
     "dagster._core.execution.plan.execute_plan",
     "dagster._core.instance.factory",
+    # What a step still imported on first use (py-spy of a burst): the secrets loader of the instance, the
+    # filesystem IO manager's path library, and the PostgreSQL driver SQLAlchemy loads at the first engine.
+    "dagster._core.secrets.env_file",
+    "upath",
+    "upath.implementations.local",
+    "psycopg2",
+    "psycopg2.extensions",
+    "psycopg2.extras",
 )
 
 

@@ -17,6 +17,12 @@ import socket
 import uuid
 
 import dagster as dg
+from dagster._core.definitions.executor_definition import (
+    MULTI_PROC_CONFIG,
+    _core_multiprocess_executor_creation,
+    multiple_process_executor_requirements,
+)
+from dagster._core.executor.multiprocess import MultiprocessExecutor
 
 from twilio_pipeline.settings import ExecutorSettings, SettingsError, executor_settings
 
@@ -55,13 +61,40 @@ def _forkserver_unless_configured(config: dict) -> dict:
     return {**config, "start_method": DEFAULT_START_METHOD}
 
 
+class SharedForkserverExecutor(MultiprocessExecutor):
+    """Dagster's multiprocess executor; with the forkserver start method, its steps come from the code
+    server's shared, preloaded forkserver when there is one for this code (twilio_pipeline.step_forkserver),
+    else from a forkserver of the run's own, as Dagster starts it. The run's event log says which."""
+
+    def execute(self, plan_context, execution_plan):
+        if self._start_method == "forkserver":
+            from dagster._core.events import DagsterEvent, EngineEventData
+
+            from twilio_pipeline import step_forkserver
+
+            yield DagsterEvent.engine_event(plan_context, step_forkserver.attach(), EngineEventData())
+        yield from super().execute(plan_context, execution_plan)
+
+
+@dg.executor(name="multiprocess", config_schema=MULTI_PROC_CONFIG,
+             requirements=multiple_process_executor_requirements())
+def _multiprocess(init_context) -> SharedForkserverExecutor:
+    return executor_from_config(init_context.executor_config)
+
+
+def executor_from_config(config: dict) -> SharedForkserverExecutor:
+    """The executor a run gets from its (processed) `execution: config:`."""
+    base = _core_multiprocess_executor_creation(_forkserver_unless_configured(dict(config)))  # Dagster's reading
+    executor = SharedForkserverExecutor.__new__(SharedForkserverExecutor)
+    executor.__dict__.update(base.__dict__)
+    return executor
+
+
 def multiprocess_executor() -> dg.ExecutorDefinition:
     """Dagster's multiprocess executor, one process per step, started from a forkserver that has the code
-    location preloaded. Its run config is unchanged (`max_concurrent`, `retries`, ...), and a run config that
-    names a `start_method` (`spawn: {}`) still gets it."""
-    from dagster._core.definitions.executor_definition import MULTI_PROC_CONFIG
-
-    return dg.multiprocess_executor.configured(_forkserver_unless_configured, config_schema=MULTI_PROC_CONFIG)
+    location preloaded (the code server's, shared by its runs, when there is one). Its run config is unchanged
+    (`max_concurrent`, `retries`, ...), and a run config that names a `start_method` (`spawn: {}`) still gets it."""
+    return _multiprocess
 
 
 def job_executor(env: dict[str, str] | None = None) -> dg.ExecutorDefinition:

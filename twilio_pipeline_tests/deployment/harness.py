@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import psutil
 import requests
 import sqlalchemy as sa
 import yaml
@@ -107,6 +108,10 @@ class Deployment:
             time.sleep(every)
 
     # health --------------------------------------------------------------------------------------
+    def code_server_env(self) -> dict[str, str]:
+        """The code server's environment as it runs (deploy/code_server.py adds its shared forkserver's)."""
+        return psutil.Process(self.procs["code"].pid).environ()
+
     def code_server_healthy(self) -> bool:
         """What `dagster api grpc-health-check` asks, without a process start per poll."""
         import grpc

@@ -10,28 +10,27 @@ import shutil
 from dagster._core.definitions.executor_definition import MULTI_PROC_CONFIG
 
 from twilio_pipeline.step_preload import instance_modules, preload
-from twilio_pipeline.worker import DEFAULT_START_METHOD, job_executor
+from twilio_pipeline.worker import SharedForkserverExecutor, executor_from_config, job_executor
 from twilio_pipeline_tests.deployment.harness import DEPLOY
 
 
-def _resolved(run_config: dict) -> dict:
-    """The executor config a run gets from its run config (`execution: config: ...`)."""
+def _executor(run_config: dict) -> SharedForkserverExecutor:
+    """The executor a run gets from its run config (`execution: config: ...`)."""
     from dagster._config import process_config
 
     processed = process_config(MULTI_PROC_CONFIG.config_type, run_config)
     assert processed.success, processed.errors
-    resolved = job_executor({}).config_schema.resolve_config({"config": processed.value})
-    assert resolved.success, resolved.errors
-    return resolved.value["config"]
+    return executor_from_config(processed.value)
 
 
 def test_steps_are_forked_from_a_preloaded_forkserver_unless_the_run_config_says_otherwise():
     assert job_executor({}).name == "multiprocess"
-    default = _resolved({})
-    assert default["start_method"] == DEFAULT_START_METHOD
-    assert default["start_method"]["forkserver"]["preload_modules"] == ["twilio_pipeline.step_preload"]
-    spawn = _resolved({"start_method": {"spawn": {}}, "max_concurrent": 2})
-    assert spawn["start_method"] == {"spawn": {}} and spawn["max_concurrent"] == 2
+    default = _executor({})
+    assert isinstance(default, SharedForkserverExecutor)
+    assert default._start_method == "forkserver"
+    assert default._explicit_forkserver_preload == ["twilio_pipeline.step_preload"]
+    spawn = _executor({"start_method": {"spawn": {}}, "max_concurrent": 2})
+    assert spawn._start_method == "spawn" and spawn._max_concurrent == 2
 
 
 def test_the_preload_imports_the_code_location_and_the_production_instance_classes(tmp_path, monkeypatch):

@@ -25,6 +25,7 @@ import pytest
 import sqlalchemy as sa
 from dagster._core.execution.backfill import BulkActionStatus
 
+from twilio_pipeline import step_forkserver
 from twilio_pipeline.defs.partitions import CHANNEL_TAG, EXECUTION_TAG, TWILIO_POOL
 from twilio_pipeline.defs.sync_selection import SYNC_EXECUTIONS_TAG
 from twilio_pipeline.settings import project_root
@@ -92,11 +93,13 @@ def test_a_run_worker_killed_mid_send_frees_its_slots_and_a_rerun_from_graphql_t
     send_start = [e for e in d.instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_START)
                   if e.step_key == "send"]
     assert send_start, "the send step had not started although messages were created"
-    # The run worker is the process that started the run; the send step runs in a process below it.
+    # The run worker is the process that started the run; the send step runs in a process of its own,
+    # forked from the code server's shared forkserver (twilio_pipeline.step_forkserver), not below it.
     [run_start] = d.instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_START)
     worker = psutil.Process(run_start.dagster_event.pid)
-    victims = [worker, *worker.children(recursive=True)]
-    assert send_start[0].dagster_event.pid in {p.pid for p in victims}
+    step = psutil.Process(send_start[0].dagster_event.pid)
+    assert step.ppid() == int(d.code_server_env()[step_forkserver.PID_ENV]) != worker.pid
+    victims = [worker, *worker.children(recursive=True), step, *step.children(recursive=True)]
     for p in victims:  # the run worker first: it must not get the chance to record anything
         p.send_signal(signal.SIGKILL)
     psutil.wait_procs(victims, timeout=30)
@@ -135,6 +138,8 @@ def test_a_ready_execution_is_sent_synced_and_its_results_loaded_unattended(depl
     assert run.status == dg.DagsterRunStatus.SUCCESS, d.log_tail("code")
     assert run.tags.get(CHANNEL_TAG) == CHANNEL
     assert _went_through_the_queue(d, run.run_id)  # the QueuedRunCoordinator of deploy/dagster.prod.yaml
+    engine = [e.user_message for e in d.instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)]
+    assert any("from the code server's preloaded forkserver" in m for m in engine), engine
     assert d.execution(WALK)[0] == "sent"
     assert d.texts_by_number(WALK) == {phone(WALK, i): 1 for i in range(1, 6)}
 

@@ -1,0 +1,137 @@
+"""One forkserver per code server, shared by every run it starts: step processes forked from a process
+that imported Dagster and the code location once, when the code server started.
+
+Dagster's multiprocess executor starts a forkserver per run (twilio_pipeline.worker preloads it with
+`step_preload`), so every run pays a full import of Dagster and the code location twice: once in the run
+worker the code server spawns, once in that run's forkserver. On a small host a burst of runs spent about
+a third of its CPU importing in those forkservers. `deploy/code_server.py` therefore starts one preloaded
+forkserver before it becomes the code server (`start`), and every run worker of that code server asks it
+for its step processes (`attach`), speaking multiprocessing's own forkserver protocol. Each step still runs
+in its own process, with the run worker's sys.path and working directory, and Dagster still starts, watches
+and terminates it.
+
+The shared server is used only when it is certainly the same code: the code server exports the server's
+pid and a fingerprint of the code it preloaded (the package's files and Dagster's version), and a run worker
+whose own fingerprint differs (the code was changed and reloaded since) or whose server is gone starts its
+own forkserver as before, and says why. No Dagster here: the executor in worker.py calls `attach`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import socket
+import sys
+import tempfile
+from importlib import metadata
+from multiprocessing import forkserver, resource_tracker, spawn, util
+from pathlib import Path
+
+ADDRESS_ENV = "TWILIO_PIPELINE_STEP_FORKSERVER"
+PID_ENV = "TWILIO_PIPELINE_STEP_FORKSERVER_PID"
+CODE_ENV = "TWILIO_PIPELINE_STEP_FORKSERVER_CODE"
+PACKAGE_DIR = Path(__file__).resolve().parent
+# What a run's own forkserver preloads too (worker.DEFAULT_START_METHOD, behind Dagster's executor module).
+PRELOAD = ("dagster._core.executor.multiprocess", "twilio_pipeline.step_preload")
+
+
+def code_fingerprint() -> str:
+    """What the step processes would run: every source file of the package (path, size, mtime) and the
+    installed Dagster. Equal fingerprints mean a forkserver preloaded the code a run worker imported."""
+    digest = hashlib.blake2b(digest_size=16)
+    with contextlib.suppress(metadata.PackageNotFoundError):
+        digest.update(metadata.version("dagster").encode())
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        st = path.stat()
+        digest.update(f"{path.relative_to(PACKAGE_DIR)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def start(preload: list[str]) -> dict[str, str]:
+    """Start the shared forkserver, preloading `preload`; returns the variables a code server started next
+    (by exec, which keeps the server alive: it stops when the process holding its "alive" pipe ends) passes
+    on to its run workers. The socket sits in a directory only this user can enter."""
+    directory = tempfile.mkdtemp(prefix="twilio-pipeline-steps-")
+    address = os.path.join(directory, "forkserver.sock")
+    fingerprint = code_fingerprint()
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(address)
+        os.chmod(address, 0o600)
+        listener.listen()
+        alive_r, alive_w = os.pipe()
+        try:
+            cmd = (f"from multiprocessing.forkserver import main; "
+                   f"main({listener.fileno()}, {alive_r}, {list(preload)!r}, **{ {'sys_path': sys.path}!r})")
+            exe = spawn.get_executable()
+            pid = util.spawnv_passfds(exe, [exe, *util._args_from_interpreter_flags(), "-c", cmd],
+                                      [listener.fileno(), alive_r])
+        except BaseException:
+            os.close(alive_w)
+            raise
+        finally:
+            os.close(alive_r)
+    os.set_inheritable(alive_w, True)
+    return {ADDRESS_ENV: address, PID_ENV: str(pid), CODE_ENV: fingerprint}
+
+
+class _SharedForkServer(forkserver.ForkServer):
+    """multiprocessing's forkserver client, pointed at a server this process did not start."""
+
+    def __init__(self, address: str, pid: int):
+        super().__init__()
+        self._forkserver_address = address
+        self._forkserver_pid = pid
+        # Each child gets this as the "alive" fd of a forkserver of its own, which it never starts.
+        self._forkserver_alive_fd = os.open(os.devnull, os.O_RDONLY)
+
+    def ensure_running(self) -> None:
+        resource_tracker.ensure_running()
+
+    def set_forkserver_preload(self, modules_names) -> None:
+        """The shared server preloaded its modules when the code server started."""
+
+
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie (a killed server stays one until its parent reaps it, which
+    the code server never does)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: whether a signal could be sent
+        pass
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):  # gone, or someone else's process took the pid
+        return False
+    return True
+
+
+def why_not_shared(env: dict[str, str] | None = None) -> str | None:
+    """Why this process cannot use the code server's forkserver, or None when it can."""
+    env = os.environ if env is None else env
+    address, pid, code = env.get(ADDRESS_ENV), env.get(PID_ENV), env.get(CODE_ENV)
+    if not address:
+        return "no shared forkserver (the code server was not started by deploy/code_server.py)"
+    if not pid or not pid.isdigit() or not _alive(int(pid)) or not os.path.exists(address):
+        return f"the code server's forkserver (pid {pid}) is not running"
+    if code != code_fingerprint():
+        return "the code changed since the code server's forkserver preloaded it"
+    return None
+
+
+def attach(env: dict[str, str] | None = None) -> str:
+    """Make this process's forkserver start method use the code server's shared forkserver when it can;
+    returns one line saying which forkserver the steps come from."""
+    env = os.environ if env is None else env
+    reason = why_not_shared(env)
+    if reason is not None:
+        return f"steps forked from a forkserver of this run: {reason}"
+    shared = _SharedForkServer(env[ADDRESS_ENV], int(env[PID_ENV]))
+    forkserver._forkserver = shared
+    forkserver.ensure_running = shared.ensure_running
+    forkserver.connect_to_new_process = shared.connect_to_new_process
+    forkserver.set_forkserver_preload = shared.set_forkserver_preload
+    return f"steps forked from the code server's preloaded forkserver (pid {env[PID_ENV]})"

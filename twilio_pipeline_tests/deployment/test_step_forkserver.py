@@ -1,0 +1,75 @@
+"""The code server's shared step forkserver (twilio_pipeline.step_forkserver): a run worker of a code server
+started by deploy/code_server.py forks its steps from the forkserver that code server preloaded, and starts
+its own only when that forkserver is gone or holds other code - saying so in the run's event log. The
+deployment suite (test_lifecycle.py) runs every run of the deployment through it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from twilio_pipeline import step_forkserver
+from twilio_pipeline_tests.polling import wait_until
+
+pytestmark = pytest.mark.slow
+
+SERVE = ("import json, sys; from twilio_pipeline import step_forkserver as s; "
+         "print(json.dumps(s.start(list(s.PRELOAD))), flush=True); sys.stdin.read()")
+
+
+@pytest.fixture
+def shared_server():
+    """A process holding a shared forkserver, as the code server does after deploy/code_server.py's exec."""
+    holder = subprocess.Popen([sys.executable, "-c", SERVE], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    env = json.loads(holder.stdout.readline())
+    yield env
+    holder.stdin.close()
+    holder.wait(timeout=30)
+    pid = int(env[step_forkserver.PID_ENV])
+    wait_until(lambda: not step_forkserver._alive(pid), timeout=30,
+               what="the shared forkserver to stop with the process holding it")
+
+
+def _run(env_add: dict[str, str]) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TWILIO_PIPELINE_STEP_FORKSERVER")}
+    out = subprocess.run([sys.executable, "-m", "twilio_pipeline_tests.deployment.forkserver_job"],
+                         env={**env, **env_add}, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["success"]
+    return result
+
+
+def test_a_run_forks_its_steps_from_the_code_servers_preloaded_forkserver(shared_server):
+    server = int(shared_server[step_forkserver.PID_ENV])
+    first, second = _run(shared_server), _run(shared_server)
+    assert first["step"]["ppid"] == server and second["step"]["ppid"] == server
+    assert any(f"code server's preloaded forkserver (pid {server})" in e for e in first["events"])
+
+
+def test_a_run_starts_its_own_forkserver_when_the_code_changed_since_the_shared_one_preloaded_it(shared_server):
+    stale = {**shared_server, step_forkserver.CODE_ENV: "0" * 32}
+    result = _run(stale)
+    assert result["step"]["ppid"] not in (int(shared_server[step_forkserver.PID_ENV]), result["run_worker"])
+    assert any("forkserver of this run: the code changed" in e for e in result["events"])
+
+
+def test_a_run_starts_its_own_forkserver_when_the_shared_one_is_gone(shared_server):
+    server = int(shared_server[step_forkserver.PID_ENV])
+    os.kill(server, signal.SIGKILL)
+    wait_until(lambda: not step_forkserver._alive(server), timeout=10, what="the server to die")
+    result = _run(shared_server)
+    assert result["step"]["ppid"] != server
+    assert any("forkserver of this run: the code server's forkserver" in e and "is not running" in e
+               for e in result["events"])
+
+
+def test_without_a_code_server_wrapper_each_run_has_its_own_forkserver():
+    result = _run({})
+    assert result["step"]["ppid"] != result["run_worker"]  # a forkserver's child, not the run worker's
+    assert any("no shared forkserver" in e for e in result["events"])
