@@ -18,6 +18,7 @@ CODE_LOCATION = (
     "twilio_pipeline.inbound",
     "twilio_pipeline.follow_ups",
     "twilio_pipeline.signals",
+    "pandas",  # the plan step reads recipients with it; the code location imports it only there
 )
 DAGSTER_STEP = (
     "dagster._core.execution.api",
