@@ -15,24 +15,14 @@ import pytest
 
 from twilio_pipeline import step_forkserver
 from twilio_pipeline_tests.polling import wait_until
+from twilio_pipeline_tests.step_forkservers import shared_forkserver
 
 pytestmark = pytest.mark.slow
 
-SERVE = ("import json, sys; from twilio_pipeline import step_forkserver as s; "
-         "print(json.dumps(s.start(list(s.PRELOAD))), flush=True); sys.stdin.read()")
-
-
 @pytest.fixture
 def shared_server():
-    """A process holding a shared forkserver, as the code server does after deploy/code_server.py's exec."""
-    holder = subprocess.Popen([sys.executable, "-c", SERVE], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    env = json.loads(holder.stdout.readline())
-    yield env
-    holder.stdin.close()
-    holder.wait(timeout=30)
-    pid = int(env[step_forkserver.PID_ENV])
-    wait_until(lambda: not step_forkserver._alive(pid), timeout=30,
-               what="the shared forkserver to stop with the process holding it")
+    with shared_forkserver() as variables:
+        yield variables
 
 
 def _run(env_add: dict[str, str]) -> dict:

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+from contextlib import ExitStack
 
 import dagster as dg
 import pytest
@@ -28,6 +29,7 @@ from twilio_pipeline_tests.reliability.conftest import (
     channel,
     mixed_audience,
 )
+from twilio_pipeline_tests.step_forkservers import shared_forkserver
 
 pytestmark = pytest.mark.slow
 EXECUTION = 7
@@ -148,13 +150,27 @@ with dg.DagsterInstance.get() as instance:
 
 
 @pytest.mark.timeout(240)
+@pytest.mark.parametrize("forkserver", ["the run's own", "the code server's shared"])
 def test_a_dagster_run_termination_while_sending_is_failed_interrupted_and_a_later_send_resumes(
-        make_sandbox, make_cli):
+        make_sandbox, make_cli, forkserver):
     """The run as a daemon/UI launch runs it (its own process, the multiprocess executor, a step per
     process), terminated as the UI's Terminate does: the run launcher marks it CANCELING and the run
-    worker gets SIGTERM, which Dagster turns into an interrupt of the step."""
+    worker gets SIGTERM, which Dagster turns into an interrupt of the step - whether the step was forked
+    from a forkserver of the run's own or from the code server's shared one (twilio_pipeline.step_forkserver)."""
     sb, cli, audience = _slow_setup(make_sandbox, make_cli)
-    worker = subprocess.Popen([sys.executable, "-c", WORKER, str(EXECUTION)], env=cli.env, cwd=str(cli.root),
+    with ExitStack() as stack:
+        env = dict(cli.env)
+        if forkserver == "the code server's shared":
+            env.update(stack.enter_context(shared_forkserver(cli.env, cwd=str(cli.root))))
+        engine = _terminate_while_sending(sb, cli, env)
+    shared = forkserver == "the code server's shared"
+    assert any(("code server's preloaded forkserver" in m) == shared and "steps forked from" in m for m in engine), engine
+    _assert_interrupted_then_resumed(sb, cli, audience, "interrupted by a Dagster run termination during sending; ")
+
+
+def _terminate_while_sending(sb, cli, env: dict[str, str]) -> list[str]:
+    """Run the execution's outbound job as a run worker does and terminate it mid-send; its engine events."""
+    worker = subprocess.Popen([sys.executable, "-c", WORKER, str(EXECUTION)], env=env, cwd=str(cli.root),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         wait_until(lambda: sb.stats()["messages_outbound"] >= 60, 150, "60 messages reached the sandbox",
@@ -166,8 +182,9 @@ def test_a_dagster_run_termination_while_sending_is_failed_interrupted_and_a_lat
             os.kill(worker.pid, signal.SIGTERM)
             output, _ = worker.communicate(timeout=90)
             assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.CANCELED, output[-3000:]
+            engine = [e.user_message for e in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)]
     finally:
         if worker.poll() is None:
             os.killpg(worker.pid, signal.SIGKILL)
             worker.wait()
-    _assert_interrupted_then_resumed(sb, cli, audience, "interrupted by a Dagster run termination during sending; ")
+    return engine
