@@ -272,7 +272,11 @@ def infile_column(values: list) -> list[str] | None:
     if kinds == {int}:
         return list(map(str, values))
     if kinds == {datetime} and not any(map(_TZINFO, values)):
+        if values.count(values[0]) == len(values):  # one moment for the whole batch (ObservedAt, UpdatedAt)
+            return [values[0].isoformat(" ")] * len(values)
         return list(map(datetime.isoformat, values, repeat(" ")))
+    if kinds == {bool}:
+        return ["1" if v else "0" for v in values]
     if kinds <= {str, type(None)}:
         if _INFILE_SPECIAL.search("".join(v for v in values if v is not None)) is None:
             return ["\\N" if v is None else v for v in values]
