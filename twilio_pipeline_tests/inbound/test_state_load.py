@@ -114,3 +114,18 @@ def test_a_postgres_role_without_truncate_still_drains_the_whole_table(postgres_
             conn.exec_driver_sql(f'DROP OWNED BY "{role}"')
             conn.exec_driver_sql(f'DROP ROLE "{role}"')
         owner.dispose()
+
+
+def test_replies_with_and_without_keyword_or_moment_are_stored_once_across_loads(db):
+    """A reply's key holds EventName and Timestamp, which may be NULL: a NULL matches a NULL, so loading
+    the same replies again (re-observed after a crash) adds nothing."""
+    p = db.tables.pending_states
+    replies = [{"ChannelExecutionID": 8, "RPContactID": c, "FulfillmentState": "Replied",
+                "EventName": None if c % 2 else "STOP", "Timestamp": None if c % 3 == 0 else T0 + timedelta(seconds=c),
+                "ObservedAt": utcnow()} for c in range(1, 13)]
+    for _ in range(2):
+        with db.begin() as conn:
+            db.bulk_insert(conn, p, replies + replies[:4])
+        load_states(db, log=ListLog())
+    assert pending(db) == []
+    assert stored(db) == sorted((8, r["RPContactID"], "Replied", r["EventName"], r["Timestamp"]) for r in replies)
