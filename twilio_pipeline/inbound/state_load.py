@@ -149,7 +149,9 @@ def drain_pending(db: Database, conn: Connection, batch, whole_table: bool) -> N
 
     PostgreSQL's TRUNCATE (1M rows: ms instead of ~1 s of DELETE) runs in a savepoint with a short lock
     timeout: a role without the TRUNCATE privilege, or a reader holding the table for long, gets the
-    ranged DELETE instead of a failed or stalled load."""
+    ranged DELETE instead of a failed or stalled load. (TRUNCATE is not MVCC-safe: a reader whose
+    snapshot predates the commit sees the table empty, which is what the DELETE leaves once committed;
+    only the eligibility counts read this table outside the lock.)"""
     p = db.tables.pending_states
     if whole_table and db.dialect == "sqlite":
         conn.execute(p.delete())
