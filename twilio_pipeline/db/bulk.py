@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from itertools import repeat
+from itertools import chain, repeat
 from operator import attrgetter
 
 import sqlalchemy as sa
@@ -189,8 +191,11 @@ def mysql_column(dbapi, values: list) -> list[str]:
     return out
 
 
-# LOAD DATA LOCAL refused: by the server (1148 MariaDB / MySQL 5, 3948 MySQL 8) or the client library (2068).
-LOAD_DATA_REFUSED = frozenset({1148, 3948, 2068})
+# LOAD DATA LOCAL refused: by the server (1148 MySQL 5 / older MariaDB, 4166 MariaDB 10.5+, 3948 MySQL 8)
+# or the client library (2068).
+LOAD_DATA_REFUSED = frozenset({1148, 4166, 3948, 2068})
+LOAD_CHUNK_ROWS = 50_000  # rows per LOAD DATA statement (~5 MB of text for 8 columns)
+_INFILE_TYPES = frozenset({int, str, bool, datetime, type(None)})
 _INFILE_SPECIAL = re.compile(r"[\\\t\n\r\x00]")
 _INFILE_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\x00": "\\0"})
 
@@ -210,59 +215,71 @@ def local_infile_allowed(conn: Connection) -> bool:
 
 
 def load_data_mysql(conn: Connection, qualified: str, rows: Sequence[Mapping]) -> int | None:
-    """LOAD DATA LOCAL INFILE of `rows`, written column-encoded to a temporary file (deleted in `finally`).
+    """LOAD DATA LOCAL INFILE of `rows`, in chunks of LOAD_CHUNK_ROWS written column-encoded to temporary
+    files (a private folder, removed in `finally`).
 
-    None when a value has a type this encoder does not know (the caller then INSERTs). Raises
-    LoadDataRefused when the server or the connection refuses the statement. A LOCAL load turns
-    duplicate keys and bad values into warnings (the server cannot stop the client's stream); any
-    warning or a row count short of the batch is raised here as the error a plain INSERT gives, so
-    the caller's transaction rolls back whatever was loaded."""
+    A worker thread encodes the next chunk while the server loads the one before (the client only waits
+    on the socket then), as the streamed COPY does on PostgreSQL. None when a value has a type this
+    encoder does not know (the caller then INSERTs). Raises LoadDataRefused when the server or the
+    connection refuses the first statement (nothing loaded). A LOCAL load turns duplicate keys and bad
+    values into warnings (the server cannot stop the client's stream); any warning or a row count short
+    of the chunk is raised here as the error a plain INSERT gives, so the caller's transaction rolls back
+    whatever was loaded."""
+    if not set(map(type, chain.from_iterable(row.values() for row in rows))) <= _INFILE_TYPES:
+        return None
     columns = list(rows[0].keys())
-    encoded = []
-    for values in column_values(rows, columns):
-        column = infile_column(values)
-        if column is None:
-            return None
-        encoded.append(column)
     dbapi = conn.connection.dbapi_connection
     prep = conn.dialect.identifier_preparer
-    fd, path = tempfile.mkstemp(prefix="tp_load_", suffix=".tsv")
+    head = (f"INTO TABLE {qualified} CHARACTER SET utf8mb4 FIELDS TERMINATED BY {dbapi.escape(chr(9))} "
+            f"ENCLOSED BY '' ESCAPED BY {dbapi.escape(chr(92))} LINES TERMINATED BY {dbapi.escape(chr(10))} "
+            f"({', '.join(prep.quote(c) for c in columns)})")
+    folder = tempfile.mkdtemp(prefix="tp_load_")
+    starts = range(0, len(rows), LOAD_CHUNK_ROWS)
+
+    def write(start: int) -> tuple[str, int]:
+        part = rows[start:start + LOAD_CHUNK_ROWS]
+        encoded = [infile_column(values) for values in column_values(part, columns)]
+        path = os.path.join(folder, f"{start}.tsv")
+        with open(path, "w", encoding="utf-8", newline="") as fh:
+            fh.write("\n".join(map("\t".join, zip(*encoded, strict=True))) + "\n")
+        return path, len(part)
+
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            for start in range(0, len(rows), COPY_CHUNK_ROWS):
-                part = [values[start:start + COPY_CHUNK_ROWS] for values in encoded]
-                fh.write("\n".join(map("\t".join, zip(*part, strict=True))) + "\n")
-        sql = (f"LOAD DATA LOCAL INFILE {dbapi.escape(path)} INTO TABLE {qualified} CHARACTER SET utf8mb4 "
-               f"FIELDS TERMINATED BY {dbapi.escape(chr(9))} ENCLOSED BY '' ESCAPED BY {dbapi.escape(chr(92))} "
-               f"LINES TERMINATED BY {dbapi.escape(chr(10))} ({', '.join(prep.quote(c) for c in columns)})")
-        with dbapi.cursor() as cur:
-            guard = dbapi._local_infile  # PyMySQL answers the server's file request only while this is set
-            dbapi._local_infile = True
-            try:
-                cur.execute(sql)
-            except dbapi.OperationalError as exc:
-                if exc.args and exc.args[0] in LOAD_DATA_REFUSED:
-                    raise LoadDataRefused(str(exc)) from exc
-                raise
-            except dbapi.ProgrammingError as exc:
-                if exc.args and exc.args[0] in LOAD_DATA_REFUSED:
-                    raise LoadDataRefused(str(exc)) from exc
-                raise
-            finally:
-                dbapi._local_infile = guard
-            loaded, warnings = cur.rowcount, cur.warning_count
-            if warnings or loaded != len(rows):
-                cur.execute("SHOW WARNINGS LIMIT 3")
-                shown = [(int(code), message) for _level, code, message in cur.fetchall()]
-                text = (f"LOAD DATA stored {loaded} of {len(rows)} row(s) with {warnings} warning(s): "
-                        + "; ".join(f"({code}) {message}" for code, message in shown))
-                duplicate = any(code == 1062 for code, _ in shown)  # ER_DUP_ENTRY
-                error = dbapi.IntegrityError if duplicate else dbapi.DataError
-                raise sa.exc.DBAPIError.instance(sql, None, error(shown[0][0] if shown else 0, text),
-                                                 dbapi.Error)
+        with ThreadPoolExecutor(1, thread_name_prefix="load-data") as pool:
+            ahead = pool.submit(write, starts[0])
+            for i, _start in enumerate(starts):
+                path, count = ahead.result()
+                if i + 1 < len(starts):
+                    ahead = pool.submit(write, starts[i + 1])
+                _load_file(dbapi, f"LOAD DATA LOCAL INFILE {dbapi.escape(path)} {head}", count, first=i == 0)
+                os.unlink(path)
     finally:
-        os.unlink(path)
+        shutil.rmtree(folder, ignore_errors=True)
     return len(rows)
+
+
+def _load_file(dbapi, sql: str, count: int, first: bool) -> None:
+    """Run one LOAD DATA LOCAL statement of `count` rows; its warnings are errors (see load_data_mysql)."""
+    with dbapi.cursor() as cur:
+        guard = dbapi._local_infile  # PyMySQL answers the server's file request only while this is set
+        dbapi._local_infile = True
+        try:
+            cur.execute(sql)
+        except (dbapi.OperationalError, dbapi.ProgrammingError) as exc:
+            if first and exc.args and exc.args[0] in LOAD_DATA_REFUSED:
+                raise LoadDataRefused(str(exc)) from exc
+            raise
+        finally:
+            dbapi._local_infile = guard
+        loaded, warnings = cur.rowcount, cur.warning_count
+        if warnings or loaded != count:
+            cur.execute("SHOW WARNINGS LIMIT 3")
+            shown = [(int(code), message) for _level, code, message in cur.fetchall()]
+            text = (f"LOAD DATA stored {loaded} of {count} row(s) with {warnings} warning(s): "
+                    + "; ".join(f"({code}) {message}" for code, message in shown))
+            duplicate = any(code == 1062 for code, _ in shown)  # ER_DUP_ENTRY
+            error = dbapi.IntegrityError if duplicate else dbapi.DataError
+            raise sa.exc.DBAPIError.instance(sql, None, error(shown[0][0] if shown else 0, text), dbapi.Error)
 
 
 def infile_column(values: list) -> list[str] | None:

@@ -73,6 +73,26 @@ def test_both_paths_store_pending_states_with_booleans_and_aware_datetimes_as_na
         assert {k: stored[k] for k in row} == {**row, "Timestamp": row["Timestamp"].astimezone(UTC).replace(tzinfo=None)}
 
 
+def test_a_load_of_several_chunks_stores_every_row_once_and_a_bad_row_in_a_later_chunk_stores_nothing(
+        mysql_db, monkeypatch):
+    """LOAD DATA goes in chunks (the next one encoded while the server loads the last): all of them land,
+    and a duplicate in the last chunk rolls back the chunks loaded before it."""
+    from twilio_pipeline.db import bulk
+
+    monkeypatch.setattr(bulk, "LOAD_CHUNK_ROWS", 300)
+    ib = mysql_db.tables.inbound
+    rows = [{"MessageSID": f"SM{i:032x}", "Body": f"body {i}\t😀", "DateSent": MOMENT + timedelta(microseconds=i)}
+            for i in range(1000)]
+    with pytest.raises(sa.exc.IntegrityError), mysql_db.begin() as conn:
+        mysql_db.bulk_insert(conn, ib, [*rows, rows[5]])
+    with mysql_db.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(ib)).scalar() == 0
+    with mysql_db.begin() as conn:
+        assert mysql_db.bulk_insert(conn, ib, rows) == len(rows)
+    got = read_all(mysql_db, ib, "MessageSID")
+    assert [{k: got[r["MessageSID"]][k] for k in r} for r in rows] == rows
+
+
 def test_a_duplicate_key_or_a_value_too_long_fails_on_both_paths_and_stores_nothing(mysql_db):
     """LOAD DATA LOCAL would skip a duplicate or cut a long value with only a warning: the bulk path
     turns that into the error a plain INSERT gives, and the transaction stores nothing."""
@@ -102,5 +122,25 @@ def test_a_server_asking_for_a_file_outside_a_bulk_load_gets_nothing(mysql_url):
     try:
         with db.connect() as conn:
             assert conn.execute(sa.select(sa.func.count()).select_from(ib)).scalar() == 0
+    finally:
+        db.dispose()
+
+
+def test_a_load_data_the_server_refuses_falls_back_to_inserts_in_the_same_transaction(mysql_url):
+    """The server answers LOAD DATA LOCAL with an error (4166 on MariaDB 10.11) when the connection did not ask for LOCAL files
+    (forced here: the URL turns local_infile off, and the Database is told LOCAL works): the rows are
+    INSERTed instead, in the same transaction, and the next loads go straight to the INSERTs."""
+    db = Database(f"{mysql_url}?local_infile=0", prefix=f"t{uuid.uuid4().hex[:6]}_")
+    try:
+        db._load_data = True
+        ib = db.tables.inbound
+        rows = inbound_rows()
+        with db.begin() as conn:
+            conn.execute(ib.insert().values(MessageSID="SMfirst", Body="before"))
+            assert db.bulk_insert(conn, ib, rows) == len(rows)
+        assert db._load_data is False
+        got = read_all(db, ib, "MessageSID")
+        assert got.pop("SMfirst")["Body"] == "before"
+        assert got == {r["MessageSID"]: r for r in rows}
     finally:
         db.dispose()
