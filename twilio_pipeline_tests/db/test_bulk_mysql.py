@@ -127,8 +127,8 @@ def test_a_server_asking_for_a_file_outside_a_bulk_load_gets_nothing(mysql_url):
 
 
 def test_a_load_data_the_server_refuses_falls_back_to_inserts_in_the_same_transaction(mysql_url):
-    """The server answers LOAD DATA LOCAL with an error (4166 on MariaDB 10.11) when the connection did not ask for LOCAL files
-    (forced here: the URL turns local_infile off, and the Database is told LOCAL works): the rows are
+    """The server answers LOAD DATA LOCAL with an error (4166 on MariaDB 10.11) when the connection did not
+    ask for LOCAL files (forced here: the URL turns local_infile off, and the Database is told LOCAL works): the rows are
     INSERTed instead, in the same transaction, and the next loads go straight to the INSERTs."""
     db = Database(f"{mysql_url}?local_infile=0", prefix=f"t{uuid.uuid4().hex[:6]}_")
     try:
