@@ -224,7 +224,7 @@ def load_data_mysql(conn: Connection, qualified: str, rows: Sequence[Mapping]) -
     connection refuses the first statement (nothing loaded). A LOCAL load turns duplicate keys and bad
     values into warnings (the server cannot stop the client's stream); any warning or a row count short
     of the chunk is raised here as the error a plain INSERT gives, so the caller's transaction rolls back
-    whatever was loaded."""
+    whatever was loaded. None as well when no temporary folder can be created."""
     if not set(map(type, chain.from_iterable(row.values() for row in rows))) <= _INFILE_TYPES:
         return None
     columns = list(rows[0].keys())
@@ -233,7 +233,10 @@ def load_data_mysql(conn: Connection, qualified: str, rows: Sequence[Mapping]) -
     head = (f"INTO TABLE {qualified} CHARACTER SET utf8mb4 FIELDS TERMINATED BY {dbapi.escape(chr(9))} "
             f"ENCLOSED BY '' ESCAPED BY {dbapi.escape(chr(92))} LINES TERMINATED BY {dbapi.escape(chr(10))} "
             f"({', '.join(prep.quote(c) for c in columns)})")
-    folder = tempfile.mkdtemp(prefix="tp_load_")
+    try:
+        folder = tempfile.mkdtemp(prefix="tp_load_")  # private (0700): the rows hold phone numbers
+    except OSError:  # no writable temporary folder: the caller INSERTs
+        return None
     starts = range(0, len(rows), LOAD_CHUNK_ROWS)
 
     def write(start: int) -> tuple[str, int]:

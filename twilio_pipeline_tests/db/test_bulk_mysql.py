@@ -144,3 +144,18 @@ def test_a_load_data_the_server_refuses_falls_back_to_inserts_in_the_same_transa
         assert got == {r["MessageSID"]: r for r in rows}
     finally:
         db.dispose()
+
+
+def test_without_a_writable_temporary_folder_the_rows_are_inserted(mysql_db, monkeypatch, tmp_path):
+    """LOAD DATA needs a temporary file: where none can be written, the INSERTs store the same rows."""
+    import tempfile
+
+    locked = tmp_path / "no-write"
+    locked.mkdir(mode=0o500)
+    monkeypatch.setattr(tempfile, "tempdir", str(locked / "missing"))
+    ib = mysql_db.tables.inbound
+    rows = inbound_rows()
+    with mysql_db.begin() as conn:
+        assert mysql_db.bulk_insert(conn, ib, rows) == len(rows)
+    got = read_all(mysql_db, ib, "MessageSID")
+    assert got == {r["MessageSID"]: r for r in rows}
