@@ -32,6 +32,7 @@ from twilio_pipeline.dates import to_naive_utc
 
 COPY_CHUNK_ROWS = 50_000  # rows encoded and sent at a time (~5 MB of COPY text for 8 columns)
 _PG_SPECIAL = re.compile(r"[\\\t\n\r]")
+_PG_CHARS = "\\\t\n\r"
 _TZINFO = attrgetter("tzinfo")
 # Values the SQLite driver stores exactly as SQLAlchemy would (datetimes are encoded first, see below).
 _SQLITE_PLAIN = (type(None), str, int, float, bool, bytes)
@@ -41,6 +42,12 @@ _SQLITE_TYPES = (sa.Integer, sa.String, sa.Boolean, sa.DateTime, sa.Float)
 def column_values(rows: Sequence[Mapping], columns: Sequence[str]) -> list[list]:
     """The rows as columns (a key a row lacks is NULL)."""
     return [[row.get(c) for row in rows] for c in columns]
+
+
+def _holds(chars: str, text: str) -> bool:
+    """Whether `text` holds any of `chars`: one C scan per character, ~10x faster than a regex
+    character class over the megabytes of a joined column."""
+    return any(c in text for c in chars)
 
 
 def _naive_datetimes(values: list) -> bool:
@@ -115,8 +122,13 @@ def pg_column(col_type, values: list) -> list[str]:
             return list(map(datetime.isoformat, values, repeat(" ")))
         return [v.isoformat(" ") if type(v) is datetime and v.tzinfo is None else text(v) for v in values]
     if isinstance(col_type, sa.String):
+        kinds = set(map(type, values))
+        if kinds == {str} and not _holds(_PG_CHARS, "".join(values)):  # SIDs, states: as they are
+            return values
+        if kinds == {str, type(None)} and not _holds(_PG_CHARS, "".join(filter(None, values))):
+            return ["\\N" if v is None else v for v in values]
         plain = [v for v in values if type(v) is str]
-        if _PG_SPECIAL.search("".join(plain)) is None:  # the usual case: nothing in the column to escape
+        if not _holds(_PG_CHARS, "".join(plain)):  # the usual case: nothing in the column to escape
             return [v if type(v) is str else text(v) for v in values]
         return [v if type(v) is str and not _PG_SPECIAL.search(v) else text(v) for v in values]
     return [text(v) for v in values]
@@ -196,7 +208,7 @@ def mysql_column(dbapi, values: list) -> list[str]:
 LOAD_DATA_REFUSED = frozenset({1148, 4166, 3948, 2068})
 LOAD_CHUNK_ROWS = 50_000  # rows per LOAD DATA statement (~5 MB of text for 8 columns)
 _INFILE_TYPES = frozenset({int, str, bool, datetime, type(None)})
-_INFILE_SPECIAL = re.compile(r"[\\\t\n\r\x00]")
+_INFILE_CHARS = "\\\t\n\r\x00"
 _INFILE_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\x00": "\\0"})
 
 
@@ -298,7 +310,9 @@ def infile_column(values: list) -> list[str] | None:
     if kinds == {bool}:
         return ["1" if v else "0" for v in values]
     if kinds <= {str, type(None)}:
-        if _INFILE_SPECIAL.search("".join(v for v in values if v is not None)) is None:
+        if not _holds(_INFILE_CHARS, "".join(filter(None, values))):
+            if kinds == {str}:  # SIDs, states: as they are
+                return values
             return ["\\N" if v is None else v for v in values]
         return ["\\N" if v is None else v.translate(_INFILE_ESCAPES) for v in values]
     out = []
