@@ -2,7 +2,7 @@
 
 Measured per database, each measure in a fresh database and its own child process (the rows are built
 before any clock starts):
-* `Database.bulk_insert` into OfferHistorySG_States (COPY on PostgreSQL, multi-row INSERTs on MariaDB,
+* `Database.bulk_insert` into OfferHistorySG_States (COPY on PostgreSQL, LOAD DATA LOCAL INFILE on MariaDB,
   the driver's executemany on SQLite);
 * the sync's real state path: observations bulk-inserted into TwilioSMS_PendingStates (as the status
   fetch leaves them), then `load_states` (one INSERT ... SELECT ... GROUP BY ... WHERE NOT EXISTS from
