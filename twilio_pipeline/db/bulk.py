@@ -1,7 +1,9 @@
 """Bulk loads at each database's speed: rows encoded column-wise in Python, sent in one stream.
 
 * PostgreSQL: COPY ... FROM STDIN in the text format (psycopg2's copy_expert);
-* MariaDB/MySQL (PyMySQL): multi-row INSERTs of a few MB, the values escaped by the connection;
+* MariaDB/MySQL (PyMySQL): LOAD DATA LOCAL INFILE of a temporary tab-separated file when the server and
+  the connection allow it (200,000 state rows: ~0.9 s), else multi-row INSERTs of a few MB, the values
+  escaped by the connection (~2.0 s);
 * SQLite: the driver's own executemany with values the driver stores as they are (SQLAlchemy's
   per-value bind processing costs more than the insert);
 * anything else (SQL Server's fast_executemany): SQLAlchemy's executemany.
@@ -13,10 +15,14 @@ the general per-value encoder only for the rest.
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from itertools import repeat
+from itertools import chain, repeat
 from operator import attrgetter
 
 import sqlalchemy as sa
@@ -26,6 +32,7 @@ from twilio_pipeline.dates import to_naive_utc
 
 COPY_CHUNK_ROWS = 50_000  # rows encoded and sent at a time (~5 MB of COPY text for 8 columns)
 _PG_SPECIAL = re.compile(r"[\\\t\n\r]")
+_PG_CHARS = "\\\t\n\r"
 _TZINFO = attrgetter("tzinfo")
 # Values the SQLite driver stores exactly as SQLAlchemy would (datetimes are encoded first, see below).
 _SQLITE_PLAIN = (type(None), str, int, float, bool, bytes)
@@ -35,6 +42,12 @@ _SQLITE_TYPES = (sa.Integer, sa.String, sa.Boolean, sa.DateTime, sa.Float)
 def column_values(rows: Sequence[Mapping], columns: Sequence[str]) -> list[list]:
     """The rows as columns (a key a row lacks is NULL)."""
     return [[row.get(c) for row in rows] for c in columns]
+
+
+def _holds(chars: str, text: str) -> bool:
+    """Whether `text` holds any of `chars`: one C scan per character, ~10x faster than a regex
+    character class over the megabytes of a joined column."""
+    return any(c in text for c in chars)
 
 
 def _naive_datetimes(values: list) -> bool:
@@ -109,8 +122,13 @@ def pg_column(col_type, values: list) -> list[str]:
             return list(map(datetime.isoformat, values, repeat(" ")))
         return [v.isoformat(" ") if type(v) is datetime and v.tzinfo is None else text(v) for v in values]
     if isinstance(col_type, sa.String):
+        kinds = set(map(type, values))
+        if kinds == {str} and not _holds(_PG_CHARS, "".join(values)):  # SIDs, states: as they are
+            return values
+        if kinds == {str, type(None)} and not _holds(_PG_CHARS, "".join(filter(None, values))):
+            return ["\\N" if v is None else v for v in values]
         plain = [v for v in values if type(v) is str]
-        if _PG_SPECIAL.search("".join(plain)) is None:  # the usual case: nothing in the column to escape
+        if not _holds(_PG_CHARS, "".join(plain)):  # the usual case: nothing in the column to escape
             return [v if type(v) is str else text(v) for v in values]
         return [v if type(v) is str and not _PG_SPECIAL.search(v) else text(v) for v in values]
     return [text(v) for v in values]
@@ -182,6 +200,136 @@ def mysql_column(dbapi, values: list) -> list[str]:
             out.append("'" + to_naive_utc(v).isoformat(" ") + "'")
         else:
             out.append(literal(v))
+    return out
+
+
+# LOAD DATA LOCAL refused: by the server (1148 MySQL 5 / older MariaDB, 4166 MariaDB 10.5+, 3948 MySQL 8)
+# or the client library (2068).
+LOAD_DATA_REFUSED = frozenset({1148, 4166, 3948, 2068})
+LOAD_CHUNK_ROWS = 50_000  # rows per LOAD DATA statement (~5 MB of text for 8 columns)
+_INFILE_TYPES = frozenset({int, str, bool, datetime, type(None)})
+_INFILE_CHARS = "\\\t\n\r\x00"
+_INFILE_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\x00": "\\0"})
+
+
+class LoadDataRefused(Exception):
+    """The server or the connection does not allow LOAD DATA LOCAL INFILE (nothing was written)."""
+
+
+def local_infile_allowed(conn: Connection) -> bool:
+    """The connection was opened with LOCAL_FILES and the server has local_infile ON."""
+    from pymysql.constants import CLIENT
+
+    dbapi = conn.connection.dbapi_connection
+    if not dbapi.client_flag & CLIENT.LOCAL_FILES:
+        return False
+    return bool(int(conn.exec_driver_sql("SELECT @@local_infile").scalar() or 0))
+
+
+def load_data_mysql(conn: Connection, qualified: str, rows: Sequence[Mapping]) -> int | None:
+    """LOAD DATA LOCAL INFILE of `rows`, in chunks of LOAD_CHUNK_ROWS written column-encoded to temporary
+    files (a private folder, removed in `finally`).
+
+    A worker thread encodes the next chunk while the server loads the one before (the client only waits
+    on the socket then), as the streamed COPY does on PostgreSQL. None when a value has a type this
+    encoder does not know (the caller then INSERTs). Raises LoadDataRefused when the server or the
+    connection refuses the first statement (nothing loaded). A LOCAL load turns duplicate keys and bad
+    values into warnings (the server cannot stop the client's stream); any warning or a row count short
+    of the chunk is raised here as the error a plain INSERT gives, so the caller's transaction rolls back
+    whatever was loaded. None as well when no temporary folder can be created."""
+    if not set(map(type, chain.from_iterable(row.values() for row in rows))) <= _INFILE_TYPES:
+        return None
+    columns = list(rows[0].keys())
+    dbapi = conn.connection.dbapi_connection
+    prep = conn.dialect.identifier_preparer
+    head = (f"INTO TABLE {qualified} CHARACTER SET utf8mb4 FIELDS TERMINATED BY {dbapi.escape(chr(9))} "
+            f"ENCLOSED BY '' ESCAPED BY {dbapi.escape(chr(92))} LINES TERMINATED BY {dbapi.escape(chr(10))} "
+            f"({', '.join(prep.quote(c) for c in columns)})")
+    try:
+        folder = tempfile.mkdtemp(prefix="tp_load_")  # private (0700): the rows hold phone numbers
+    except OSError:  # no writable temporary folder: the caller INSERTs
+        return None
+    starts = range(0, len(rows), LOAD_CHUNK_ROWS)
+
+    def write(start: int) -> tuple[str, int]:
+        part = rows[start:start + LOAD_CHUNK_ROWS]
+        encoded = [infile_column(values) for values in column_values(part, columns)]
+        path = os.path.join(folder, f"{start}.tsv")
+        with open(path, "w", encoding="utf-8", newline="") as fh:
+            fh.write("\n".join(map("\t".join, zip(*encoded, strict=True))) + "\n")
+        return path, len(part)
+
+    try:
+        with ThreadPoolExecutor(1, thread_name_prefix="load-data") as pool:
+            ahead = pool.submit(write, starts[0])
+            for i, _start in enumerate(starts):
+                path, count = ahead.result()
+                if i + 1 < len(starts):
+                    ahead = pool.submit(write, starts[i + 1])
+                _load_file(dbapi, f"LOAD DATA LOCAL INFILE {dbapi.escape(path)} {head}", count, first=i == 0)
+                os.unlink(path)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return len(rows)
+
+
+def _load_file(dbapi, sql: str, count: int, first: bool) -> None:
+    """Run one LOAD DATA LOCAL statement of `count` rows; its warnings are errors (see load_data_mysql)."""
+    with dbapi.cursor() as cur:
+        guard = dbapi._local_infile  # PyMySQL answers the server's file request only while this is set
+        dbapi._local_infile = True
+        try:
+            cur.execute(sql)
+        except (dbapi.OperationalError, dbapi.ProgrammingError) as exc:
+            if first and exc.args and exc.args[0] in LOAD_DATA_REFUSED:
+                raise LoadDataRefused(str(exc)) from exc
+            raise
+        finally:
+            dbapi._local_infile = guard
+        loaded, warnings = cur.rowcount, cur.warning_count
+        if warnings or loaded != count:
+            cur.execute("SHOW WARNINGS LIMIT 3")
+            shown = [(int(code), message) for _level, code, message in cur.fetchall()]
+            text = (f"LOAD DATA stored {loaded} of {count} row(s) with {warnings} warning(s): "
+                    + "; ".join(f"({code}) {message}" for code, message in shown))
+            duplicate = any(code == 1062 for code, _ in shown)  # ER_DUP_ENTRY
+            error = dbapi.IntegrityError if duplicate else dbapi.DataError
+            raise sa.exc.DBAPIError.instance(sql, None, error(shown[0][0] if shown else 0, text), dbapi.Error)
+
+
+def infile_column(values: list) -> list[str] | None:
+    """One column in LOAD DATA's default text format (ESCAPED BY '\\'): NULL as \\N, the escape
+    character, tab, newline, carriage return and NUL escaped; None for a value of another type."""
+    kinds = set(map(type, values))
+    if kinds == {int}:
+        return list(map(str, values))
+    if kinds == {datetime} and not any(map(_TZINFO, values)):
+        if values.count(values[0]) == len(values):  # one moment for the whole batch (ObservedAt, UpdatedAt)
+            return [values[0].isoformat(" ")] * len(values)
+        return list(map(datetime.isoformat, values, repeat(" ")))
+    if kinds == {bool}:
+        return ["1" if v else "0" for v in values]
+    if kinds <= {str, type(None)}:
+        if not _holds(_INFILE_CHARS, "".join(filter(None, values))):
+            if kinds == {str}:  # SIDs, states: as they are
+                return values
+            return ["\\N" if v is None else v for v in values]
+        return ["\\N" if v is None else v.translate(_INFILE_ESCAPES) for v in values]
+    out = []
+    for v in values:
+        t = type(v)
+        if v is None:
+            out.append("\\N")
+        elif t is str:
+            out.append(v.translate(_INFILE_ESCAPES))
+        elif t is bool:
+            out.append("1" if v else "0")
+        elif t is int:
+            out.append(str(v))
+        elif t is datetime:
+            out.append(to_naive_utc(v).isoformat(" "))
+        else:
+            return None
     return out
 
 

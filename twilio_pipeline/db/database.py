@@ -1,8 +1,8 @@
 """The pipeline's database: engine per dialect, idempotent DDL, bulk loads, merges, staging tables.
 
-Every write path is set-based: rows arrive in bulk (db.bulk: COPY on PostgreSQL, multi-row INSERTs of a
-few MB on MariaDB/MySQL, the driver's executemany on SQLite, fast_executemany on SQL Server) into a per-run
-staging table or a durable queue table, then one `INSERT ... SELECT ... WHERE NOT EXISTS` merges them.
+Every write path is set-based: rows arrive in bulk (db.bulk: COPY on PostgreSQL, LOAD DATA LOCAL INFILE
+or multi-row INSERTs of a few MB on MariaDB/MySQL, the driver's executemany on SQLite, fast_executemany on
+SQL Server) into a per-run staging table or a durable queue table, then one `INSERT ... SELECT ... WHERE NOT EXISTS` merges them.
 Nothing issues a query per row. Leases (db.leases) are part of `Database` through its LeaseStore base.
 """
 
@@ -25,7 +25,14 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from twilio_pipeline.dates import to_naive_utc, utcnow
-from twilio_pipeline.db.bulk import copy_postgres, executemany_sqlite, insert_mysql
+from twilio_pipeline.db.bulk import (
+    LoadDataRefused,
+    copy_postgres,
+    executemany_sqlite,
+    insert_mysql,
+    load_data_mysql,
+    local_infile_allowed,
+)
 from twilio_pipeline.db.leases import LeaseHolder, LeaseStore, holder_is_live
 from twilio_pipeline.db.schema import MYSQL, TABLE_OPTIONS, Tables, build_tables, portable_column
 from twilio_pipeline.processes import pid_alive
@@ -84,6 +91,7 @@ class Database(LeaseStore):
         self._created = False
         self.upgraded: list[str] = []  # what create_all added to tables of an earlier release
         self.host = HOST  # who this process is in the leases table
+        self._load_data: bool | None = None  # MariaDB/MySQL: LOAD DATA LOCAL allowed (known after the first load)
         if create:
             self.create_all()
 
@@ -103,7 +111,14 @@ class Database(LeaseStore):
             database = self.url.database
             if database and database != ":memory:":
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(self.url, echo=echo, **engine_options(backend))
+        options = engine_options(backend)
+        # PyMySQL: open connections able to LOAD DATA LOCAL (the bulk path), unless the URL says otherwise.
+        # The client then sends a file only while bulk.load_data_mysql runs its own statement: a server
+        # asking for a file at any other moment is refused.
+        guard_infile = self.url.drivername.endswith("+pymysql") and "local_infile" not in self.url.query
+        if guard_infile:
+            options["connect_args"] = {**options.get("connect_args", {}), "local_infile": True}
+        engine = sa.create_engine(self.url, echo=echo, **options)
         if backend == "sqlite":
             @sa.event.listens_for(engine, "connect")
             def _sqlite_pragmas(dbapi_conn, _record):  # WAL: readers never block the writer
@@ -127,6 +142,8 @@ class Database(LeaseStore):
                 # the server's zone.
                 with dbapi_conn.cursor() as cur:
                     cur.execute("SET time_zone = '+00:00'")
+                if guard_infile:
+                    dbapi_conn._local_infile = False
 
             @sa.event.listens_for(engine, "checkin")
             def _mysql_release_locks(dbapi_conn, record):
@@ -213,6 +230,16 @@ class Database(LeaseStore):
         if self.dialect == "postgresql":
             return copy_postgres(conn, table, self._quoted_name(table), rows)
         if self.is_mysql and conn.connection.dbapi_connection.__class__.__module__.startswith("pymysql"):
+            if self._load_data is None:
+                self._load_data = local_infile_allowed(conn)
+            if self._load_data:
+                try:
+                    done = load_data_mysql(conn, self._quoted_name(table), rows)
+                except LoadDataRefused:  # refused before any row was read: the transaction goes on
+                    self._load_data = False
+                    done = None
+                if done is not None:
+                    return done
             return insert_mysql(conn, self._quoted_name(table), rows)
         if self.dialect == "sqlite":
             done = executemany_sqlite(conn, table, self._quoted_name(table), rows)

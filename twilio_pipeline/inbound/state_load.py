@@ -7,6 +7,11 @@ EventName and Timestamp), then the SIDs whose terminal state it stored are retir
 Twilio_MessageIDs and the batch leaves the pending table. Each state is written once (no staging copy
 of the batch in between). A crash anywhere rolls all of it back: the next load repeats it, and nothing
 is lost or stored twice; a state already stored is never rewritten, so none moves back.
+
+When the batch is the whole pending table (the usual case: one load drains everything), the table is
+emptied without touching its rows one by one: TRUNCATE on PostgreSQL (transactional there), `DELETE`
+without a WHERE on SQLite (its truncate optimisation). MariaDB/MySQL keep the ranged DELETE: TRUNCATE
+commits implicitly there.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ STATE_COLUMNS = ("RPContactID", "ChannelExecutionID", "FulfillmentState", "Event
 # merge measured slower: PostgreSQL then hashes the GROUP BY and sorts again for the ordered insert,
 # where with the default it groups by sorting and the rows come out in index order already.)
 BIG_BATCH = 50_000
+# How long a drain waits for the pending table's exclusive lock before it deletes the rows instead.
+TRUNCATE_LOCK_TIMEOUT = "2s"
 
 
 @dataclass
@@ -58,34 +65,58 @@ def load_states(db: Database, *, log: Log, execution_ids: list[int] | None = Non
     with db.begin() as conn:
         serialize_writers(db, conn, "states")
         # Writers of pending rows take the same lock, so the batch read here is exactly what is
-        # deleted below: no row committed in between can be dropped unloaded.
-        per_execution = conn.execute(
+        # deleted below: no row committed in between can be dropped unloaded. The whole table is
+        # grouped (it has no index a scope could use anyway): whether the batch is all of it decides
+        # how it is drained.
+        everything = conn.execute(
             sa.select(p.c.ChannelExecutionID, sa.func.count(), sa.func.max(p.c.PendingID))
-            .where(scope).group_by(p.c.ChannelExecutionID)).all()
+            .group_by(p.c.ChannelExecutionID)).all()
+        wanted = None if execution_ids is None else set(execution_ids)
+        per_execution = [r for r in everything if wanted is None or r[0] in wanted]
         if not per_execution:
             log.info("state load: nothing pending")
             return summary
+        whole_table = len(per_execution) == len(everything)
         top = max(r[2] for r in per_execution)
         batch = sa.and_(scope, p.c.PendingID <= top)
         summary.pending = sum(r[1] for r in per_execution)
         summary.executions = sorted(r[0] for r in per_execution)
         if summary.pending >= BIG_BATCH:  # a backfill or a first sync of a huge send
             db.refresh_statistics(conn, p)
-        summary.delivery_states = db.insert_missing(conn, db.tables.states, _delivery_states(p, batch),
-                                                    match=DELIVERY_KEY, order_by=INDEX_ORDER)
-        summary.replies = db.insert_missing(conn, db.tables.states, _reply_states(p, batch), match=REPLY_KEY,
-                                            order_by=INDEX_ORDER)
+        summary.delivery_states = merge_states(db, conn, _delivery_states(p, batch), DELIVERY_KEY)
+        summary.replies = merge_states(db, conn, _reply_states(p, batch), REPLY_KEY)
         summary.retired = retire_sids(db, conn, batch)
-        conn.execute(p.delete().where(batch))
         # The results move with the states: a sync killed before its aggregate step (once these SIDs
         # are retired, nothing makes the execution eligible again) must not leave them stale.
         write_inbound_results(db, conn, summary.executions)
+        # Last, so that a TRUNCATE's exclusive lock on the pending table is held only until the commit.
+        drain_pending(db, conn, batch, whole_table)
     log.info(
         f"state load: {summary.pending} pending observation(s) for {len(summary.executions)} execution(s): "
         f"{summary.delivery_states} delivery state(s) and {summary.replies} reply state(s) stored, "
         f"{summary.retired} SID(s) retired"
     )
     return summary
+
+
+def merge_states(db: Database, conn: Connection, source: sa.Select, match: tuple[str, ...]) -> int:
+    """Insert the states of `source` (grouped or distinct on pending columns that include `match`) that
+    OfferHistorySG_States lacks, in index order; returns how many.
+
+    On MariaDB/MySQL the NOT EXISTS goes into the grouped select itself, probing the states index per
+    pending row (the key columns are grouping columns, so filtering before grouping keeps the same
+    groups): no derived table to materialise and sort again. 200,000 rows: ~1.0 s instead of ~1.3 s
+    into an empty table, 0.3 s instead of 0.6 s when all are stored already. Elsewhere the generic
+    `insert_missing` (on PostgreSQL this form measured no faster)."""
+    st, p = db.tables.states, db.tables.pending_states
+    if not db.is_mysql:
+        return db.insert_missing(conn, st, source, match=match, order_by=INDEX_ORDER)
+    stored = sa.select(sa.literal(1)).select_from(st).where(
+        *[st.c[m].is_not_distinct_from(p.c[m]) if st.c[m].nullable else st.c[m] == p.c[m] for m in match]
+    ).correlate_except(st)
+    select = source.where(~stored.exists()).order_by(*[p.c[c] for c in INDEX_ORDER])
+    res = conn.execute(st.insert().from_select([c.name for c in source.selected_columns], select))
+    return max(res.rowcount or 0, 0)
 
 
 def _delivery_states(p: sa.Table, batch) -> sa.Select:
@@ -110,6 +141,32 @@ def _reply_states(p: sa.Table, batch) -> sa.Select:
         .where(batch, p.c.FulfillmentState == REPLIED)
         .distinct()
     )
+
+
+def drain_pending(db: Database, conn: Connection, batch, whole_table: bool) -> None:
+    """Remove the loaded batch from the pending table. The caller holds the "states" writers' lock,
+    which every writer of pending rows takes too, so `whole_table` stays true until the commit.
+
+    PostgreSQL's TRUNCATE (1M rows: ms instead of ~1 s of DELETE) runs in a savepoint with a short lock
+    timeout: a role without the TRUNCATE privilege, or a reader holding the table for long, gets the
+    ranged DELETE instead of a failed or stalled load. (TRUNCATE is not MVCC-safe: a reader whose
+    snapshot predates the commit sees the table empty, which is what the DELETE leaves once committed;
+    only the eligibility counts read this table outside the lock.)"""
+    p = db.tables.pending_states
+    if whole_table and db.dialect == "sqlite":
+        conn.execute(p.delete())
+        return
+    if whole_table and db.dialect == "postgresql":
+        before = conn.execute(sa.select(sa.func.current_setting("lock_timeout"))).scalar()
+        try:
+            with conn.begin_nested():
+                conn.execute(sa.select(sa.func.set_config("lock_timeout", TRUNCATE_LOCK_TIMEOUT, True)))
+                conn.exec_driver_sql(f"TRUNCATE {db._quoted_name(p)}")
+                conn.execute(sa.select(sa.func.set_config("lock_timeout", before, True)))
+            return
+        except sa.exc.DBAPIError:
+            pass  # rolled back to the savepoint: the transaction goes on with the DELETE
+    conn.execute(p.delete().where(batch))
 
 
 def retire_sids(db: Database, conn: Connection, batch) -> int:

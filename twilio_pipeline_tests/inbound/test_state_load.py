@@ -1,0 +1,131 @@
+"""How a state load drains TwilioSMS_PendingStates: all of it at once when the batch is the whole table,
+only the batch when the load is scoped to some executions, on every backend."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from twilio_pipeline.db import Database, utcnow
+from twilio_pipeline.inbound import load_states
+from twilio_pipeline.logs import ListLog
+
+T0 = datetime(2026, 2, 1, 9, 0, 0, 123456)
+
+
+def observe(db: Database, eid: int, contacts: range, *, state: str = "Delivered") -> None:
+    """Tracked SIDs of execution `eid` and a terminal observation of each (twice for the first contact),
+    as the status fetch leaves them."""
+    t = db.tables
+    sid = {c: f"SM{eid:08x}{c:024x}" for c in contacts}
+    now = utcnow()
+    with db.begin() as conn:
+        db.bulk_insert(conn, t.message_ids, [{"MessageID": sid[c], "RPContactID": c, "ChannelExecutionID": eid}
+                                             for c in contacts])
+        rows = [{"ChannelExecutionID": eid, "RPContactID": c, "FulfillmentState": state,
+                 "EventName": "30003" if state == "Undelivered" else None,
+                 "Timestamp": T0 + timedelta(seconds=c, microseconds=c), "MessageID": sid[c], "Terminal": True,
+                 "ObservedAt": now} for c in contacts]
+        db.bulk_insert(conn, t.pending_states, rows + rows[:1])
+
+
+def stored(db: Database) -> list[tuple]:
+    st = db.tables.states
+    with db.connect() as conn:
+        return sorted(tuple(r) for r in conn.execute(
+            sa.select(st.c.ChannelExecutionID, st.c.RPContactID, st.c.FulfillmentState, st.c.EventName,
+                      st.c.Timestamp)))
+
+
+def pending(db: Database) -> list[tuple]:
+    p = db.tables.pending_states
+    with db.connect() as conn:
+        return sorted(tuple(r) for r in conn.execute(sa.select(p.c.ChannelExecutionID, p.c.RPContactID)))
+
+
+def tracked(db: Database) -> set[int]:
+    ids_t = db.tables.message_ids
+    with db.connect() as conn:
+        return set(conn.execute(sa.select(ids_t.c.ChannelExecutionID).distinct()).scalars())
+
+
+def expected(eid: int, contacts: range, state: str = "Delivered") -> list[tuple]:
+    return [(eid, c, state, "30003" if state == "Undelivered" else None, T0 + timedelta(seconds=c, microseconds=c))
+            for c in contacts]
+
+
+def test_a_scoped_load_keeps_the_other_executions_pending_rows_and_a_full_drain_empties_the_table(db):
+    observe(db, 1, range(1, 41))
+    observe(db, 2, range(1, 31), state="Undelivered")
+    observe(db, 3, range(5, 16))
+    summary = load_states(db, log=ListLog(), execution_ids=[1, 3])
+    assert (summary.pending, summary.delivery_states, summary.retired) == (41 + 12, 40 + 11, 40 + 11)
+    assert pending(db) == sorted([(2, c) for c in range(1, 31)] + [(2, 1)])
+    assert tracked(db) == {2}
+    assert stored(db) == sorted(expected(1, range(1, 41)) + expected(3, range(5, 16)))
+
+    summary = load_states(db, log=ListLog())  # the whole table: drained at once
+    assert (summary.pending, summary.delivery_states, summary.retired, summary.executions) == (31, 30, 30, [2])
+    assert pending(db) == [] and tracked(db) == set()
+    assert stored(db) == sorted(expected(1, range(1, 41)) + expected(3, range(5, 16))
+                                + expected(2, range(1, 31), "Undelivered"))
+    assert db.read_results(2)["Status:undelivered"] == 30
+
+
+def test_a_load_scoped_to_every_pending_execution_drains_the_table_and_the_next_batch_loads_too(db):
+    observe(db, 4, range(1, 21))
+    observe(db, 5, range(1, 11))
+    assert load_states(db, log=ListLog(), execution_ids=[4, 5, 6]).delivery_states == 30
+    assert pending(db) == [] and tracked(db) == set()
+    # Rows written after a drain (on SQLite the emptied table may hand out PendingIDs again) load as usual.
+    observe(db, 6, range(1, 8))
+    summary = load_states(db, log=ListLog())
+    assert (summary.pending, summary.delivery_states, summary.retired) == (8, 7, 7)
+    assert pending(db) == [] and tracked(db) == set()
+    assert stored(db) == sorted(expected(4, range(1, 21)) + expected(5, range(1, 11)) + expected(6, range(1, 8)))
+    assert load_states(db, log=ListLog()).pending == 0
+
+
+@pytest.mark.slow
+def test_a_postgres_role_without_truncate_still_drains_the_whole_table(postgres_url):
+    """A deployment's role may hold SELECT, INSERT, UPDATE and DELETE but not TRUNCATE: the full drain
+    then deletes the rows in the same transaction, and the load still succeeds exactly."""
+    owner = Database(postgres_url, prefix=f"t{uuid.uuid4().hex[:6]}_")
+    role = f"tp_limited_{uuid.uuid4().hex[:8]}"
+    with owner.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.exec_driver_sql(f'CREATE ROLE "{role}" LOGIN')
+        for table in owner.tables.metadata.sorted_tables:
+            conn.exec_driver_sql(f'GRANT SELECT, INSERT, UPDATE, DELETE ON {owner._quoted_name(table)} TO "{role}"')
+        conn.exec_driver_sql(f'GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO "{role}"')
+    limited = Database(sa.engine.make_url(postgres_url).set(username=role).render_as_string(hide_password=False),
+                       prefix=owner.prefix, create=False)
+    try:
+        observe(limited, 7, range(1, 26))
+        summary = load_states(limited, log=ListLog())
+        assert (summary.pending, summary.delivery_states, summary.retired) == (26, 25, 25)
+        assert pending(limited) == [] and tracked(limited) == set()
+        assert stored(owner) == expected(7, range(1, 26))
+    finally:
+        limited.dispose()
+        with owner.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql(f'DROP OWNED BY "{role}"')
+            conn.exec_driver_sql(f'DROP ROLE "{role}"')
+        owner.dispose()
+
+
+def test_replies_with_and_without_keyword_or_moment_are_stored_once_across_loads(db):
+    """A reply's key holds EventName and Timestamp, which may be NULL: a NULL matches a NULL, so loading
+    the same replies again (re-observed after a crash) adds nothing."""
+    p = db.tables.pending_states
+    replies = [{"ChannelExecutionID": 8, "RPContactID": c, "FulfillmentState": "Replied",
+                "EventName": None if c % 2 else "STOP", "Timestamp": None if c % 3 == 0 else T0 + timedelta(seconds=c),
+                "ObservedAt": utcnow()} for c in range(1, 13)]
+    for _ in range(2):
+        with db.begin() as conn:
+            db.bulk_insert(conn, p, replies + replies[:4])
+        load_states(db, log=ListLog())
+    assert pending(db) == []
+    assert stored(db) == sorted((8, r["RPContactID"], "Replied", r["EventName"], r["Timestamp"]) for r in replies)
