@@ -85,3 +85,14 @@ def test_the_code_server_wrapper_refuses_a_port_already_listened_on():
     assert result.returncode == 1
     assert result.stderr.strip() == (f"code server not started: 127.0.0.1:{port} is already in use "
                                      "(Address already in use); is another code server running? Stop it first")
+
+
+def test_the_run_queue_starts_at_most_one_run_per_slot_that_will_wait_for_it():
+    """deploy/dagster.prod.yaml: runs whose first step needs a `twilio_api` slot stay queued while the pool
+    is full, except one per slot (its start-up then overlaps the send it waits for; more would hold
+    processes that only wait)."""
+    config = yaml.safe_load((DEPLOY / "dagster.prod.yaml").read_text())
+    pools = config["concurrency"]["pools"]
+    assert config["run_coordinator"]["config"]["block_op_concurrency_limited_runs"]["enabled"] is True
+    assert pools["granularity"] == "op"
+    assert pools["op_granularity_run_buffer"] == pools["default_limit"]
