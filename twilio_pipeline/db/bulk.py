@@ -266,18 +266,23 @@ def load_data_mysql(conn: Connection, qualified: str, rows: Sequence[Mapping]) -
                 path, count = ahead.result()
                 if i + 1 < len(starts):
                     ahead = pool.submit(write, starts[i + 1])
-                _load_file(dbapi, f"LOAD DATA LOCAL INFILE {dbapi.escape(path)} {head}", count, first=i == 0)
+                _load_file(dbapi, path, f"LOAD DATA LOCAL INFILE {dbapi.escape(path)} {head}", count, first=i == 0)
                 os.unlink(path)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return len(rows)
 
 
-def _load_file(dbapi, sql: str, count: int, first: bool) -> None:
-    """Run one LOAD DATA LOCAL statement of `count` rows; its warnings are errors (see load_data_mysql)."""
+def _load_file(dbapi, path: str, sql: str, count: int, first: bool) -> None:
+    """Run one LOAD DATA LOCAL statement of `count` rows from `path`; its warnings are errors (see
+    load_data_mysql). The client sends the server `path` and nothing else: PyMySQL answers a server's
+    file request only while `_local_infile` is set, and reads whatever file the server names, so during
+    the statement a request for any other file is refused (see _send_only_our_file)."""
+    _install_file_guard()
     with dbapi.cursor() as cur:
-        guard = dbapi._local_infile  # PyMySQL answers the server's file request only while this is set
+        guard = dbapi._local_infile
         dbapi._local_infile = True
+        dbapi._twilio_pipeline_infile = os.fsencode(path)
         try:
             cur.execute(sql)
         except (dbapi.OperationalError, dbapi.ProgrammingError) as exc:
@@ -286,6 +291,7 @@ def _load_file(dbapi, sql: str, count: int, first: bool) -> None:
             raise
         finally:
             dbapi._local_infile = guard
+            dbapi._twilio_pipeline_infile = None
         loaded, warnings = cur.rowcount, cur.warning_count
         if warnings or loaded != count:
             cur.execute("SHOW WARNINGS LIMIT 3")
@@ -295,6 +301,33 @@ def _load_file(dbapi, sql: str, count: int, first: bool) -> None:
             duplicate = any(code == 1062 for code, _ in shown)  # ER_DUP_ENTRY
             error = dbapi.IntegrityError if duplicate else dbapi.DataError
             raise sa.exc.DBAPIError.instance(sql, None, error(shown[0][0] if shown else 0, text), dbapi.Error)
+
+
+class ForeignFileRequested(Exception):
+    """The server asked for a file the pipeline did not name in its LOAD DATA statement."""
+
+
+def _install_file_guard() -> None:
+    """Wrap PyMySQL's `_send_local_file` (once per process) so that a connection in our LOAD DATA sends
+    only the file its statement names: a hostile or compromised server asking for another client file
+    (PyMySQL would read any path it is given) gets nothing, and the load fails. Connections not in our
+    load (no expected file set) behave as PyMySQL does."""
+    from pymysql import connections
+
+    original = connections._send_local_file
+    if getattr(original, "_twilio_pipeline_guard", False):
+        return
+
+    def send_only_our_file(filename, conn):
+        expected = getattr(conn, "_twilio_pipeline_infile", None)
+        if expected is not None and os.fsencode(filename) != expected:
+            raise ForeignFileRequested(
+                f"the database server asked for the client file {os.fsdecode(filename)!r} during a bulk load "
+                "of another file: refused, nothing sent")
+        return original(filename, conn)
+
+    send_only_our_file._twilio_pipeline_guard = True
+    connections._send_local_file = send_only_our_file
 
 
 def infile_column(values: list) -> list[str] | None:

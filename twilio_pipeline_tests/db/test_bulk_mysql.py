@@ -126,6 +126,35 @@ def test_a_server_asking_for_a_file_outside_a_bulk_load_gets_nothing(mysql_url):
         db.dispose()
 
 
+def test_a_server_asking_for_another_file_during_a_bulk_load_gets_nothing(mysql_url, tmp_path):
+    """During the bulk path's own LOAD DATA the client sends the file that statement names and no other: a
+    server that asks for another client file (here the statement names one the load did not write, as a
+    hostile server would answer) is refused, nothing is sent or stored, and the load fails."""
+    from twilio_pipeline.db.bulk import ForeignFileRequested, _load_file
+
+    ours = tmp_path / "ours.tsv"
+    ours.write_text("SM1\n")
+    secret = tmp_path / "secret.tsv"
+    secret.write_text("SMsecret\n")
+    db = Database(mysql_url, prefix=f"t{uuid.uuid4().hex[:6]}_")
+    ib = db.tables.inbound
+    raw = db.engine.raw_connection()
+    try:
+        dbapi = raw.driver_connection
+        sql = f"LOAD DATA LOCAL INFILE {dbapi.escape(str(secret))} INTO TABLE {db._quoted_name(ib)} (MessageSID)"
+        with pytest.raises(ForeignFileRequested, match="secret.tsv"):
+            _load_file(dbapi, str(ours), sql, 1, first=True)
+        raw.rollback()
+    finally:
+        raw.invalidate()
+        raw.close()
+    try:
+        with db.connect() as conn:
+            assert conn.execute(sa.select(sa.func.count()).select_from(ib)).scalar() == 0
+    finally:
+        db.dispose()
+
+
 def test_a_load_data_the_server_refuses_falls_back_to_inserts_in_the_same_transaction(mysql_url):
     """The server answers LOAD DATA LOCAL with an error (4166 on MariaDB 10.11) when the connection did not
     ask for LOCAL files (forced here: the URL turns local_infile off, and the Database is told LOCAL works): the rows are
