@@ -28,6 +28,8 @@ from importlib import metadata
 from multiprocessing import forkserver, resource_tracker, spawn, util
 from pathlib import Path
 
+from twilio_pipeline.processes import pid_alive
+
 ADDRESS_ENV = "TWILIO_PIPELINE_STEP_FORKSERVER"
 PID_ENV = "TWILIO_PIPELINE_STEP_FORKSERVER_PID"
 CODE_ENV = "TWILIO_PIPELINE_STEP_FORKSERVER_CODE"
@@ -92,30 +94,13 @@ class _SharedForkServer(forkserver.ForkServer):
         """The shared server preloaded its modules when the code server started."""
 
 
-def _alive(pid: int) -> bool:
-    """The process exists and is not a zombie (a killed server stays one until its parent reaps it, which
-    the code server never does)."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except FileNotFoundError:
-        return False
-    except OSError:  # no /proc: whether a signal could be sent
-        pass
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):  # gone, or someone else's process took the pid
-        return False
-    return True
-
-
 def why_not_shared(env: dict[str, str] | None = None) -> str | None:
     """Why this process cannot use the code server's forkserver, or None when it can."""
     env = os.environ if env is None else env
     address, pid, code = env.get(ADDRESS_ENV), env.get(PID_ENV), env.get(CODE_ENV)
     if not address:
         return "no shared forkserver (the code server was not started by deploy/code_server.py)"
-    if not pid or not pid.isdigit() or not _alive(int(pid)) or not os.path.exists(address):
+    if not pid or not pid.isdigit() or not pid_alive(int(pid)) or not os.path.exists(address):
         return f"the code server's forkserver (pid {pid}) is not running"
     if code != code_fingerprint():
         return "the code changed since the code server's forkserver preloaded it"

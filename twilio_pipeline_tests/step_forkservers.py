@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from twilio_pipeline import step_forkserver
+from twilio_pipeline.processes import pid_alive
 from twilio_pipeline_tests.polling import wait_until
 
 _HOLD = ("import json, sys; from twilio_pipeline import step_forkserver as s; "
@@ -28,5 +29,5 @@ def shared_forkserver(env: dict[str, str] | None = None, cwd: str | None = None)
         holder.stdin.close()
         holder.wait(timeout=30)
     pid = int(variables[step_forkserver.PID_ENV])
-    wait_until(lambda: not step_forkserver._alive(pid), timeout=30,
+    wait_until(lambda: not pid_alive(pid), timeout=30,
                what="the shared forkserver to stop with the process holding it")

@@ -14,6 +14,7 @@ import sys
 import pytest
 
 from twilio_pipeline import step_forkserver
+from twilio_pipeline.processes import pid_alive
 from twilio_pipeline_tests.polling import wait_until
 from twilio_pipeline_tests.step_forkservers import shared_forkserver
 
@@ -52,7 +53,7 @@ def test_a_run_starts_its_own_forkserver_when_the_code_changed_since_the_shared_
 def test_a_run_starts_its_own_forkserver_when_the_shared_one_is_gone(shared_server):
     server = int(shared_server[step_forkserver.PID_ENV])
     os.kill(server, signal.SIGKILL)
-    wait_until(lambda: not step_forkserver._alive(server), timeout=10, what="the server to die")
+    wait_until(lambda: not pid_alive(server), timeout=10, what="the server to die")
     result = _run(shared_server)
     assert result["step"]["ppid"] != server
     assert any("forkserver of this run: the code server's forkserver" in e and "is not running" in e
