@@ -1,4 +1,5 @@
-"""Is a process still there? Leases, staging tables, stale runs, the embedded sandbox and the step forkserver all ask."""
+"""Is a process still there? Leases, staging tables, stale runs, the embedded sandbox and the step
+forkserver all ask."""
 
 from __future__ import annotations
 
