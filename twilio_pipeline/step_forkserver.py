@@ -63,7 +63,10 @@ def start(preload: list[str]) -> dict[str, str]:
         listener.listen()
         alive_r, alive_w = os.pipe()
         try:
-            cmd = (f"from multiprocessing.forkserver import main; "
+            # The server removes its socket's directory when it stops with the code server (its forked
+            # children leave through os._exit and never run this).
+            cmd = (f"import atexit, shutil; atexit.register(shutil.rmtree, {directory!r}, True); "
+                   f"from multiprocessing.forkserver import main; "
                    f"main({listener.fileno()}, {alive_r}, {list(preload)!r}, **{ {'sys_path': sys.path}!r})")
             exe = spawn.get_executable()
             pid = util.spawnv_passfds(exe, [exe, *util._args_from_interpreter_flags(), "-c", cmd],

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -58,6 +59,7 @@ def test_a_run_starts_its_own_forkserver_when_the_shared_one_is_gone(shared_serv
     assert result["step"]["ppid"] != server
     assert any("forkserver of this run: the code server's forkserver" in e and "is not running" in e
                for e in result["events"])
+    shutil.rmtree(os.path.dirname(shared_server[step_forkserver.ADDRESS_ENV]))  # a killed server cannot
 
 
 def test_without_a_code_server_wrapper_each_run_has_its_own_forkserver():
