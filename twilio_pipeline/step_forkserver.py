@@ -34,8 +34,9 @@ ADDRESS_ENV = "TWILIO_PIPELINE_STEP_FORKSERVER"
 PID_ENV = "TWILIO_PIPELINE_STEP_FORKSERVER_PID"
 CODE_ENV = "TWILIO_PIPELINE_STEP_FORKSERVER_CODE"
 PACKAGE_DIR = Path(__file__).resolve().parent
+STEP_PRELOAD = "twilio_pipeline.step_preload"
 # What a run's own forkserver preloads too (worker.DEFAULT_START_METHOD, behind Dagster's executor module).
-PRELOAD = ("dagster._core.executor.multiprocess", "twilio_pipeline.step_preload")
+PRELOAD = ("dagster._core.executor.multiprocess", STEP_PRELOAD)
 
 
 def code_fingerprint() -> str:
@@ -110,16 +111,28 @@ def why_not_shared(env: dict[str, str] | None = None) -> str | None:
     return None
 
 
+def _use(server: forkserver.ForkServer) -> None:
+    """Route this process's forkserver start method to `server` (multiprocessing reads these module names
+    at each process start)."""
+    forkserver._forkserver = server
+    forkserver.ensure_running = server.ensure_running
+    forkserver.connect_to_new_process = server.connect_to_new_process
+    forkserver.set_forkserver_preload = server.set_forkserver_preload
+
+
+_OWN = forkserver._forkserver  # this process's own forkserver client, as multiprocessing made it
+
+
 def attach(env: dict[str, str] | None = None) -> str:
-    """Make this process's forkserver start method use the code server's shared forkserver when it can;
-    returns one line saying which forkserver the steps come from."""
+    """Make this process's forkserver start method use the code server's shared forkserver when it can,
+    else its own (also after an earlier run of this process used a shared one that is gone now); returns
+    one line saying which forkserver the steps come from."""
     env = os.environ if env is None else env
     reason = why_not_shared(env)
     if reason is not None:
+        _use(_OWN)
         return f"steps forked from a forkserver of this run: {reason}"
-    shared = _SharedForkServer(env[ADDRESS_ENV], int(env[PID_ENV]))
-    forkserver._forkserver = shared
-    forkserver.ensure_running = shared.ensure_running
-    forkserver.connect_to_new_process = shared.connect_to_new_process
-    forkserver.set_forkserver_preload = shared.set_forkserver_preload
+    current = forkserver._forkserver
+    if not (isinstance(current, _SharedForkServer) and current._forkserver_address == env[ADDRESS_ENV]):
+        _use(_SharedForkServer(env[ADDRESS_ENV], int(env[PID_ENV])))
     return f"steps forked from the code server's preloaded forkserver (pid {env[PID_ENV]})"

@@ -24,6 +24,7 @@ from dagster._core.definitions.executor_definition import (
 )
 from dagster._core.executor.multiprocess import MultiprocessExecutor
 
+from twilio_pipeline import step_forkserver
 from twilio_pipeline.settings import ExecutorSettings, SettingsError, executor_settings
 
 QUEUE = "dagster"  # dagster-celery's queue: its execution loop submits every step there by default
@@ -32,8 +33,7 @@ QUEUE = "dagster"  # dagster-celery's queue: its execution loop submits every st
 # `spawn`, starts a fresh interpreter per step that imports Dagster and the code location again (seconds of CPU
 # each: on a small host a burst of runs spent more CPU starting step processes than sending). A forkserver
 # imports the code location once per run and forks every step from it: each step still runs in its own process.
-PRELOADED = "twilio_pipeline.step_preload"
-DEFAULT_START_METHOD = {"forkserver": {"preload_modules": [PRELOADED]}}
+DEFAULT_START_METHOD = {"forkserver": {"preload_modules": [step_forkserver.STEP_PRELOAD]}}
 
 # Celery settings of both sides (dagster-celery passes them as `config_source`). A task is acknowledged
 # only once its step ended, and a worker that dies mid-step hands it back to the broker (RabbitMQ
@@ -69,8 +69,6 @@ class SharedForkserverExecutor(MultiprocessExecutor):
     def execute(self, plan_context, execution_plan):
         if self._start_method == "forkserver":
             from dagster._core.events import DagsterEvent, EngineEventData
-
-            from twilio_pipeline import step_forkserver
 
             yield DagsterEvent.engine_event(plan_context, step_forkserver.attach(), EngineEventData())
         yield from super().execute(plan_context, execution_plan)
