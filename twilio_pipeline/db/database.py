@@ -335,21 +335,25 @@ class Database(LeaseStore):
         md = sa.MetaData(schema=self.schema)
         table = sa.Table(name, md, *[portable_column(c) for c in columns], **TABLE_OPTIONS)
         reg = self.tables.staging_registry
-        now = utcnow()
-        with self.begin() as conn:
-            conn.execute(reg.insert().values(TableName=name, Host=HOST, Pid=os.getpid(), CreatedAt=now,
-                                             HeartbeatAt=now))
         stop = threading.Event()
         beat = threading.Thread(target=self._staging_heartbeat, args=(name, stop), daemon=True,
                                 name=f"staging-{name}")
-        beat.start()
+        # Registration is inside the try: an interrupt (SIGTERM raises wherever the main thread is) landing
+        # just after it committed still reaches the finally, which drops the table if it exists and always
+        # removes the registry row.
         try:
+            now = utcnow()
+            with self.begin() as conn:
+                conn.execute(reg.insert().values(TableName=name, Host=HOST, Pid=os.getpid(), CreatedAt=now,
+                                                 HeartbeatAt=now))
+            beat.start()
             with self.begin() as conn:
                 table.create(conn)
             yield table
         finally:
             stop.set()
-            beat.join(timeout=10)
+            if beat.is_alive():
+                beat.join(timeout=10)
             self._drop_staging(table)
 
     def _staging_heartbeat(self, name: str, stop: threading.Event) -> None:
