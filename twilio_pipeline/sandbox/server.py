@@ -52,6 +52,11 @@ async def serve(config: SandboxConfig) -> int:
         if store is not None:
             store.close()
         return 2
+    # Stop signals are handled before the port is announced: whoever waits for the port file may signal
+    # the moment it appears, and must get a clean stop, not the default death.
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
     port = server.sockets[0].getsockname()[1]
     base_url = f"http://{config.host}:{port}"
     server_file = store.path / SERVER_FILE if store is not None else None
@@ -68,9 +73,6 @@ async def serve(config: SandboxConfig) -> int:
         base_url, config.account_sid, store.path if store else "none: state kept in memory only",
         config.status_delay_s * 1000, config.latency_s * 1000, config.max_concurrency, config.seed,
     )
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
 
     async def tick() -> None:
         while True:
