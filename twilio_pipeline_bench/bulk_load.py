@@ -9,9 +9,11 @@ before any clock starts):
   the pending table into OfferHistorySG_States, retire the terminal SIDs from Twilio_MessageIDs -
   pre-filled with the same SIDs - and clear the batch), then a re-load of 50,000 of them into the
   filled table (must add 0);
-* on PostgreSQL, the same state path on the 20,000-row sample after an ANALYZE of the new, empty
-  tables (what autovacuum or a DBA does): the plan PostgreSQL then picks for the merge is what a
-  real deployment can get; it runs under a time limit and is killed past it;
+* on PostgreSQL, the same state path on 200,000 rows after an ANALYZE of the new, empty tables (what
+  autovacuum or a DBA does): the plan PostgreSQL then picks for the merge is what a real deployment
+  can get; it runs under a time limit and is killed past it. The same on the 20,000-row sample is
+  printed for reference: at that size the path's fixed per-statement costs (~0.08 s of ~0.25 s) weigh
+  more than its rows, so it measures the round trips rather than the plan;
 * the baseline, row by row: `conn.execute(insert, row)` for each row of a 20,000-row sample, all in one
   transaction (the fair baseline: the commit cost is not charged per row), scaled linearly to the full
   count; a 1,000-row sample committed after every row is printed for reference (the guide's style);
@@ -50,6 +52,7 @@ FLOOR_TARGET = 1.5  # SQLite: at most this many times its floor's time
 INSERT_TIMEOUT_S = 240
 LOAD_TIMEOUT_S = 150
 ANALYZED_TIMEOUT_S = 60
+ANALYZED_ROWS = 200_000
 STATES = ("Delivered", "Undelivered", "Failed", "Read")
 
 
@@ -252,7 +255,7 @@ def _report_inserts(ctx: Context, label: str, res: dict[str, Any]) -> None:
 
 
 def _report_state_load(ctx: Context, name: str, res: dict[str, Any], row_rate: float, target: float,
-                       floor_rate: float | None = None) -> None:
+                       floor_rate: float | None = None, judged: bool = True) -> None:
     r = ctx.report
     n = res["rows"]
     r.reference(f"{name}_rate", res["state_load_rate"], "rows/s",
@@ -264,8 +267,10 @@ def _report_state_load(ctx: Context, name: str, res: dict[str, Any], row_rate: f
         times = ratio(floor_rate, res["state_load_rate"])
         r.figure(f"{name}_vs_floor", times, "x the floor's time", target=f"<= {FLOOR_TARGET}",
                  passed=times <= FLOOR_TARGET, note=f"floor: {n / floor_rate:.2f} s for {n:,} rows")
-    else:
+    elif judged:
         r.figure(f"{name}_speedup", speed, "x", target=f">= {target:.0f}", passed=speed >= target)
+    else:
+        r.reference(f"{name}_speedup", speed, "x", note=f"over row-by-row; {n:,} rows: fixed costs weigh most")
     ok = res["loaded"] == n and res["left_tracked"] == 0 and res["left_pending"] == 0 and res["reload_added"] == 0
     r.figure(f"{name}_exact", res["loaded"], "rows stored", target=f"= {n} once, SIDs retired, re-load adds 0",
              passed=ok, note=f"re-load of {res['reload_rows']:,} into the filled table: {res['reload_s']:.1f} s, "
@@ -312,11 +317,13 @@ def run(ctx: Context) -> None:
             _report_inserts(ctx, label, res)
         except Exception as exc:  # noqa: BLE001 - the other measures still run
             r.error(f"bulk_load_{label}_bulk_insert", one_line(exc))
-        variants = [("", n, False, LOAD_TIMEOUT_S)]
+        variants = [("", n, False, LOAD_TIMEOUT_S, True)]
         if kind == "postgresql":
-            # The same load when the planner was told the table is empty (ANALYZE of a new database).
-            variants.append(("_after_analyze", min(sample, n), True, ANALYZED_TIMEOUT_S))
-        for suffix, rows, analyze, limit in variants:
+            # The same load when the planner was told the table is empty (ANALYZE of a new database),
+            # and on a small batch for reference.
+            variants.append(("_after_analyze", min(ctx.size(ANALYZED_ROWS, 50_000), n), True, ANALYZED_TIMEOUT_S, True))
+            variants.append(("_small_after_analyze", min(sample, n), True, ANALYZED_TIMEOUT_S, False))
+        for suffix, rows, analyze, limit, judged in variants:
             name = f"bulk_load_{label}_state_load{suffix}"
             try:
                 with fresh_database(kind, ctx.workdir, "bulk") as url:
@@ -324,7 +331,7 @@ def run(ctx: Context) -> None:
                                    profile_path=ctx.profile_path(name) if not analyze else None)
                 raw[name] = res
                 if row_rate:
-                    _report_state_load(ctx, name, res, row_rate, target, floor_rate)
+                    _report_state_load(ctx, name, res, row_rate, target, floor_rate, judged)
             except ChildTimeout:
                 raw[name] = {"rows": rows, "timed_out_s": limit}
                 _timed_out(ctx, name, rows, limit, row_rate, target)

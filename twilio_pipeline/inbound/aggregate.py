@@ -52,6 +52,10 @@ def aggregate_query(db: Database, execution_ids: list[int]) -> sa.CompoundSelect
         .where(mine, st.c.FulfillmentState == EXPIRED)
         .group_by(st.c.ChannelExecutionID)
     )
+    # MariaDB otherwise counts the distinct contacts by a loose scan of the states index, one jump per
+    # (execution, contact): 0.24 s for 200,000 states with no Expired one, against 0.03 s for a plain scan.
+    hint = f"IGNORE INDEX FOR GROUP BY ({_quoted_key_index(db)})"
+    expired = expired.with_hint(st, hint, dialect_name="mysql").with_hint(st, hint, dialect_name="mariadb")
     replies = (
         sa.select(st.c.ChannelExecutionID, sa.literal("Reply", sa.Unicode(10)).label("Kind"),
                   st.c.EventName.label("Name"), sa.func.count().label("N"))
@@ -59,6 +63,12 @@ def aggregate_query(db: Database, execution_ids: list[int]) -> sa.CompoundSelect
         .group_by(st.c.ChannelExecutionID, st.c.EventName)
     )
     return sa.union_all(statuses, expired, replies)
+
+
+def _quoted_key_index(db: Database) -> str:
+    """The states table's (ChannelExecutionID, RPContactID, FulfillmentState) index, quoted for MySQL."""
+    (name,) = [ix.name for ix in db.tables.states.indexes if ix.name.endswith("OfferHistorySG_States_Key")]
+    return f"`{name}`"
 
 
 def write_inbound_results(db: Database, conn: Connection, execution_ids: list[int]) -> dict[int, dict[str, float]]:

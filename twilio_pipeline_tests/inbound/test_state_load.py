@@ -3,6 +3,10 @@ only the batch when the load is scoped to some executions, on every backend."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
 import uuid
 from datetime import datetime, timedelta
 
@@ -12,6 +16,7 @@ import sqlalchemy as sa
 from twilio_pipeline.db import Database, utcnow
 from twilio_pipeline.inbound import load_states
 from twilio_pipeline.logs import ListLog
+from twilio_pipeline_tests.polling import wait_until
 
 T0 = datetime(2026, 2, 1, 9, 0, 0, 123456)
 
@@ -129,3 +134,120 @@ def test_replies_with_and_without_keyword_or_moment_are_stored_once_across_loads
         load_states(db, log=ListLog())
     assert pending(db) == []
     assert stored(db) == sorted((8, r["RPContactID"], "Replied", r["EventName"], r["Timestamp"]) for r in replies)
+
+
+# ---- MariaDB/MySQL: TRUNCATE commits the load first, then empties the pending table ---------------
+def statements(db: Database) -> list[str]:
+    """Every statement `db` sends from now on (its first words), to see which drain ran."""
+    seen: list[str] = []
+    sa.event.listen(db.engine, "before_cursor_execute",
+                    lambda conn, cursor, statement, *a: seen.append(" ".join(statement.split()[:3])))
+    return seen
+
+
+@pytest.mark.slow
+def test_a_mariadb_whole_table_drain_truncates_and_a_user_without_drop_deletes_instead(mysql_url):
+    """MariaDB empties the pending table with TRUNCATE (which needs the DROP privilege). A deployment's
+    user may hold SELECT, INSERT, UPDATE and DELETE only: the drain then deletes the rows, and the load
+    is exact either way."""
+    owner = Database(mysql_url, prefix=f"t{uuid.uuid4().hex[:6]}_")
+    user = f"tp_limited_{uuid.uuid4().hex[:8]}"
+    url = sa.engine.make_url(mysql_url)
+    hosts = ("localhost", "127.0.0.1", "%%")  # "%" (any host), escaped for the driver's paramstyle
+    with owner.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        for host in hosts:
+            conn.exec_driver_sql(f"CREATE USER '{user}'@'{host}'")
+            conn.exec_driver_sql(f"GRANT SELECT, INSERT, UPDATE, DELETE ON `{url.database}`.* TO '{user}'@'{host}'")
+    limited = Database(url.set(username=user).render_as_string(hide_password=False), prefix=owner.prefix,
+                       create=False)
+    try:
+        seen = statements(owner)
+        observe(owner, 11, range(1, 31))
+        assert load_states(owner, log=ListLog()).delivery_states == 30
+        assert any(s.startswith("TRUNCATE TABLE") and "PendingStates" in s for s in seen)
+
+        seen = statements(limited)
+        observe(limited, 12, range(1, 26))
+        summary = load_states(limited, log=ListLog())
+        assert (summary.pending, summary.delivery_states, summary.retired) == (26, 25, 25)
+        assert any(s.startswith("DELETE FROM") and "PendingStates" in s for s in seen)
+        assert pending(owner) == [] and tracked(owner) == set()
+        assert stored(owner) == sorted(expected(11, range(1, 31)) + expected(12, range(1, 26)))
+    finally:
+        limited.dispose()
+        with owner.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            for host in hosts:
+                conn.exec_driver_sql(f"DROP USER IF EXISTS '{user}'@'{host}'")
+        owner.dispose()
+
+
+@pytest.mark.slow
+def test_a_mariadb_reader_holding_the_pending_table_delays_the_drain_by_the_lock_wait_only(mysql_url):
+    """A session in an open transaction that has read the pending table (a sensor counting eligible
+    executions, a DBA's console) holds it against TRUNCATE: the load waits the short lock wait, then
+    deletes the rows instead, and stores everything once."""
+    db = Database(mysql_url, prefix=f"t{uuid.uuid4().hex[:6]}_")
+    try:
+        observe(db, 13, range(1, 21))
+        with db.engine.connect() as reader:
+            reader.execute(sa.select(sa.func.count()).select_from(db.tables.pending_states)).scalar()
+            started = time.monotonic()
+            summary = load_states(db, log=ListLog())
+            waited = time.monotonic() - started
+            reader.rollback()
+        assert (summary.delivery_states, summary.retired) == (20, 20)
+        assert waited < 15, waited
+        assert pending(db) == [] and tracked(db) == set()
+        assert stored(db) == expected(13, range(1, 21))
+    finally:
+        db.dispose()
+
+
+def truncating_session(conn) -> int | None:
+    """The id of a session waiting to TRUNCATE the pending table, if any."""
+    return conn.exec_driver_sql(
+        "SELECT ID FROM information_schema.PROCESSLIST WHERE INFO LIKE 'TRUNCATE TABLE %%PendingStates%%'").scalar()
+
+
+LOAD_IN_CHILD = """
+import sys
+from twilio_pipeline.db import Database
+from twilio_pipeline.inbound import load_states
+from twilio_pipeline.logs import ListLog
+load_states(Database(sys.argv[1], prefix=sys.argv[2], create=False), log=ListLog())
+"""
+
+
+@pytest.mark.slow
+def test_a_mariadb_load_killed_between_its_commit_and_its_truncate_is_loaded_again_adding_nothing(mysql_url):
+    """TRUNCATE commits the load's transaction before it empties the table. A load killed (SIGKILL) in
+    between leaves its batch pending with the states stored, the SIDs retired and the results written:
+    the next load stores none of it twice and leaves the results as they were."""
+    db = Database(mysql_url, prefix=f"t{uuid.uuid4().hex[:6]}_")
+    try:
+        observe(db, 14, range(1, 41), state="Undelivered")
+        with db.engine.connect() as reader:  # holds the pending table: the child's TRUNCATE waits for it
+            reader.execute(sa.select(sa.func.count()).select_from(db.tables.pending_states)).scalar()
+            child = subprocess.Popen([sys.executable, "-c", LOAD_IN_CHILD, mysql_url, db.prefix])
+            try:
+                session = wait_until(lambda: truncating_session(reader), timeout=60, what="the child's TRUNCATE",
+                                     alive=lambda: child.poll() is None)
+                # The process dies and its session with it (the server would otherwise finish the
+                # statement on its own once the table is free).
+                child.kill()
+                reader.exec_driver_sql(f"KILL CONNECTION {int(session)}")
+            finally:
+                child.wait(timeout=30)
+            reader.rollback()
+        assert child.returncode == -signal.SIGKILL
+        assert len(pending(db)) == 41 and tracked(db) == set()  # committed, not drained
+        results = db.read_results(14)
+        assert results["Status:undelivered"] == 40
+
+        summary = load_states(db, log=ListLog())
+        assert (summary.pending, summary.delivery_states, summary.retired) == (41, 0, 0)
+        assert pending(db) == []
+        assert stored(db) == expected(14, range(1, 41), "Undelivered")
+        assert db.read_results(14) == results
+    finally:
+        db.dispose()
