@@ -21,9 +21,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import socket
+import stat
 import sys
 import tempfile
+import time
 from importlib import metadata
 from multiprocessing import forkserver, resource_tracker, spawn, util
 from pathlib import Path
@@ -37,6 +40,11 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 STEP_PRELOAD = "twilio_pipeline.step_preload"
 # What a run's own forkserver preloads too (worker.DEFAULT_START_METHOD, behind Dagster's executor module).
 PRELOAD = ("dagster._core.executor.multiprocess", STEP_PRELOAD)
+DIR_PREFIX = "twilio-pipeline-steps-"
+PID_FILE = "server.pid"
+# A directory with no pid recorded yet is a server being started (it records its pid within
+# milliseconds): only one older than this is an orphan.
+UNSTARTED_GRACE_S = 60
 
 
 def code_fingerprint() -> str:
@@ -55,7 +63,8 @@ def start(preload: list[str]) -> dict[str, str]:
     """Start the shared forkserver, preloading `preload`; returns the variables a code server started next
     (by exec, which keeps the server alive: it stops when the process holding its "alive" pipe ends) passes
     on to its run workers. The socket sits in a directory only this user can enter."""
-    directory = tempfile.mkdtemp(prefix="twilio-pipeline-steps-")
+    remove_orphan_directories()
+    directory = tempfile.mkdtemp(prefix=DIR_PREFIX)
     address = os.path.join(directory, "forkserver.sock")
     fingerprint = code_fingerprint()
     with socket.socket(socket.AF_UNIX) as listener:
@@ -78,7 +87,38 @@ def start(preload: list[str]) -> dict[str, str]:
         finally:
             os.close(alive_r)
     os.set_inheritable(alive_w, True)
+    Path(directory, PID_FILE).write_text(str(pid))
     return {ADDRESS_ENV: address, PID_ENV: str(pid), CODE_ENV: fingerprint}
+
+
+def remove_orphan_directories(parent: str | None = None) -> list[str]:
+    """Remove the socket directories that earlier shared forkservers of this user left behind, and return
+    them. A forkserver killed by a signal (systemd stopping the unit, Ctrl-C to a process group) cannot
+    remove its own; the next code server to start does: those whose recorded server is gone, and those
+    older than a minute that never recorded one."""
+    parent = parent or tempfile.gettempdir()
+    removed = []
+    with contextlib.suppress(OSError), os.scandir(parent) as entries:
+        for entry in entries:
+            if not entry.name.startswith(DIR_PREFIX):
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+                if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+                    continue
+                recorded = Path(entry.path, PID_FILE).read_text().strip()
+            except FileNotFoundError:
+                recorded = None
+            except OSError:
+                continue
+            if recorded is None:
+                orphan = time.time() - st.st_mtime > UNSTARTED_GRACE_S
+            else:
+                orphan = not recorded.isdigit() or not pid_alive(int(recorded))
+            if orphan:
+                shutil.rmtree(entry.path, ignore_errors=True)
+                removed.append(entry.path)
+    return removed
 
 
 class _SharedForkServer(forkserver.ForkServer):

@@ -11,6 +11,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import time
+from pathlib import Path
 
 import pytest
 
@@ -59,10 +62,37 @@ def test_a_run_starts_its_own_forkserver_when_the_shared_one_is_gone(shared_serv
     assert result["step"]["ppid"] != server
     assert any("forkserver of this run: the code server's forkserver" in e and "is not running" in e
                for e in result["events"])
-    shutil.rmtree(os.path.dirname(shared_server[step_forkserver.ADDRESS_ENV]))  # a killed server cannot
+    # a killed server cannot remove its directory (a code server starting meanwhile may have)
+    shutil.rmtree(os.path.dirname(shared_server[step_forkserver.ADDRESS_ENV]), ignore_errors=True)
 
 
 def test_without_a_code_server_wrapper_each_run_has_its_own_forkserver():
     result = _run({})
     assert result["step"]["ppid"] != result["run_worker"]  # a forkserver's child, not the run worker's
     assert any("no shared forkserver" in e for e in result["events"])
+
+
+def test_a_code_server_starting_removes_the_directories_of_forkservers_killed_before(tmp_path):
+    """A forkserver killed by a signal (systemd stopping the unit kills the whole group) cannot remove its
+    socket's directory; the next code server to start removes it. A directory still without a pid (a
+    server starting this very moment) is left alone unless it is older than a minute."""
+    with shared_forkserver() as first:
+        killed = int(first[step_forkserver.PID_ENV])
+        left = os.path.dirname(first[step_forkserver.ADDRESS_ENV])
+        os.kill(killed, signal.SIGKILL)
+        wait_until(lambda: not pid_alive(killed), timeout=10, what="the first server to die")
+        assert os.path.isdir(left)
+        starting = tempfile.mkdtemp(prefix=step_forkserver.DIR_PREFIX)
+        abandoned = tempfile.mkdtemp(prefix=step_forkserver.DIR_PREFIX)
+        old = time.time() - step_forkserver.UNSTARTED_GRACE_S - 5
+        os.utime(abandoned, (old, old))
+        try:
+            with shared_forkserver() as second:
+                assert not os.path.exists(left) and not os.path.exists(abandoned)
+                assert os.path.isdir(starting)
+                mine = os.path.dirname(second[step_forkserver.ADDRESS_ENV])
+                recorded = Path(mine, step_forkserver.PID_FILE).read_text()
+                assert recorded == second[step_forkserver.PID_ENV]
+        finally:
+            shutil.rmtree(starting, ignore_errors=True)
+            shutil.rmtree(abandoned, ignore_errors=True)
