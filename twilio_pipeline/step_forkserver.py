@@ -74,8 +74,12 @@ def start(preload: list[str]) -> dict[str, str]:
         alive_r, alive_w = os.pipe()
         try:
             # The server removes its socket's directory when it stops with the code server (its forked
-            # children leave through os._exit and never run this).
-            cmd = (f"import atexit, shutil; atexit.register(shutil.rmtree, {directory!r}, True); "
+            # children leave through os._exit and never run this), and when a SIGTERM stops it with the
+            # code server's process group (systemd, honcho): it exits as when the code server is gone.
+            # Step processes get SIGTERM's default back as they are forked, as from a forkserver of a run.
+            cmd = (f"import atexit, os, shutil, signal, sys; atexit.register(shutil.rmtree, {directory!r}, True); "
+                   f"signal.signal(signal.SIGTERM, lambda *_: sys.exit(0)); "
+                   f"os.register_at_fork(after_in_child=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL)); "
                    f"from multiprocessing.forkserver import main; "
                    f"main({listener.fileno()}, {alive_r}, {list(preload)!r}, **{ {'sys_path': sys.path}!r})")
             exe = spawn.get_executable()
@@ -94,8 +98,8 @@ def start(preload: list[str]) -> dict[str, str]:
 def remove_orphan_directories(parent: str | None = None) -> list[str]:
     """Remove the socket directories that earlier shared forkservers of this user left behind, and return
     them. A forkserver killed by a signal (systemd stopping the unit, Ctrl-C to a process group) cannot
-    remove its own; the next code server to start does: those whose recorded server is gone, and those
-    older than a minute that never recorded one."""
+    remove its own (a SIGTERM lets it); the next code server to start does: those whose recorded server is
+    gone, and those older than a minute that never recorded one."""
     parent = parent or tempfile.gettempdir()
     removed = []
     with contextlib.suppress(OSError), os.scandir(parent) as entries:

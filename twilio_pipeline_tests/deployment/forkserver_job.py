@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 
 import dagster as dg
@@ -14,7 +15,9 @@ from twilio_pipeline.worker import multiprocess_executor
 
 @dg.op
 def where_am_i() -> dict:
-    return {"pid": os.getpid(), "ppid": os.getppid()}
+    handler = signal.getsignal(signal.SIGTERM)
+    return {"pid": os.getpid(), "ppid": os.getppid(),
+            "sigterm": f"{getattr(handler, '__module__', '')}.{getattr(handler, '__qualname__', handler)}"}
 
 
 @dg.job(executor_def=multiprocess_executor())

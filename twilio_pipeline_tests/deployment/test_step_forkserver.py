@@ -45,6 +45,8 @@ def test_a_run_forks_its_steps_from_the_code_servers_preloaded_forkserver(shared
     first, second = _run(shared_server), _run(shared_server)
     assert first["step"]["ppid"] == server and second["step"]["ppid"] == server
     assert any(f"code server's preloaded forkserver (pid {server})" in e for e in first["events"])
+    # The server's own SIGTERM handler is not the steps': they react to signals as a run's own ones do.
+    assert first["step"]["sigterm"] == _run({})["step"]["sigterm"]
 
 
 def test_a_run_starts_its_own_forkserver_when_the_code_changed_since_the_shared_one_preloaded_it(shared_server):
@@ -96,3 +98,35 @@ def test_a_code_server_starting_removes_the_directories_of_forkservers_killed_be
         finally:
             shutil.rmtree(starting, ignore_errors=True)
             shutil.rmtree(abandoned, ignore_errors=True)
+
+
+def test_a_sigterm_to_the_code_servers_group_stops_the_forkserver_and_removes_its_directory():
+    """systemd stops a unit (and honcho its processes) with SIGTERM to the whole group: the forkserver
+    then exits as it does when the code server is gone, removing its socket's directory."""
+    with shared_forkserver() as variables:
+        server = int(variables[step_forkserver.PID_ENV])
+        directory = os.path.dirname(variables[step_forkserver.ADDRESS_ENV])
+        wait_until(lambda: _catches(server, signal.SIGTERM), timeout=30, what="the server to start up")
+        os.kill(server, signal.SIGTERM)
+        wait_until(lambda: not pid_alive(server), timeout=10, what="the server to stop on SIGTERM")
+        wait_until(lambda: not os.path.exists(directory), timeout=10, what="its directory to be removed")
+
+
+def _catches(pid: int, sig: int) -> bool:
+    """Whether process `pid` has a handler installed for `sig` (/proc's SigCgt mask)."""
+    with open(f"/proc/{pid}/status") as fh:
+        mask = next(line.split()[1] for line in fh if line.startswith("SigCgt:"))
+    return bool(int(mask, 16) & (1 << (sig - 1)))
+
+
+def test_a_process_forked_from_the_shared_server_has_sigterms_default_action(shared_server):
+    """The server exits cleanly on SIGTERM; what it forks must not inherit that: a step killed with SIGTERM
+    before Dagster installs its own handler dies as it would from a run's own forkserver."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TWILIO_PIPELINE_STEP_FORKSERVER")}
+    out = subprocess.run([sys.executable, "-m", "twilio_pipeline_tests.deployment.sigterm_probe"],
+                         env={**env, **shared_server}, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    attached, probe = out.stdout.strip().splitlines()[-2:]
+    assert "code server's preloaded forkserver" in attached
+    ppid, default = probe.split()
+    assert (int(ppid), default) == (int(shared_server[step_forkserver.PID_ENV]), "True")
