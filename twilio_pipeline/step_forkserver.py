@@ -97,9 +97,9 @@ def start(preload: list[str]) -> dict[str, str]:
 
 def remove_orphan_directories(parent: str | None = None) -> list[str]:
     """Remove the socket directories that earlier shared forkservers of this user left behind, and return
-    them. A forkserver killed by a signal (systemd stopping the unit, Ctrl-C to a process group) cannot
-    remove its own (a SIGTERM lets it); the next code server to start does: those whose recorded server is
-    gone, and those older than a minute that never recorded one."""
+    them. A forkserver killed by SIGKILL (systemd's kill after its stop timeout, `kill -9`, the OOM killer)
+    cannot remove its own; the next code server to start does: those whose recorded server is gone, and
+    those older than a minute that never recorded one."""
     parent = parent or tempfile.gettempdir()
     removed = []
     with contextlib.suppress(OSError), os.scandir(parent) as entries:
@@ -108,8 +108,11 @@ def remove_orphan_directories(parent: str | None = None) -> list[str]:
                 continue
             try:
                 st = entry.stat(follow_symlinks=False)
-                if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
-                    continue
+            except OSError:  # removed meanwhile
+                continue
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+                continue
+            try:
                 recorded = Path(entry.path, PID_FILE).read_text().strip()
             except FileNotFoundError:
                 recorded = None
