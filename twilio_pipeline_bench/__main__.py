@@ -1,6 +1,6 @@
 """`make bench`: every benchmark scenario, side by side with its baseline, in one run.
 
-    python -m twilio_pipeline_bench [--only send,cpu,...] [--json PATH] [--quick] [--db sqlite|postgresql]
+    python -m twilio_pipeline_bench [--only send,cpu,...] [--json PATH] [--quick] [--db sqlite|postgresql|mysql]
                                     [--profile DIR] [--workdir DIR]
 
 Prints one line per figure, `name: value unit (target …, PASS|FAIL)` (`(reference)` for the baselines
@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from twilio_pipeline_bench.fixtures import postgres_available
+from twilio_pipeline_bench.fixtures import mysql_available, postgres_available
 from twilio_pipeline_bench.reporting import Context, Report, machine_meta, one_line
 
 # name -> module; the order is the issue's.
@@ -45,9 +45,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--only", default="", help=f"comma-separated scenarios: {', '.join(SCENARIOS)} (default: all)")
     p.add_argument("--json", default="bench-results.json", type=Path, help="where to write the figures")
     p.add_argument("--quick", action="store_true", help="smaller sizes: a smoke run of every scenario")
-    p.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite",
-                   help="database of the send, CPU, 429 and status scenarios (default sqlite: its engine runs "
-                        "inside the pipeline process, so its CPU counts too); bulk load always measures both")
+    p.add_argument("--db", choices=("sqlite", "postgresql", "mysql"), default="sqlite",
+                   help="database of the send, CPU, 429, status and suppression scenarios (default sqlite: its "
+                        "engine runs inside the pipeline process, so its CPU counts too; mysql: the MariaDB/MySQL "
+                        "server of TWILIO_PIPELINE_BENCH_MYSQL_URL); bulk load always measures all three")
     p.add_argument("--profile", type=Path, default=None, metavar="DIR",
                    help="write pyinstrument profiles of the pipeline side of the send scenarios here "
                         "(profiling slows them: figures of a profiled run are not comparable)")
@@ -93,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  # PostgreSQL is not reachable ({problem}): its figures will be errors", flush=True)
     if args.db == "postgresql" and problem:
         print("  # falling back to SQLite for the send scenarios", flush=True)
+        ctx.db_kind = "sqlite"
+    if args.db == "mysql" and (why_not := mysql_available()):
+        print(f"  # MariaDB/MySQL is not reachable ({why_not}): falling back to SQLite for the send scenarios",
+              flush=True)
         ctx.db_kind = "sqlite"
     started = time.perf_counter()
     try:
