@@ -203,10 +203,12 @@ def test_a_mariadb_reader_holding_the_pending_table_delays_the_drain_by_the_lock
         db.dispose()
 
 
-def truncating_session(conn) -> int | None:
-    """The id of a session waiting to TRUNCATE the pending table, if any."""
+def draining_session(conn) -> int | None:
+    """The id of a session waiting to empty the pending table (its TRUNCATE, or the DELETE after a TRUNCATE
+    that waited past its lock wait), if any."""
     return conn.exec_driver_sql(
-        "SELECT ID FROM information_schema.PROCESSLIST WHERE INFO LIKE 'TRUNCATE TABLE %%PendingStates%%'").scalar()
+        "SELECT ID FROM information_schema.PROCESSLIST WHERE INFO LIKE 'TRUNCATE TABLE %%PendingStates%%' "
+        "OR INFO LIKE 'DELETE FROM %%PendingStates%%'").scalar()
 
 
 LOAD_IN_CHILD = """
@@ -226,11 +228,13 @@ def test_a_mariadb_load_killed_between_its_commit_and_its_truncate_is_loaded_aga
     db = Database(mysql_url, prefix=f"t{uuid.uuid4().hex[:6]}_")
     try:
         observe(db, 14, range(1, 41), state="Undelivered")
-        with db.engine.connect() as reader:  # holds the pending table: the child's TRUNCATE waits for it
-            reader.execute(sa.select(sa.func.count()).select_from(db.tables.pending_states)).scalar()
+        # The reader holds the pending table (the child's TRUNCATE waits for it) and share-locks its rows
+        # (were the TRUNCATE to give up first on a slow machine, the DELETE after it waits for them).
+        with db.engine.connect() as reader:
+            reader.execute(sa.select(db.tables.pending_states.c.PendingID).with_for_update(read=True)).all()
             child = subprocess.Popen([sys.executable, "-c", LOAD_IN_CHILD, mysql_url, db.prefix])
             try:
-                session = wait_until(lambda: truncating_session(reader), timeout=60, what="the child's TRUNCATE",
+                session = wait_until(lambda: draining_session(reader), timeout=60, what="the child's drain",
                                      alive=lambda: child.poll() is None)
                 # The process dies and its session with it (the server would otherwise finish the
                 # statement on its own once the table is free).
