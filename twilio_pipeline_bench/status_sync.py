@@ -32,22 +32,34 @@ IN_FLIGHT = 8
 
 
 def pipeline_sync(db_url: str, info: SandboxInfo, spec: dict, profile_path: str | None = None) -> dict[str, Any]:
-    """The channel sync in this (child) process, through the jobs; its wall and CPU time and what it loaded."""
+    """The channel sync in this (child) process, through the jobs; its wall and CPU time and what it loaded.
+    Its scratch folder (channel file, data dir) is removed after."""
+    import shutil
     import tempfile
     from pathlib import Path
 
+    from twilio_pipeline.db import Database
+
+    channel = make_channel(spec)
+    db = Database(db_url)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-sync-"))
+    try:
+        return _sync_in(workdir, db, db_url, info, spec, channel, profile_path)
+    finally:
+        db.dispose()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _sync_in(workdir, db, db_url: str, info: SandboxInfo, spec: dict, channel,
+             profile_path: str | None) -> dict[str, Any]:
     import dagster as dg
     import sqlalchemy as sa
     import yaml
 
     from twilio_pipeline.channels import ChannelFile
-    from twilio_pipeline.db import Database
     from twilio_pipeline.defs.resources import DatabaseResource, TwilioResource
     from twilio_pipeline.defs.runner import sync_runs
 
-    channel = make_channel(spec)
-    db = Database(db_url)
-    workdir = Path(tempfile.mkdtemp(prefix="bench-sync-"))
     channels_path = workdir / "channels.yaml"
     channels_path.write_text(yaml.safe_dump({"channels": [spec]}))
     resources = {
@@ -85,7 +97,6 @@ def pipeline_sync(db_url: str, info: SandboxInfo, spec: dict, profile_path: str 
            "results": {str(eid): db.read_results(eid) for eid in runs.execution_ids},
            "fetch": fetch or None, "runs": len(every)}
     instance.dispose()
-    db.dispose()
     return out
 
 
