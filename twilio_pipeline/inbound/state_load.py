@@ -40,9 +40,10 @@ STATE_COLUMNS = ("RPContactID", "ChannelExecutionID", "FulfillmentState", "Event
 # merge measured slower: PostgreSQL then hashes the GROUP BY and sorts again for the ordered insert,
 # where with the default it groups by sorting and the rows come out in index order already.)
 BIG_BATCH = 50_000
-# How long a drain waits for the pending table's exclusive lock before it deletes the rows instead.
-TRUNCATE_LOCK_TIMEOUT = "2s"
+# How long a drain waits for the pending table's exclusive lock before it deletes the rows instead
+# (PostgreSQL's lock_timeout, MariaDB/MySQL's lock_wait_timeout).
 TRUNCATE_LOCK_WAIT_S = 2
+TRUNCATE_LOCK_TIMEOUT = f"{TRUNCATE_LOCK_WAIT_S}s"
 
 
 @dataclass

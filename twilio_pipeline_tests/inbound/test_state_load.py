@@ -203,12 +203,14 @@ def test_a_mariadb_reader_holding_the_pending_table_delays_the_drain_by_the_lock
         db.dispose()
 
 
-def draining_session(conn) -> int | None:
-    """The id of a session waiting to empty the pending table (its TRUNCATE, or the DELETE after a TRUNCATE
-    that waited past its lock wait), if any."""
-    return conn.exec_driver_sql(
-        "SELECT ID FROM information_schema.PROCESSLIST WHERE INFO LIKE 'TRUNCATE TABLE %%PendingStates%%' "
-        "OR INFO LIKE 'DELETE FROM %%PendingStates%%'").scalar()
+def draining_session(conn, table: str) -> int | None:
+    """The id of a session of this database waiting to empty `table` (its TRUNCATE, or the DELETE after a
+    TRUNCATE that waited past its lock wait), if any. (PROCESSLIST shows every session of the server: the
+    database and the table's own prefixed name keep other tests' loads out.)"""
+    return conn.execute(sa.text(
+        "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = DATABASE() AND ID <> CONNECTION_ID() "
+        "AND (INFO LIKE :truncate OR INFO LIKE :delete)"),
+        {"truncate": f"TRUNCATE TABLE `{table}`%", "delete": f"DELETE FROM `{table}`%"}).scalar()
 
 
 LOAD_IN_CHILD = """
@@ -234,7 +236,8 @@ def test_a_mariadb_load_killed_between_its_commit_and_its_truncate_is_loaded_aga
             reader.execute(sa.select(db.tables.pending_states.c.PendingID).with_for_update(read=True)).all()
             child = subprocess.Popen([sys.executable, "-c", LOAD_IN_CHILD, mysql_url, db.prefix])
             try:
-                session = wait_until(lambda: draining_session(reader), timeout=60, what="the child's drain",
+                table = db.tables.pending_states.name
+                session = wait_until(lambda: draining_session(reader, table), timeout=60, what="the child's drain",
                                      alive=lambda: child.poll() is None)
                 # The process dies and its session with it (the server would otherwise finish the
                 # statement on its own once the table is free).
