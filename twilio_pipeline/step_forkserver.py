@@ -18,10 +18,12 @@ own forkserver as before, and says why. No Dagster here: the executor in worker.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import os
 import shutil
+import signal
 import socket
 import stat
 import sys
@@ -73,15 +75,8 @@ def start(preload: list[str]) -> dict[str, str]:
         listener.listen()
         alive_r, alive_w = os.pipe()
         try:
-            # The server removes its socket's directory when it stops with the code server (its forked
-            # children leave through os._exit and never run this), and when a SIGTERM stops it with the
-            # code server's process group (systemd, honcho): it exits as when the code server is gone.
-            # Step processes get SIGTERM's default back as they are forked, as from a forkserver of a run.
-            cmd = (f"import atexit, os, shutil, signal, sys; atexit.register(shutil.rmtree, {directory!r}, True); "
-                   f"signal.signal(signal.SIGTERM, lambda *_: sys.exit(0)); "
-                   f"os.register_at_fork(after_in_child=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL)); "
-                   f"from multiprocessing.forkserver import main; "
-                   f"main({listener.fileno()}, {alive_r}, {list(preload)!r}, **{ {'sys_path': sys.path}!r})")
+            cmd = (f"import sys; sys.path[:] = {sys.path!r}; from twilio_pipeline.step_forkserver import _serve; "
+                   f"_serve({directory!r}, {listener.fileno()}, {alive_r}, {list(preload)!r})")
             exe = spawn.get_executable()
             pid = util.spawnv_passfds(exe, [exe, *util._args_from_interpreter_flags(), "-c", cmd],
                                       [listener.fileno(), alive_r])
@@ -93,6 +88,19 @@ def start(preload: list[str]) -> dict[str, str]:
     os.set_inheritable(alive_w, True)
     Path(directory, PID_FILE).write_text(str(pid))
     return {ADDRESS_ENV: address, PID_ENV: str(pid), CODE_ENV: fingerprint}
+
+
+def _serve(directory: str, listener_fd: int, alive_r: int, preload: list[str]) -> None:
+    """The shared forkserver's process: multiprocessing's forkserver loop, which also ends on SIGTERM.
+
+    It removes its socket's directory when it stops with the code server (its forked children leave
+    through os._exit and never run this), and when a SIGTERM stops it with the code server's process
+    group (systemd, honcho): it then exits as when the code server is gone. Step processes get SIGTERM's
+    default action back as they are forked, as from a forkserver of a run."""
+    atexit.register(shutil.rmtree, directory, True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    os.register_at_fork(after_in_child=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
+    forkserver.main(listener_fd, alive_r, preload)
 
 
 def remove_orphan_directories(parent: str | None = None) -> list[str]:

@@ -40,18 +40,16 @@ def pipeline_sync(db_url: str, info: SandboxInfo, spec: dict, profile_path: str 
 
     from twilio_pipeline.db import Database
 
-    channel = make_channel(spec)
     db = Database(db_url)
     workdir = Path(tempfile.mkdtemp(prefix="bench-sync-"))
     try:
-        return _sync_in(workdir, db, db_url, info, spec, channel, profile_path)
+        return _sync_in(workdir, db, db_url, info, spec, profile_path)
     finally:
         db.dispose()
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _sync_in(workdir, db, db_url: str, info: SandboxInfo, spec: dict, channel,
-             profile_path: str | None) -> dict[str, Any]:
+def _sync_in(workdir, db, db_url: str, info: SandboxInfo, spec: dict, profile_path: str | None) -> dict[str, Any]:
     import dagster as dg
     import sqlalchemy as sa
     import yaml
@@ -60,6 +58,7 @@ def _sync_in(workdir, db, db_url: str, info: SandboxInfo, spec: dict, channel,
     from twilio_pipeline.defs.resources import DatabaseResource, TwilioResource
     from twilio_pipeline.defs.runner import sync_runs
 
+    channel = make_channel(spec)
     channels_path = workdir / "channels.yaml"
     channels_path.write_text(yaml.safe_dump({"channels": [spec]}))
     resources = {

@@ -66,9 +66,9 @@ def aggregate_query(db: Database, execution_ids: list[int]) -> sa.CompoundSelect
 
 
 def _quoted_key_index(db: Database) -> str:
-    """The states table's (ChannelExecutionID, RPContactID, FulfillmentState) index, quoted for MySQL."""
+    """The states table's (ChannelExecutionID, RPContactID, FulfillmentState) index, quoted by the dialect."""
     (name,) = [ix.name for ix in db.tables.states.indexes if ix.name.endswith("OfferHistorySG_States_Key")]
-    return f"`{name}`"
+    return db.engine.dialect.identifier_preparer.quote(name)
 
 
 def write_inbound_results(db: Database, conn: Connection, execution_ids: list[int]) -> dict[int, dict[str, float]]:
