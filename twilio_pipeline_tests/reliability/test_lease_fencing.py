@@ -90,7 +90,11 @@ def _second_send_during_a_stall(db: Database, make_sandbox, table: str, lease_st
     try:
         a = _Run(db_a, client, channel, claim_batch=20)
         a.start()
-        wait_until(lambda: count() >= 6, 30, "the first send to be under way")
+        try:
+            wait_until(lambda: count() >= 6, 30, "the first send to be under way", alive=a.is_alive)
+        except AssertionError as exc:  # say why: send A's error or where its log stopped
+            raise AssertionError(f"{exc}; send A: error {a.error!r}, {count()} created, last log lines "
+                                 f"{a.log.lines[-5:]}") from None
         b = _Run(db_b, client, channel, claim_batch=20)
         with stalled(db, getattr(db.tables, table)):
             time.sleep(TTL_S * 0.75)
